@@ -1,0 +1,112 @@
+"""Operators' view of the jobs: read-only, with the faces inline and both photos shown."""
+
+from django.contrib import admin
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from . import storage
+from .models import Face, Image
+
+
+class FaceInline(admin.TabularInline):
+    model = Face
+    extra = 0
+    can_delete = False
+    fields = ("index", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = (
+        "request_id",
+        "status",
+        "face_count",
+        "model_version",
+        "callback_status",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status", "model_version", "callback_status")
+    search_fields = ("request_id",)
+    date_hierarchy = "created_at"
+    inlines = [FaceInline]
+    readonly_fields = (
+        "id",
+        "original_thumbnail",
+        "annotated_thumbnail",
+        *[f.name for f in Image._meta.fields if f.name != "id"],
+    )
+    fieldsets = (
+        (None, {"fields": ("id", "request_id", "status", "error_code", "error_message", "attempts")}),
+        ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
+        ("Result", {"fields": ("model_version", "width", "height", "face_count")}),
+        ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
+        (
+            "Callback",
+            {
+                "fields": (
+                    "callback_url",
+                    "callback_status",
+                    "callback_attempts",
+                    "callback_last_status_code",
+                    "callback_last_error",
+                    "callback_delivered_at",
+                )
+            },
+        ),
+        (
+            "Storage",
+            {"fields": ("original_filename", "original_key", "original_content_type", "original_size", "annotated_key")},
+        ),
+    )
+
+    # Jobs are made by the API and changed by the workers only.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        # Photos are served through the admin (staff only): the storage server need not be
+        # reachable from the operator's browser.
+        own = [
+            path(
+                "<uuid:image_id>/photo/<str:which>/",
+                self.admin_site.admin_view(self.photo_view),
+                name="api_image_photo",
+            )
+        ]
+        return own + super().get_urls()
+
+    def photo_view(self, request, image_id, which):
+        image = get_object_or_404(Image, pk=image_id)
+        key = {"original": image.original_key, "annotated": image.annotated_key}.get(which)
+        if not key:
+            raise Http404("no such photo")
+        try:
+            chunks = storage.storage_stream(key=key)
+        except storage.StorageError as exc:
+            raise Http404(f"photo unavailable: {exc}") from exc
+        content_type = image.original_content_type if which == "original" else "image/jpeg"
+        return StreamingHttpResponse(chunks, content_type=content_type)
+
+    def _thumbnail(self, obj: Image, which: str, present: bool) -> str:
+        if not present:
+            return "-"
+        url = reverse("admin:api_image_photo", args=[obj.pk, which])
+        return format_html('<a href="{}"><img src="{}" style="max-width:320px;max-height:320px"></a>', url, url)
+
+    @admin.display(description="Original")
+    def original_thumbnail(self, obj: Image) -> str:
+        return self._thumbnail(obj, "original", bool(obj.original_key))
+
+    @admin.display(description="Annotated")
+    def annotated_thumbnail(self, obj: Image) -> str:
+        return self._thumbnail(obj, "annotated", bool(obj.annotated_key))

@@ -1,0 +1,40 @@
+"""Liveness and readiness probes. Neither needs credentials; neither loads the model."""
+
+from django.db import connection
+from django.http import JsonResponse
+
+from face_detect_api.celery import app as celery_app
+
+from . import storage
+
+
+def healthz(request) -> JsonResponse:
+    """The process is up and serving requests."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _check_broker() -> None:
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+
+
+CHECKS = {"database": _check_database, "broker": _check_broker, "storage": storage.storage_ping}
+
+
+def readyz(request) -> JsonResponse:
+    """200 when the database, the broker and the storage bucket answer; 503 naming what is down."""
+    checks = {}
+    for name, check in CHECKS.items():
+        try:
+            check()
+            checks[name] = {"ok": True}
+        except Exception as exc:  # any failure of a dependency is "not ready", never a 500
+            checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    down = [name for name, result in checks.items() if not result["ok"]]
+    body = {"status": "unavailable" if down else "ok", "down": down, "checks": checks}
+    return JsonResponse(body, status=503 if down else 200)

@@ -1,0 +1,128 @@
+"""Reading uploaded images: what the API checks at submit time and what the worker decodes.
+
+Both sides use these functions so that an image accepted by the API is one the worker can read.
+The format comes from the bytes (Pillow's sniffing), never from the filename or Content-Type.
+"""
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+from django.conf import settings
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow format -> (MIME type, object key extension). MPO is what many cameras write for JPEG.
+FORMATS = {
+    "JPEG": ("image/jpeg", "jpg"),
+    "MPO": ("image/jpeg", "jpg"),
+    "PNG": ("image/png", "png"),
+    "WEBP": ("image/webp", "webp"),
+    "BMP": ("image/bmp", "bmp"),
+    "GIF": ("image/gif", "gif"),
+    "TIFF": ("image/tiff", "tiff"),
+}
+
+
+class ImageRejected(Exception):
+    """The bytes are not an image this service accepts. ``code`` says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    content_type: str
+    extension: str
+    width: int
+    height: int
+
+
+def _open(stream: IO[bytes]) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # The pixel limit is ours to enforce (below), from the header and with a clear error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(stream, formats=list(FORMATS))
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, Image.DecompressionBombError):
+            raise ImageRejected("image_too_large", str(exc)) from exc
+        raise ImageRejected("image_unreadable", "The file is not an image in a supported format "
+                            f"({', '.join(sorted(set(f for f in FORMATS if f != 'MPO')))}).") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageRejected("image_unreadable", f"The image cannot be read: {exc}") from exc
+
+
+def _check_size(image: Image.Image) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageRejected("image_empty", "The image has no pixels.")
+    if width * height > settings.MAX_IMAGE_PIXELS:
+        raise ImageRejected(
+            "image_too_large",
+            f"The image is {width}x{height} pixels; at most {settings.MAX_IMAGE_PIXELS} pixels are accepted.",
+        )
+
+
+def image_probe(stream: IO[bytes]) -> ImageInfo:
+    """Check that ``stream`` holds a whole, decodable image of an accepted format and size.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb
+    costs nothing. The stream is rewound afterwards.
+    """
+    stream.seek(0)
+    try:
+        image = _open(stream)
+        _check_size(image)
+        fmt = image.format
+        width, height = image.size
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()  # a truncated or corrupt file fails here, not later in the worker
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise ImageRejected("image_corrupt", f"The image data is truncated or corrupt: {exc}") from exc
+    finally:
+        stream.seek(0)
+    content_type, extension = FORMATS[fmt]
+    return ImageInfo(format=fmt, content_type=content_type, extension=extension, width=width, height=height)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float greyscale: stretch to 8 bits instead of clipping to white.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, as a viewer would show them, not black.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def image_decode_rgb(data: bytes) -> Image.Image:
+    """Decode an accepted image as the viewer sees it: first frame, EXIF orientation applied,
+    any colour mode converted to RGB. Raises ImageRejected if it cannot be decoded."""
+    image = _open(io.BytesIO(data))
+    _check_size(image)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageRejected("image_corrupt", f"The image data is truncated or corrupt: {exc}") from exc

@@ -1,0 +1,85 @@
+"""Input validation for the API, and the one JSON representation of a job (API and callback)."""
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from rest_framework import serializers
+
+from .models import Image
+
+CALLBACK_URL_MAX_LENGTH = 2048
+
+
+class ImageSubmitSerializer(serializers.Serializer):
+    """The fields of POST /api/v1/images/. The image's content is checked by the service."""
+
+    image = serializers.FileField(allow_empty_file=False, use_url=False)
+    request_id = serializers.CharField(max_length=128, trim_whitespace=False)
+    callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
+
+    def validate_request_id(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("request_id may not be blank.", code="blank")
+        if not value.isprintable():
+            raise serializers.ValidationError("request_id must be printable characters only.", code="invalid")
+        return value
+
+    def validate_callback_url(self, value: str) -> str:
+        if value and urlsplit(value).scheme.lower() not in ("http", "https"):
+            raise serializers.ValidationError("callback_url must be an http or https URL.", code="invalid_scheme")
+        return value
+
+
+def _url(path: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL}{path}"
+
+
+def image_representation(image: Image) -> dict[str, Any]:
+    """The job as clients see it, in GET responses and in the callback body alike."""
+    faces = [
+        {
+            "box": {"x": f.box_x, "y": f.box_y, "width": f.box_width, "height": f.box_height},
+            "confidence": f.confidence,
+            "landmarks": f.landmarks,
+        }
+        for f in image.faces.all()
+    ]
+    return {
+        "id": str(image.id),
+        "request_id": image.request_id,
+        "status": image.status,
+        "status_url": _url(f"/api/v1/images/{image.id}/"),
+        "created_at": _iso(image.created_at),
+        "started_at": _iso(image.started_at),
+        "finished_at": _iso(image.finished_at),
+        "model_version": image.model_version or None,
+        "width": image.width,
+        "height": image.height,
+        "face_count": image.face_count,
+        "faces": faces,
+        "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
+        "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
+        "callback": {
+            "url": image.callback_url or None,
+            "status": image.callback_status,
+            "attempts": image.callback_attempts,
+            "last_status_code": image.callback_last_status_code,
+            "delivered_at": _iso(image.callback_delivered_at),
+        },
+    }
+
+
+def image_submitted_representation(image: Image) -> dict[str, Any]:
+    """The 202 answer to a submission."""
+    return {
+        "id": str(image.id),
+        "request_id": image.request_id,
+        "status": image.status,
+        "status_url": _url(f"/api/v1/images/{image.id}/"),
+        "created_at": _iso(image.created_at),
+    }
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -1,0 +1,163 @@
+"""Object storage through the MinIO client: the one place that talks S3.
+
+Any S3-compatible server works (MinIO in compose, SeaweedFS locally and in tests). Timeouts are
+explicit: the client's default would wait minutes on a dead server.
+"""
+
+import datetime as dt
+import functools
+import io
+import logging
+from collections.abc import Iterator
+
+import urllib3
+from django.conf import settings
+from minio import Minio
+from minio.error import S3Error
+
+logger = logging.getLogger(__name__)
+
+
+class StorageError(Exception):
+    """The storage server failed or could not be reached: transient, worth a retry."""
+
+
+class ObjectNotFound(StorageError):
+    """The object is not in the bucket."""
+
+
+def _client(endpoint: str) -> Minio:
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=settings.S3_CONNECT_TIMEOUT, read=settings.S3_READ_TIMEOUT),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        maxsize=10,
+    )
+    # The region is given so that the client never makes a network call to discover it (which
+    # matters for presigning against a public endpoint the server itself may not reach).
+    return Minio(
+        endpoint,
+        access_key=settings.S3_ACCESS_KEY,
+        secret_key=settings.S3_SECRET_KEY,
+        secure=settings.S3_SECURE,
+        region=settings.S3_REGION,
+        http_client=http,
+    )
+
+
+@functools.cache
+def client() -> Minio:
+    return _client(settings.S3_ENDPOINT)
+
+
+@functools.cache
+def _public_client() -> Minio:
+    return _client(settings.S3_PUBLIC_ENDPOINT)
+
+
+def reset_clients() -> None:
+    """Forget the cached clients (after a settings change in tests)."""
+    client.cache_clear()
+    _public_client.cache_clear()
+
+
+def _wrap(exc: Exception, key: str = "") -> StorageError:
+    if isinstance(exc, S3Error) and exc.code in ("NoSuchKey", "NoSuchObject"):
+        return ObjectNotFound(key)
+    return StorageError(f"{type(exc).__name__}: {exc}")
+
+
+_TRANSPORT_ERRORS = (S3Error, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def storage_ensure_bucket() -> bool:
+    """Create the bucket if it is missing. Returns True when it was created."""
+    bucket = settings.S3_BUCKET
+    try:
+        if client().bucket_exists(bucket):
+            return False
+        client().make_bucket(bucket)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc) from exc
+    logger.info("created bucket %s", bucket)
+    return True
+
+
+def storage_put(*, key: str, data: bytes | io.IOBase, length: int, content_type: str) -> None:
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        client().put_object(settings.S3_BUCKET, key, stream, length, content_type=content_type)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key) from exc
+
+
+def storage_get(*, key: str) -> bytes:
+    response = None
+    try:
+        response = client().get_object(settings.S3_BUCKET, key)
+        return response.read()
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key) from exc
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def storage_stream(*, key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+    """Open the object now (so a missing one raises here) and yield it in chunks."""
+    try:
+        response = client().get_object(settings.S3_BUCKET, key)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key) from exc
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
+
+    return chunks()
+
+
+def storage_delete(*, key: str) -> None:
+    try:
+        client().remove_object(settings.S3_BUCKET, key)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key) from exc
+
+
+def storage_exists(*, key: str) -> bool:
+    try:
+        client().stat_object(settings.S3_BUCKET, key)
+        return True
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            return False
+        raise _wrap(exc, key) from exc
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key) from exc
+
+
+def storage_list(*, prefix: str = "") -> list[str]:
+    try:
+        return [o.object_name for o in client().list_objects(settings.S3_BUCKET, prefix=prefix, recursive=True)]
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc) from exc
+
+
+def storage_presigned_url(*, key: str) -> str:
+    """A short-lived GET URL on the public endpoint (S3_PUBLIC_ENDPOINT)."""
+    return _public_client().presigned_get_object(
+        settings.S3_BUCKET, key, expires=dt.timedelta(seconds=settings.S3_PRESIGN_SECONDS)
+    )
+
+
+def storage_ping() -> None:
+    """Raise StorageError unless the server answers and the bucket exists."""
+    try:
+        exists = client().bucket_exists(settings.S3_BUCKET)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc) from exc
+    if not exists:
+        raise StorageError(f"bucket {settings.S3_BUCKET} does not exist")

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("images/", views.ImageCollectionView.as_view(), name="image-collection"),
+    path("images/<str:image_id>/", views.ImageDetailView.as_view(), name="image-detail"),
+    path("images/<str:image_id>/annotated/", views.ImageAnnotatedView.as_view(), name="image-annotated"),
+]

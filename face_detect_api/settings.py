@@ -1,0 +1,185 @@
+"""Django settings, read from the environment in one place.
+
+Every variable is documented, with a safe development default, in ``env.env`` at the repository
+root. That file is read first; variables already set in the process environment win over it.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# read_env never overwrites a variable that is already set: the real environment wins.
+environ.Env.read_env(str(BASE_DIR / "env.env"))
+
+# --- Django core -------------------------------------------------------------------------------
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+SECRET_KEY = env("DJANGO_SECRET_KEY")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "api",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "face_detect_api.urls"
+WSGI_APPLICATION = "face_detect_api.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL")}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# Uploads larger than this many bytes are spooled to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+# --- REST framework ----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.JSONParser",
+    ],
+    # Authentication arrives with API keys; until then the API is open, as documented.
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.JobPagination",
+    "PAGE_SIZE": 50,
+}
+
+# --- Public URLs --------------------------------------------------------------------------------
+# The base of the absolute URLs in responses and callbacks (status_url, output_image_url). The
+# worker has no request to build them from, so both sides use this one value.
+PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+# --- Object storage (MinIO or any S3-compatible server) ----------------------------------------
+S3_ENDPOINT = env("S3_ENDPOINT")
+S3_ACCESS_KEY = env("S3_ACCESS_KEY")
+S3_SECRET_KEY = env("S3_SECRET_KEY")
+S3_SECURE = env.bool("S3_SECURE", default=False)
+S3_REGION = env("S3_REGION", default="us-east-1")
+S3_BUCKET = env("S3_BUCKET", default="face-detect-api")
+# Where clients reach the storage server. When set, /annotated/ redirects to a presigned URL on
+# this endpoint; when empty, the API streams the object itself.
+S3_PUBLIC_ENDPOINT = env("S3_PUBLIC_ENDPOINT", default="")
+S3_PRESIGN_SECONDS = env.int("S3_PRESIGN_SECONDS", default=300)
+S3_CONNECT_TIMEOUT = env.float("S3_CONNECT_TIMEOUT", default=3.0)
+S3_READ_TIMEOUT = env.float("S3_READ_TIMEOUT", default=30.0)
+
+# --- Uploads -----------------------------------------------------------------------------------
+MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
+MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
+
+# --- Detector ----------------------------------------------------------------------------------
+DETECTOR_MODEL = env("DETECTOR_MODEL", default="mtcnn@1.0.0")
+# "cpu" (default), "cuda" or "cuda:N". CUDA must be asked for: a worker never picks it silently.
+DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")
+# Threads torch may use per worker process; 0 keeps torch's default (one per core).
+DETECTOR_TORCH_THREADS = env.int("DETECTOR_TORCH_THREADS", default=0)
+
+# --- Callbacks ---------------------------------------------------------------------------------
+CALLBACK_CONNECT_TIMEOUT = env.float("CALLBACK_CONNECT_TIMEOUT", default=3.0)
+CALLBACK_READ_TIMEOUT = env.float("CALLBACK_READ_TIMEOUT", default=10.0)
+# Seconds to wait before each retry of a failed delivery; the number of values bounds the retries.
+CALLBACK_RETRY_DELAYS = [float(s) for s in env.list("CALLBACK_RETRY_DELAYS", default=["5", "30", "120"])]
+
+# --- Celery ------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL")
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
+CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
+CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
+CELERY_TASK_DEFAULT_QUEUE = CELERY_QUEUE_DETECT
+CELERY_TASK_ROUTES = {
+    "workers.tasks.detect_faces": {"queue": CELERY_QUEUE_DETECT},
+    "workers.tasks.deliver_result": {"queue": CELERY_QUEUE_DELIVER},
+}
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=24 * 3600)
+# A job must survive a worker that dies mid-task: acknowledge after the task ran, requeue when
+# the worker process is lost, and take one message at a time so none waits behind a slow job.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=180)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=4.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A new worker process loads the detector before taking work (workers/signals.py): give it time.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 60
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded fallback of the local runner: a broker made of folders.
+    _broker_dir = Path(env("CELERY_BROKER_FOLDER", default=str(BASE_DIR / "var" / "broker")))
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+    for _sub in ("out", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+
+# --- Logging -----------------------------------------------------------------------------------
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

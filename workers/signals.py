@@ -1,0 +1,36 @@
+"""Worker process lifecycle: import torch once in the parent, load the detector once per child."""
+
+import logging
+import os
+
+from celery.signals import worker_init, worker_process_init
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _import_torch_before_fork(**_: object) -> None:
+    # Importing torch takes seconds; doing it once in the parent lets every forked child start
+    # with it already in memory. No model is loaded and no thread started here.
+    import facenet_pytorch.models.mtcnn  # noqa: F401
+    import torch  # noqa: F401
+
+
+@worker_process_init.connect
+def _load_detector(**_: object) -> None:
+    """Load the configured detector in each worker process, before its first task."""
+    from .detection.registry import get_detector
+
+    if settings.DETECTOR_TORCH_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.DETECTOR_TORCH_THREADS)
+    try:
+        detector = get_detector()
+    except Exception:
+        # A broken configuration must not kill the pool in a loop; each job will then fail with
+        # a clear error code, and /readyz and the logs say why.
+        logger.exception("could not load detector %s in process %d", settings.DETECTOR_MODEL, os.getpid())
+        return
+    logger.info("detector %s ready in worker process %d", detector.model_version, os.getpid())
