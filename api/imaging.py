@@ -24,6 +24,9 @@ FORMATS = {
     "TIFF": ("image/tiff", "tiff"),
 }
 
+# The formats Pillow is allowed to try (its JPEG plugin also reads MPO).
+OPENABLE = [fmt for fmt in FORMATS if fmt != "MPO"]
+
 
 class ImageRejected(Exception):
     """The bytes are not an image this service accepts. ``code`` says why."""
@@ -48,12 +51,12 @@ def _open(stream: IO[bytes]) -> Image.Image:
         with warnings.catch_warnings():
             # The pixel limit is ours to enforce (below), from the header and with a clear error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(stream, formats=list(FORMATS))
+            return Image.open(stream, formats=OPENABLE)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, Image.DecompressionBombError):
             raise ImageRejected("image_too_large", str(exc)) from exc
         raise ImageRejected("image_unreadable", "The file is not an image in a supported format "
-                            f"({', '.join(sorted(set(f for f in FORMATS if f != 'MPO')))}).") from exc
+                            f"({', '.join(OPENABLE)}).") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageRejected("image_unreadable", f"The image cannot be read: {exc}") from exc
 

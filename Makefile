@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make up` runs the service, `make test` runs the tests.
+# Both create the virtual environment and install the pinned requirements first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The install stamp is named after the requirements' hash: editing them reinstalls.
+REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+
+.PHONY: install up down test bench clean
+
+install: $(STAMP)
+
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+## Run the API (127.0.0.1:8000), a worker and the bundled S3 server until Ctrl-C.
+up: install
+	$(PY) -m devstack up
+
+## Stop what `make up` started.
+down:
+	@test -x $(PY) && $(PY) -m devstack down || echo "nothing to stop"
+
+## Run the whole test suite. With CI=true, a missing service fails the run instead of skipping.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Print throughput and latency figures of the detector (see docs/benchmarks.md).
+bench: install
+	$(PY) bench/detector.py
+
+clean:
+	rm -rf var staticfiles .pytest_cache

@@ -1,0 +1,289 @@
+"""Shared fixtures: the real services, a real S3 server, a real worker, a real callback receiver."""
+
+import io
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTDATA = ROOT.parent / "shared" / "testdata"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+# --- Real services ------------------------------------------------------------------------------
+
+
+def _answers(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _service_up(name: str) -> bool:
+    if name == "postgres":
+        return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+    if name == "rabbitmq":
+        return _answers(settings.CELERY_BROKER_URL, 5672)
+    if name == "redis":
+        return _answers(settings.CELERY_RESULT_BACKEND, 6379)
+    raise ValueError(name)
+
+
+def require(*names: str) -> None:
+    """Skip the test when a service is missing; in CI (CI=true), fail it instead."""
+    missing = [name for name in names if not _service_up(name)]
+    if missing:
+        message = f"needs {', '.join(missing)} running (see README: Tests)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def pytest_sessionstart(session):
+    if IN_CI:
+        missing = [name for name in ("postgres", "rabbitmq", "redis") if not _service_up(name)]
+        if missing:
+            raise pytest.UsageError(f"CI=true but these services do not answer: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server for this run, with the test bucket created."""
+    from api import storage
+    from devstack.seaweed import SeaweedS3
+
+    host, _, port = settings.S3_ENDPOINT.rpartition(":")
+    server = SeaweedS3(
+        data_dir=tmp_path_factory.mktemp("s3"),
+        access_key=settings.S3_ACCESS_KEY,
+        secret_key=settings.S3_SECRET_KEY,
+        s3_port=int(port),
+        base_port=int(os.environ["FDA_TEST_S3_BASE_PORT"]),
+        host=host,
+    )
+    server.start()
+    storage.reset_clients()
+    storage.storage_ensure_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """The S3 server, with the bucket emptied after the test."""
+    from api import storage
+
+    yield s3_server
+    for key in storage.storage_list():
+        storage.storage_delete(key=key)
+
+
+# --- Test data ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def manifest() -> list[dict]:
+    return json.loads((TESTDATA / "manifest.json").read_text())
+
+
+def photo_bytes(name: str) -> bytes:
+    return (TESTDATA / name).read_bytes()
+
+
+# --- Callback receiver --------------------------------------------------------------------------
+
+
+class CallbackReceiver:
+    """A real HTTP server on loopback that records every POST and answers with scripted codes."""
+
+    def __init__(self) -> None:
+        self.received: "queue.Queue[dict]" = queue.Queue()
+        self.script: list[int] = []  # status codes to answer, in order; 200 once exhausted
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                status = receiver.script.pop(0) if receiver.script else 200
+                receiver.received.put(
+                    {"path": self.path, "headers": dict(self.headers), "body": body, "answered": status}
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok" if status < 300 else b"nope")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def wait(self, count: int, timeout: float = 180) -> list[dict]:
+        """The next ``count`` requests, failing if they do not all come within ``timeout``."""
+        got, deadline = [], time.monotonic() + timeout
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"received {len(got)} of {count} callbacks within {timeout}s")
+            try:
+                got.append(self.received.get(timeout=min(remaining, 1)))
+            except queue.Empty:
+                continue
+        return got
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = CallbackReceiver()
+    yield r
+    r.close()
+
+
+# --- A real Celery worker -----------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """``celery worker`` as a subprocess on this run's queues and test database."""
+
+    def __init__(self, log_path: Path, env: dict[str, str], concurrency: int = 1) -> None:
+        self.log_path = log_path
+        self.env = env
+        self.concurrency = concurrency
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "WorkerProcess":
+        queues = f"{settings.CELERY_QUEUE_DETECT},{settings.CELERY_QUEUE_DELIVER}"
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "face_detect_api", "worker",
+                "--loglevel", "INFO", "-Q", queues, "--concurrency", str(self.concurrency),
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-n", f"test-{os.environ['FDA_TEST_RUN']}-{time.monotonic_ns()}@%h",
+            ],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            if " ready." in self.log() and self.log().count("detector ") >= self.concurrency:
+                return self
+            time.sleep(0.25)
+        self.stop()
+        pytest.fail(f"worker not ready in {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self.log_offset)
+            return fh.read().decode("utf-8", "replace")
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup, django_db_blocker, s3_server) -> dict[str, str]:
+    """The environment of a worker that shares this run's database, queues and S3 server."""
+    require("postgres", "rabbitmq", "redis")
+    with django_db_blocker.unblock():
+        from django.db import connection
+
+        db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        DETECTOR_TORCH_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env, tmp_path_factory):
+    """One real worker (MTCNN, concurrency 1) for the whole session."""
+    process = WorkerProcess(tmp_path_factory.mktemp("worker") / "worker.log", worker_env).start()
+    yield process
+    process.stop()
+    _delete_test_queues()
+
+
+def _delete_test_queues() -> None:
+    from face_detect_api.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for name in (settings.CELERY_QUEUE_DETECT, settings.CELERY_QUEUE_DELIVER):
+            try:
+                channel.queue_delete(name)
+            except Exception:
+                pass
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_client():
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+def upload(client, data: bytes, *, name: str = "photo.png", **fields):
+    """POST an image to the API as multipart, the way a client would."""
+    payload = {"image": io.BytesIO(data), **fields}
+    payload["image"].name = name
+    return client.post("/api/v1/images/", payload, format="multipart")
+
+
+def wait_terminal(image_id, timeout: float = 180):
+    """Poll the job until detection and callback delivery are both finished."""
+    from api.models import CallbackStatus, Image
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        image = Image.objects.get(id=image_id)
+        annotated_or_failed = bool(image.annotated_key) or image.status != "completed"
+        if image.is_terminal and image.callback_status != CallbackStatus.PENDING and annotated_or_failed:
+            return image
+        time.sleep(0.2)
+    pytest.fail(f"job {image_id} not finished within {timeout}s")
