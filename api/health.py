@@ -1,5 +1,6 @@
 """Liveness and readiness probes. Neither needs credentials; neither loads the model."""
 
+from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
@@ -19,7 +20,8 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    with celery_app.connection_for_write() as conn:
+    # The URL is read from settings on each call so a probe always checks what is configured.
+    with celery_app.connection_for_write(url=settings.CELERY_BROKER_URL) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
 
 

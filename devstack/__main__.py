@@ -97,6 +97,8 @@ def up() -> int:
         replaced = [name for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if name in overrides]
         print(f"devstack: {', '.join(replaced)} not answering; using embedded defaults under var/ (SQLite, filesystem broker, file results)")
     os.environ.update(overrides)
+    # The Procfile's commands (gunicorn, celery) live next to this interpreter, in the venv.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     if os.environ["DATABASE_URL"].startswith("postgres"):
         ensure_postgres_database(os.environ["DATABASE_URL"])
 

@@ -125,6 +125,8 @@ class CallbackReceiver:
                     {"path": self.path, "headers": dict(self.headers), "body": body, "answered": status}
                 )
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/redirected")
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
                 self.wfile.write(b"ok" if status < 300 else b"nope")
@@ -193,7 +195,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            if " ready." in self.log() and self.log().count("detector ") >= self.concurrency:
+            if " ready." in self.log() and self.log().count("ready in worker process") >= self.concurrency:
                 return self
             time.sleep(0.25)
         self.stop()

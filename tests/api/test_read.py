@@ -1,0 +1,97 @@
+"""GET endpoints, probes and error shapes."""
+
+import pytest
+
+from api import services, storage
+from tests.conftest import photo_bytes, upload
+
+pytestmark = [pytest.mark.django_db]
+
+
+@pytest.fixture
+def completed(api_client, s3, settings, monkeypatch):
+    settings.DETECTOR_MODEL = "stub@0.0.0"
+    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    image_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="read").json()["id"]
+    services.image_job_detect(image_id=image_id)
+    return image_id
+
+
+@pytest.mark.parametrize("path", ["/api/v1/images/00000000-0000-0000-0000-000000000000/", "/api/v1/images/not-a-uuid/",
+                                  "/api/v1/images/not-a-uuid/annotated/", "/api/v1/nothing-here/"])
+def test_unknown_ids_and_routes_are_404_json(api_client, path):
+    """404 in the one error shape."""
+    response = api_client.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_annotated_is_409_until_ready_then_served(api_client, completed):
+    """Before annotation: 409 not_ready. After: the JPEG."""
+    response = api_client.get(f"/api/v1/images/{completed}/annotated/")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "not_ready"
+    services.image_job_annotate(image_id=completed)
+    response = api_client.get(f"/api/v1/images/{completed}/annotated/")
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    assert b"".join(response.streaming_content)[:3] == b"\xff\xd8\xff"
+
+
+def test_annotated_redirects_to_a_presigned_url_when_storage_is_public(api_client, completed, settings, s3):
+    """With S3_PUBLIC_ENDPOINT, a 302 to a URL the client can fetch without credentials."""
+    import requests
+
+    services.image_job_annotate(image_id=completed)
+    settings.S3_PUBLIC_ENDPOINT = s3.endpoint
+    storage.reset_clients()
+    response = api_client.get(f"/api/v1/images/{completed}/annotated/")
+    assert response.status_code == 302
+    assert "X-Amz-Expires=" in response["Location"]
+    fetched = requests.get(response["Location"], timeout=10)
+    assert fetched.status_code == 200 and fetched.content[:3] == b"\xff\xd8\xff"
+
+
+def test_representation_has_numbers_not_strings(api_client, completed):
+    """Box, confidence and landmarks are JSON numbers."""
+    body = api_client.get(f"/api/v1/images/{completed}/").json()
+    face = body["faces"][0]
+    assert body["face_count"] == 1 and body["status"] == "completed"
+    assert face["box"] == {"x": 128, "y": 128, "width": 256, "height": 256}
+    assert isinstance(face["confidence"], float)
+    assert face["landmarks"]["nose"] == [256.0, 256.0]
+    assert body["error"] is None and body["callback"]["status"] == "none"
+
+
+def test_list_is_paginated(api_client, completed):
+    """count, next, previous, results."""
+    body = api_client.get("/api/v1/images/", {"page_size": 1}).json()
+    assert set(body) == {"count", "next", "previous", "results"} and body["count"] == 1
+
+
+def test_healthz_is_up(api_client):
+    assert api_client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_is_ok_when_everything_answers(api_client, s3):
+    """Database, broker and storage answer: 200."""
+    from tests.conftest import require
+
+    require("rabbitmq")
+    response = api_client.get("/readyz")
+    assert response.status_code == 200, response.json()
+    assert response.json()["down"] == []
+
+
+def test_readyz_names_what_is_down(api_client, s3, settings):
+    """Storage and broker unreachable: 503 naming both."""
+    settings.S3_ENDPOINT = "127.0.0.1:9"
+    storage.reset_clients()
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:9//"
+    try:
+        response = api_client.get("/readyz")
+    finally:
+        settings.S3_ENDPOINT = s3.endpoint
+        storage.reset_clients()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable" and sorted(body["down"]) == ["broker", "storage"]
+    assert body["checks"]["database"]["ok"] is True

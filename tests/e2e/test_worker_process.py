@@ -1,0 +1,45 @@
+"""The detector is loaded once per worker process, never per task, and never in the web process."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, WorkerProcess, photo_bytes, upload, wait_terminal
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def test_each_worker_process_loads_the_detector_once(api_client, worker_env, s3, tmp_path):
+    """Two worker processes, six jobs: exactly one load per process."""
+    worker = WorkerProcess(tmp_path / "worker.log", worker_env, concurrency=2).start()
+    try:
+        ids = [upload(api_client, photo_bytes("astronaut_1face.png"), request_id=f"load-{i}").json()["id"] for i in range(6)]
+        for image_id in ids:
+            assert wait_terminal(image_id).face_count == 1
+        children = worker.child_pids()
+        log = worker.log()
+    finally:
+        worker.stop()
+    loads = re.findall(r"\[(\d+)\] loaded detector mtcnn@", log)
+    assert len(children) == 2
+    assert sorted(int(pid) for pid in loads) == sorted(children)
+
+
+def test_the_web_process_never_imports_torch():
+    """Importing the whole web side (urls, views, services, admin) leaves torch unimported."""
+    code = (
+        "import django, sys; django.setup();"
+        "import face_detect_api.urls, api.views, api.services, api.admin, workers.tasks;"
+        "from django.test import Client; Client().get('/healthz');"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+        env={"DJANGO_SETTINGS_MODULE": "tests.settings", "PATH": "/usr/bin:/bin", "FDA_TEST_RUN": "x",
+             "S3_ENDPOINT": "127.0.0.1:9", "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s",
+             "CELERY_QUEUE_DETECT": "d", "CELERY_QUEUE_DELIVER": "v", "DATABASE_URL": "sqlite:///:memory:"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
