@@ -81,6 +81,7 @@ class SeaweedS3:
         )
         return [
             weed_binary(),
+            f"-logdir={self.data_dir}",  # glog files go here rather than /tmp
             "server",
             f"-dir={self.data_dir}",
             f"-ip={self.host}",
@@ -95,6 +96,8 @@ class SeaweedS3:
             f"-s3.port={self.s3_port}",
             f"-s3.port.grpc={self.s3_port + 10000}",
             f"-s3.config={config}",
+            f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            f"-filer.localSocket={self.data_dir / 'filer.sock'}",
             # Small volumes and few of them: this is a development and test server.
             "-master.volumeSizeLimitMB=64",
             "-volume.max=16",
