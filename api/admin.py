@@ -1,13 +1,15 @@
 """Operators' view of the jobs: read-only, with the faces inline and both photos shown."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import storage
-from .models import Face, Image
+from .delivery import callback_redeliver
+from .errors import ApiError
+from .models import CallbackAttempt, CallbackDelivery, Face, Image
 
 
 class FaceInline(admin.TabularInline):
@@ -21,21 +23,26 @@ class FaceInline(admin.TabularInline):
         return False
 
 
+class DeliveryInline(admin.TabularInline):
+    model = CallbackDelivery
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("webhook_id", "status", "attempt_count", "last_status_code", "last_error", "next_attempt_at", "created_at", "finished_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = (
-        "request_id",
-        "status",
-        "face_count",
-        "model_version",
-        "callback_status",
-        "created_at",
-        "finished_at",
-    )
-    list_filter = ("status", "model_version", "callback_status")
-    search_fields = ("request_id",)
+    list_display = ("request_id", "status", "face_count", "model_version", "callback", "created_at", "finished_at")
+    list_filter = ("status", "model_version", "deliveries__status")
+    search_fields = ("request_id", "=id")
     date_hierarchy = "created_at"
-    inlines = [FaceInline]
+    inlines = [FaceInline, DeliveryInline]
+    actions = ["redeliver_callback"]
     readonly_fields = (
         "id",
         "original_thumbnail",
@@ -47,24 +54,33 @@ class ImageAdmin(admin.ModelAdmin):
         ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
         ("Result", {"fields": ("model_version", "width", "height", "face_count")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
-        (
-            "Callback",
-            {
-                "fields": (
-                    "callback_url",
-                    "callback_status",
-                    "callback_attempts",
-                    "callback_last_status_code",
-                    "callback_last_error",
-                    "callback_delivered_at",
-                )
-            },
-        ),
+        ("Callback", {"fields": ("callback_url",)}),
+        ("Queueing", {"fields": ("enqueued_at", "enqueue_count")}),
         (
             "Storage",
             {"fields": ("original_filename", "original_key", "original_content_type", "original_size", "annotated_key")},
         ),
     )
+
+    @admin.display(description="Callback")
+    def callback(self, obj: Image) -> str:
+        latest = max(obj.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
+        return latest.status if latest else ("pending" if obj.callback_url else "-")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deliveries")
+
+    @admin.action(description="Send the callback again")
+    def redeliver_callback(self, request, queryset):
+        sent = 0
+        for image in queryset:
+            try:
+                callback_redeliver(image_id=image.id)
+                sent += 1
+            except ApiError as exc:
+                self.message_user(request, f"{image.request_id}: {exc.message}", messages.WARNING)
+        if sent:
+            self.message_user(request, f"{sent} callback(s) queued for delivery.", messages.SUCCESS)
 
     # Jobs are made by the API and changed by the workers only.
     def has_add_permission(self, request) -> bool:
@@ -110,3 +126,29 @@ class ImageAdmin(admin.ModelAdmin):
     @admin.display(description="Annotated")
     def annotated_thumbnail(self, obj: Image) -> str:
         return self._thumbnail(obj, "annotated", bool(obj.annotated_key))
+
+
+class AttemptInline(admin.TabularInline):
+    model = CallbackAttempt
+    extra = 0
+    can_delete = False
+    fields = ("number", "started_at", "duration_ms", "status_code", "error", "response_excerpt")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("webhook_id", "image", "status", "attempt_count", "last_status_code", "next_attempt_at", "created_at")
+    list_filter = ("status",)
+    search_fields = ("webhook_id", "image__request_id", "url")
+    inlines = [AttemptInline]
+    readonly_fields = [f.name for f in CallbackDelivery._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -15,9 +15,7 @@ class JobStatus(models.TextChoices):
 TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED)
 
 
-class CallbackStatus(models.TextChoices):
-    # No callback_url was given: the client polls.
-    NONE = "none"
+class DeliveryStatus(models.TextChoices):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
@@ -36,6 +34,8 @@ class Image(models.Model):
     original_key = models.CharField(max_length=512)
     original_content_type = models.CharField(max_length=64)
     original_size = models.PositiveBigIntegerField()
+    # Tells a retried submission (same request_id, same photo) from a conflicting one.
+    original_sha256 = models.CharField(max_length=64)
     annotated_key = models.CharField(max_length=512, blank=True)
 
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
@@ -43,6 +43,10 @@ class Image(models.Model):
     error_message = models.TextField(blank=True)
     # How many times a worker started detection on this job (more than one: it was redelivered).
     attempts = models.PositiveIntegerField(default=0)
+    # When the detect -> deliver chain was last published (null: never, the broker was down) and
+    # how many times; the sweeper re-publishes jobs that are stuck, a bounded number of times.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    enqueue_count = models.PositiveIntegerField(default=0)
 
     model_version = models.CharField(max_length=128, blank=True, db_index=True)
     width = models.PositiveIntegerField(null=True, blank=True)
@@ -54,15 +58,13 @@ class Image(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.NONE)
-    callback_attempts = models.PositiveIntegerField(default=0)
-    callback_last_status_code = models.PositiveIntegerField(null=True, blank=True)
-    callback_last_error = models.TextField(blank=True)
-    callback_delivered_at = models.DateTimeField(null=True, blank=True)
-
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "created_at"])]
+        constraints = [
+            # Submission is idempotent per request_id (per client, once clients exist).
+            models.UniqueConstraint(fields=["request_id"], name="image_unique_request_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} ({self.status})"
@@ -92,3 +94,50 @@ class Face(models.Model):
 
     def __str__(self) -> str:
         return f"face {self.index} of {self.image_id}"
+
+
+class CallbackDelivery(models.Model):
+    """One message to a job's callback_url (an outbox row): the exact body, signed on each try
+    under the same webhook id, retried on a schedule until delivered or failed."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="deliveries")
+    webhook_id = models.CharField(max_length=64, unique=True)
+    url = models.URLField(max_length=2048)
+    # The exact JSON bytes sent (a snapshot of the job when the delivery was made).
+    body = models.TextField()
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING, db_index=True)
+    attempt_count = models.PositiveIntegerField(default=0)
+    # When the next try is due. While a try is in flight it is pushed ahead as a lease, so a
+    # second copy of the task (or the sweeper) does not send it twice.
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "callback deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.webhook_id} ({self.status})"
+
+
+class CallbackAttempt(models.Model):
+    """One HTTP try of a delivery."""
+
+    delivery = models.ForeignKey(CallbackDelivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    # The first bytes of the receiver's answer, or the network error.
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_number")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}"

@@ -60,13 +60,34 @@ def image_representation(image: Image) -> dict[str, Any]:
         "faces": faces,
         "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
         "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
-        "callback": {
-            "url": image.callback_url or None,
-            "status": image.callback_status,
-            "attempts": image.callback_attempts,
-            "last_status_code": image.callback_last_status_code,
-            "delivered_at": _iso(image.callback_delivered_at),
-        },
+        "callback": callback_representation(image),
+    }
+
+
+def callback_representation(image: Image) -> dict[str, Any]:
+    """The state of the job's latest callback delivery and its attempts."""
+    if not image.callback_url:
+        return {"url": None, "status": "none", "webhook_id": None, "attempts": [], "delivered_at": None}
+    deliveries = sorted(image.deliveries.all(), key=lambda d: (d.created_at, d.id))
+    latest = deliveries[-1] if deliveries else None
+    if latest is None:
+        return {"url": image.callback_url, "status": "pending", "webhook_id": None, "attempts": [], "delivered_at": None}
+    return {
+        "url": image.callback_url,
+        "status": latest.status,
+        "webhook_id": latest.webhook_id,
+        "attempts": [
+            {
+                "number": a.number,
+                "at": _iso(a.started_at),
+                "duration_ms": a.duration_ms,
+                "status_code": a.status_code,
+                "error": a.error or None,
+            }
+            for a in sorted(latest.attempts.all(), key=lambda a: a.number)
+        ],
+        "delivered_at": _iso(latest.finished_at) if latest.status == "delivered" else None,
+        "next_attempt_at": _iso(latest.next_attempt_at) if latest.status == "pending" else None,
     }
 
 

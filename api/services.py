@@ -4,6 +4,8 @@ Every state change locks the row and checks the current state first, so a task d
 (acks_late redelivery, a retry, the sweeper) never applies twice.
 """
 
+import datetime as dt
+import hashlib
 import logging
 import time
 import uuid
@@ -12,13 +14,14 @@ from dataclasses import dataclass
 from typing import IO
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import storage
 from .errors import ApiError
 from .imaging import ImageRejected, image_decode_rgb, image_probe
-from .models import TERMINAL_STATUSES, CallbackStatus, Face, Image, JobStatus
+from .models import TERMINAL_STATUSES, Face, Image, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +40,15 @@ def _object_key(kind: str, image_id: uuid.UUID, extension: str, when=None) -> st
 
 def image_job_create(
     *, upload: IO[bytes], size: int, request_id: str, callback_url: str = "", filename: str = ""
-) -> Image:
+) -> tuple[Image, bool]:
     """Accept an upload: check the image, store it, record a queued job, and enqueue detection
-    once the row is committed. Raises ApiError (field "image") for an unacceptable file; nothing
-    is left behind then."""
+    once the row is committed. Returns (job, created).
+
+    Submission is idempotent per request_id: the same photo and callback_url again return the
+    existing job (created False); a different photo or callback_url under a used request_id is
+    a 409. Raises ApiError (field "image") for an unacceptable file. A refused request leaves no
+    row and no object behind.
+    """
     if size > settings.MAX_UPLOAD_BYTES:
         raise ApiError(
             "file_too_large",
@@ -53,6 +61,11 @@ def image_job_create(
     except ImageRejected as exc:
         status_code = 413 if exc.code == "image_too_large" else 400
         raise ApiError(exc.code, exc.message, field="image", status_code=status_code) from exc
+    sha256 = _sha256(upload)
+
+    existing = Image.objects.filter(request_id=request_id).first()
+    if existing is not None:
+        return _same_submission(existing, sha256=sha256, callback_url=callback_url), False
 
     image_id = uuid.uuid4()
     key = _object_key("originals", image_id, info.extension)
@@ -72,28 +85,58 @@ def image_job_create(
                 original_key=key,
                 original_content_type=info.content_type,
                 original_size=size,
+                original_sha256=sha256,
                 width=info.width,
                 height=info.height,
-                callback_status=CallbackStatus.PENDING if callback_url else CallbackStatus.NONE,
             )
             # The worker must never see an id whose row is not committed.
             transaction.on_commit(lambda: image_job_enqueue(image_id=image_id))
+    except IntegrityError:
+        # The same request_id raced in from a concurrent request and won.
+        _delete_quietly(key)
+        existing = Image.objects.get(request_id=request_id)
+        return _same_submission(existing, sha256=sha256, callback_url=callback_url), False
     except Exception:
-        # No row, so no object either: a rejected or failed request leaves nothing behind.
+        # No row, so no object either.
         _delete_quietly(key)
         raise
-    return image
+    return image, True
 
 
-def image_job_enqueue(*, image_id: uuid.UUID) -> None:
-    """Publish the detect -> deliver chain for a committed job. A broker outage is logged, not
-    raised: the job stays queued and the client still gets its 202."""
+def _sha256(upload: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    upload.seek(0)
+    for chunk in iter(lambda: upload.read(1 << 20), b""):
+        digest.update(chunk)
+    upload.seek(0)
+    return digest.hexdigest()
+
+
+def _same_submission(existing: Image, *, sha256: str, callback_url: str) -> Image:
+    if existing.original_sha256 != sha256 or existing.callback_url != callback_url:
+        raise ApiError(
+            "request_id_conflict",
+            "This request_id was already used for a different image or callback_url.",
+            field="request_id",
+            status_code=409,
+        )
+    return existing
+
+
+def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
+    """Publish the detect -> deliver chain for a committed job and record it. A broker outage
+    is logged, not raised: the job stays queued, unpublished, for the sweeper to publish."""
     from workers.tasks import deliver_result, detect_faces  # tasks import this module
 
     try:
         (detect_faces.si(str(image_id)) | deliver_result.si(str(image_id))).apply_async()
     except Exception:
-        logger.exception("could not enqueue job %s; it stays queued", image_id)
+        logger.exception("could not enqueue job %s; the sweeper will retry", image_id)
+        return False
+    Image.objects.filter(id=image_id).update(
+        enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1, updated_at=timezone.now()
+    )
+    return True
 
 
 def _delete_quietly(key: str) -> None:
@@ -118,9 +161,13 @@ class FaceData:
     landmarks: dict[str, list[float]]
 
 
-def image_job_start(*, image_id: uuid.UUID) -> Image | None:
-    """Move a job to processing. Returns None when the job needs no work (already terminal,
-    unknown, or failed here for too many attempts)."""
+def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False) -> Image | None:
+    """Move a job to processing. Returns None when there is no work to do here: the job is
+    terminal or unknown, another worker is running it, or it failed for too many attempts.
+
+    ``redelivered`` is the broker's flag: the message was handed out before and not acknowledged,
+    so the worker that had it died and this one takes over.
+    """
     with transaction.atomic():
         image = Image.objects.select_for_update().filter(id=image_id).first()
         if image is None:
@@ -129,16 +176,25 @@ def image_job_start(*, image_id: uuid.UUID) -> Image | None:
         if image.status in TERMINAL_STATUSES:
             logger.info("job %s is already %s; skipping", image_id, image.status)
             return None
-        # Found processing: the attempt before this one died without finishing (worker killed,
-        # hard time limit) and the broker redelivered the task.
-        if image.status == JobStatus.PROCESSING and image.attempts >= MAX_DETECT_ATTEMPTS:
-            _fail(image, "too_many_attempts", f"Detection was started {image.attempts} times without finishing.")
-            return None
+        if image.status == JobStatus.PROCESSING:
+            if not (redelivered or _processing_is_stale(image)):
+                # A second copy of the message (the sweeper re-published it) while the first runs.
+                logger.info("job %s is being processed elsewhere; skipping this copy", image_id)
+                return None
+            if image.attempts >= MAX_DETECT_ATTEMPTS:
+                _fail(image, "too_many_attempts", f"Detection was started {image.attempts} times without finishing.")
+                return None
         image.status = JobStatus.PROCESSING
         image.attempts += 1
         image.started_at = timezone.now()
         image.save(update_fields=["status", "attempts", "started_at", "updated_at"])
         return image
+
+
+def _processing_is_stale(image: Image) -> bool:
+    # Past the hard time limit the worker that started it cannot still be running it.
+    deadline = timezone.now() - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+    return image.started_at is None or image.started_at < deadline
 
 
 def image_job_complete(
@@ -215,7 +271,7 @@ def faces_from_detections(detections: Sequence, *, width: int, height: int) -> l
     return faces
 
 
-def image_job_detect(*, image_id: uuid.UUID) -> None:
+def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
     """Run detection for a job: load the photo, orient it, detect, store the faces.
 
     Permanent problems (an undecodable photo, a detector that cannot load) fail the job at once.
@@ -224,7 +280,7 @@ def image_job_detect(*, image_id: uuid.UUID) -> None:
     from workers.detection import UnknownDetector, get_detector
     from workers.detection.mtcnn import DetectorUnavailable
 
-    image = image_job_start(image_id=image_id)
+    image = image_job_start(image_id=image_id, redelivered=redelivered)
     if image is None:
         return
     data = storage.storage_get(key=image.original_key)
@@ -275,56 +331,35 @@ def image_job_annotate(*, image_id: uuid.UUID) -> None:
     Image.objects.filter(id=image_id, annotated_key="").update(annotated_key=key, updated_at=timezone.now())
 
 
-def image_job_deliver_callback(*, image_id: uuid.UUID) -> float | None:
-    """POST the job's representation to its callback_url once and record the attempt.
-
-    Returns the seconds to wait before the next try, or None when delivery is over (delivered,
-    failed for good, or nothing to deliver). 2xx is delivered. Connection errors, timeouts, 408,
-    429 and 5xx are retried after the delays in CALLBACK_RETRY_DELAYS; anything else (3xx
-    included: redirects are never followed) fails the delivery at once.
-    """
-    from workers.callbacks import post_json
-
-    from .serializers import image_representation
-
-    image = Image.objects.prefetch_related("faces").get(id=image_id)
-    if not image.callback_url or image.callback_status != CallbackStatus.PENDING:
-        return None
-
-    result = post_json(image.callback_url, image_representation(image))
-    code = result.status_code
-    delivered = code is not None and 200 <= code < 300
-    retryable = not delivered and (code is None or code in (408, 429) or code >= 500)
-    delays = settings.CALLBACK_RETRY_DELAYS
-
-    with transaction.atomic():
-        locked = Image.objects.select_for_update().get(id=image_id)
-        if locked.callback_status != CallbackStatus.PENDING:
-            return None  # another delivery of the same task got there first
-        locked.callback_attempts += 1
-        retries_left = retryable and locked.callback_attempts <= len(delays)
-        locked.callback_last_status_code = code
-        locked.callback_last_error = result.error or ("" if delivered else result.response_excerpt[:500])
-        if delivered:
-            locked.callback_status = CallbackStatus.DELIVERED
-            locked.callback_delivered_at = timezone.now()
-        elif not retries_left:
-            locked.callback_status = CallbackStatus.FAILED
-        locked.save()
-    logger.log(
-        logging.INFO if delivered else logging.WARNING,
-        "callback for job %s, attempt %d: %s -> %s",
-        image_id,
-        locked.callback_attempts,
-        code or result.error,
-        locked.callback_status,
-    )
-    return delays[locked.callback_attempts - 1] if retries_left else None
-
-
 def image_job_requeue(*, image_id: uuid.UUID) -> None:
     """Put a processing job back to queued before a retry, so that the next start is not taken
     for the redelivery of a crashed attempt."""
     Image.objects.filter(id=image_id, status=JobStatus.PROCESSING).update(
         status=JobStatus.QUEUED, updated_at=timezone.now()
     )
+
+
+def image_jobs_sweep() -> dict[str, int]:
+    """Find jobs that would otherwise never finish and push them on (Celery beat calls this).
+
+    - queued and never published (the broker was down at submit), after JOB_UNPUBLISHED_GRACE;
+    - queued long after publishing (the message was lost), after JOB_QUEUED_TIMEOUT;
+    - processing past the hard time limit (the worker vanished and the message with it).
+    Each is re-published, at most JOB_MAX_ENQUEUES times in all; then it fails with "stuck".
+    """
+    now = timezone.now()
+    stuck = (
+        Q(status=JobStatus.QUEUED, enqueued_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE))
+        | Q(status=JobStatus.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
+        | Q(status=JobStatus.PROCESSING, started_at__lt=now - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30))
+    )
+    counts = {"republished": 0, "failed": 0}
+    for image_id, enqueue_count in Image.objects.filter(stuck).values_list("id", "enqueue_count")[:500]:
+        if enqueue_count >= settings.JOB_MAX_ENQUEUES:
+            if image_job_fail(image_id=image_id, code="stuck", message=f"Published {enqueue_count} times without finishing."):
+                counts["failed"] += 1
+        elif image_job_enqueue(image_id=image_id):
+            counts["republished"] += 1
+    if any(counts.values()):
+        logger.warning("sweeper: %s", counts)
+    return counts

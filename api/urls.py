@@ -5,5 +5,6 @@ from . import views
 urlpatterns = [
     path("images/", views.ImageCollectionView.as_view(), name="image-collection"),
     path("images/<str:image_id>/", views.ImageDetailView.as_view(), name="image-detail"),
+    path("images/<str:image_id>/redeliver/", views.ImageRedeliverView.as_view(), name="image-redeliver"),
     path("images/<str:image_id>/annotated/", views.ImageAnnotatedView.as_view(), name="image-annotated"),
 ]

@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import selectors, services, storage
+from . import delivery, selectors, services, storage
 from .errors import ApiError
 from .models import JobStatus
 from .pagination import JobPagination
@@ -21,7 +21,7 @@ class ImageCollectionView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data["image"]
-        image = services.image_job_create(
+        image, created = services.image_job_create(
             upload=upload,
             size=upload.size,
             request_id=data["request_id"],
@@ -29,7 +29,9 @@ class ImageCollectionView(APIView):
             filename=upload.name or "",
         )
         body = image_submitted_representation(image)
-        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["status_url"]})
+        # A repeated submission (same request_id and photo) gets the existing job, as 200.
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(body, status=code, headers={"Location": body["status_url"]})
 
     def get(self, request: Request) -> Response:
         """List jobs, newest first; ``?request_id=`` finds the jobs of one client id."""
@@ -64,3 +66,14 @@ class ImageAnnotatedView(APIView):
         response = StreamingHttpResponse(chunks, content_type="image/jpeg")
         response["Content-Disposition"] = f'inline; filename="{image.id}.jpg"'
         return response
+
+
+class ImageRedeliverView(APIView):
+    def post(self, request: Request, image_id: str) -> Response:
+        """Send a finished job's callback again, as a new delivery: 202 with its webhook id."""
+        image = selectors.image_get(image_id=image_id)
+        outbox_row = delivery.callback_redeliver(image_id=image.id)
+        return Response(
+            {"id": str(image.id), "webhook_id": outbox_row.webhook_id, "status": outbox_row.status},
+            status=status.HTTP_202_ACCEPTED,
+        )

@@ -7,6 +7,7 @@ root. That file is read first; variables already set in the process environment 
 from pathlib import Path
 
 import environ
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -128,11 +129,34 @@ DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")
 # Threads torch may use per worker process; 0 keeps torch's default (one per core).
 DETECTOR_TORCH_THREADS = env.int("DETECTOR_TORCH_THREADS", default=0)
 
+# --- Jobs -------------------------------------------------------------------------------------
+# Transient errors (storage, database) are retried with exponential backoff and full jitter.
+JOB_RETRY_BACKOFF_BASE = env.float("JOB_RETRY_BACKOFF_BASE", default=2.0)
+JOB_RETRY_BACKOFF_MAX = env.float("JOB_RETRY_BACKOFF_MAX", default=60.0)
+JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=6)
+# The sweeper (Celery beat, every SWEEP_INTERVAL seconds) re-publishes jobs whose chain was never
+# published (after JOB_UNPUBLISHED_GRACE seconds) or that stayed queued JOB_QUEUED_TIMEOUT seconds
+# after publishing, at most JOB_MAX_ENQUEUES times, then fails them with code "stuck".
+SWEEP_INTERVAL = env.float("SWEEP_INTERVAL", default=30.0)
+JOB_UNPUBLISHED_GRACE = env.float("JOB_UNPUBLISHED_GRACE", default=30.0)
+JOB_QUEUED_TIMEOUT = env.float("JOB_QUEUED_TIMEOUT", default=3600.0)
+JOB_MAX_ENQUEUES = env.int("JOB_MAX_ENQUEUES", default=3)
+
 # --- Callbacks ---------------------------------------------------------------------------------
 CALLBACK_CONNECT_TIMEOUT = env.float("CALLBACK_CONNECT_TIMEOUT", default=3.0)
 CALLBACK_READ_TIMEOUT = env.float("CALLBACK_READ_TIMEOUT", default=10.0)
-# Seconds to wait before each retry of a failed delivery; the number of values bounds the retries.
-CALLBACK_RETRY_DELAYS = [float(s) for s in env.list("CALLBACK_RETRY_DELAYS", default=["5", "30", "120"])]
+# Seconds to wait before each retry of a failed delivery; their number bounds the retries. The
+# default follows the Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+CALLBACK_RETRY_DELAYS = [
+    float(s) for s in env.list("CALLBACK_RETRY_DELAYS", default=["5", "300", "1800", "7200", "18000", "36000", "36000"])
+]
+# A receiver's Retry-After is honoured up to this many seconds.
+CALLBACK_RETRY_AFTER_MAX = env.float("CALLBACK_RETRY_AFTER_MAX", default=36000.0)
+# Retries due within this many seconds are scheduled with a Celery countdown; later ones are
+# picked up by the sweeper from the delivery row (a broker should not hold messages for hours).
+CALLBACK_COUNTDOWN_MAX = env.float("CALLBACK_COUNTDOWN_MAX", default=60.0)
+# Standard Webhooks secret: "whsec_" + base64 of at least 24 random bytes.
+CALLBACK_SIGNING_SECRET = env("CALLBACK_SIGNING_SECRET")
 
 # --- Celery ------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL")
@@ -140,9 +164,20 @@ CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
 CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
 CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
 CELERY_TASK_DEFAULT_QUEUE = CELERY_QUEUE_DETECT
+# Durable queues and persistent messages: queued jobs survive a broker restart.
+CELERY_TASK_QUEUES = (
+    Queue(CELERY_QUEUE_DETECT, durable=True),
+    Queue(CELERY_QUEUE_DELIVER, durable=True),
+)
+CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 CELERY_TASK_ROUTES = {
     "workers.tasks.detect_faces": {"queue": CELERY_QUEUE_DETECT},
     "workers.tasks.deliver_result": {"queue": CELERY_QUEUE_DELIVER},
+    "workers.tasks.deliver_callback": {"queue": CELERY_QUEUE_DELIVER},
+    "workers.tasks.sweep": {"queue": CELERY_QUEUE_DELIVER},
+}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-jobs-and-due-callbacks": {"task": "workers.tasks.sweep", "schedule": SWEEP_INTERVAL},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"

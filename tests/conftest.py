@@ -4,6 +4,7 @@ import io
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -111,15 +112,18 @@ def photo_bytes(name: str) -> bytes:
 class CallbackReceiver:
     """A real HTTP server on loopback that records every POST and answers with scripted codes."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: "queue.Queue[dict]" = queue.Queue()
         self.script: list[int] = []  # status codes to answer, in order; 200 once exhausted
+        self.delay = 0.0  # seconds to wait before answering (a slow receiver)
+        self.headers: dict[str, str] = {}  # extra response headers
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
+                time.sleep(receiver.delay)
                 status = receiver.script.pop(0) if receiver.script else 200
                 receiver.received.put(
                     {"path": self.path, "headers": dict(self.headers), "body": body, "answered": status}
@@ -127,6 +131,8 @@ class CallbackReceiver:
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", "/redirected")
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
                 self.wfile.write(b"ok" if status < 300 else b"nope")
@@ -134,7 +140,7 @@ class CallbackReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -172,14 +178,17 @@ def receiver():
 class WorkerProcess:
     """``celery worker`` as a subprocess on this run's queues and test database."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], concurrency: int = 1) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], concurrency: int = 1, queues: str = "detect,deliver") -> None:
         self.log_path = log_path
         self.env = env
         self.concurrency = concurrency
+        # Queue names by role: "detect", "deliver" or both, mapped to this run's queues.
+        self.queues = queues
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "WorkerProcess":
-        queues = f"{settings.CELERY_QUEUE_DETECT},{settings.CELERY_QUEUE_DELIVER}"
+        names = {"detect": settings.CELERY_QUEUE_DETECT, "deliver": settings.CELERY_QUEUE_DELIVER}
+        queues = ",".join(names[role] for role in self.queues.split(","))
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -195,7 +204,8 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            if " ready." in self.log() and self.log().count("ready in worker process") >= self.concurrency:
+            log = self.log()
+            if " ready." in log and len(re.findall(r"worker process \d+ ready", log)) >= self.concurrency:
                 return self
             time.sleep(0.25)
         self.stop()
@@ -209,6 +219,11 @@ class WorkerProcess:
     def child_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, children included: no goodbye to the broker."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -239,13 +254,20 @@ def worker_env(django_db_setup, django_db_blocker, s3_server) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(worker_env, tmp_path_factory):
-    """One real worker (MTCNN, concurrency 1) for the whole session."""
+    """One real worker (MTCNN, concurrency 1) for a test module. Module-scoped, so that modules
+    which start and kill their own workers have the queues to themselves."""
     process = WorkerProcess(tmp_path_factory.mktemp("worker") / "worker.log", worker_env).start()
     yield process
     process.stop()
-    _delete_test_queues()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_queues_deleted_at_the_end():
+    yield
+    if _service_up("rabbitmq"):
+        _delete_test_queues()
 
 
 def _delete_test_queues() -> None:
@@ -277,15 +299,27 @@ def upload(client, data: bytes, *, name: str = "photo.png", **fields):
     return client.post("/api/v1/images/", payload, format="multipart")
 
 
+def job_settled(image) -> bool:
+    """Detection finished, the annotated photo stored (if completed) and the callback no longer
+    pending."""
+    from api.models import DeliveryStatus
+
+    if not image.is_terminal or (image.status == "completed" and not image.annotated_key):
+        return False
+    if not image.callback_url:
+        return True
+    latest = image.deliveries.order_by("-created_at", "-id").first()
+    return latest is not None and latest.status != DeliveryStatus.PENDING
+
+
 def wait_terminal(image_id, timeout: float = 180):
-    """Poll the job until detection and callback delivery are both finished."""
-    from api.models import CallbackStatus, Image
+    """Poll the job until it is settled (see job_settled)."""
+    from api.models import Image
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         image = Image.objects.get(id=image_id)
-        annotated_or_failed = bool(image.annotated_key) or image.status != "completed"
-        if image.is_terminal and image.callback_status != CallbackStatus.PENDING and annotated_or_failed:
+        if job_settled(image):
             return image
         time.sleep(0.2)
     pytest.fail(f"job {image_id} not finished within {timeout}s")

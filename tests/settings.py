@@ -36,8 +36,11 @@ if "FDA_TEST_RUN" not in os.environ:
         CELERY_QUEUE_DELIVER=f"fda-test-{run}-deliver",
         PUBLIC_BASE_URL="http://testserver",
         # Retries in tenths of a second, not minutes.
-        CALLBACK_RETRY_DELAYS="0.2,0.2",
+        CALLBACK_RETRY_DELAYS="0.3,0.3,0.3",
         CALLBACK_READ_TIMEOUT="5",
+        JOB_RETRY_BACKOFF_BASE="0.25",
+        JOB_RETRY_BACKOFF_MAX="1",
+        JOB_MAX_RETRIES="40",
     )
     # Outside CI a developer may lack PostgreSQL: the unit tests then run on SQLite, and the
     # tests that need the real services skip (in CI they fail instead: see conftest.py).

@@ -6,16 +6,18 @@ from tests.conftest import ROOT
 
 
 def test_compose_names_every_service_and_scales_workers():
-    """postgres, rabbitmq, redis, minio, web, worker; the worker can be scaled."""
+    """postgres, rabbitmq, redis, minio, web, worker (+ deliverer, beat); workers can be scaled."""
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "rabbitmq", "redis", "minio", "web", "worker"}
+    assert set(services) == {"postgres", "rabbitmq", "redis", "minio", "web", "worker", "deliverer", "beat"}
     assert services["minio"]["image"].startswith("minio/minio")
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "deliverer", "beat"):
         assert services[name]["build"] == "." and services[name]["env_file"] == "env.env"
         assert services[name]["environment"]["CELERY_BROKER_URL"].startswith("amqp://")
     # A fixed name or a published port would make `--scale worker=4` fail.
-    assert "container_name" not in services["worker"] and "ports" not in services["worker"]
+    for name in ("worker", "deliverer"):
+        assert "container_name" not in services[name] and "ports" not in services[name]
+    assert "-Q detect" in services["worker"]["command"] and "-Q deliver" in services["deliverer"]["command"]
 
 
 def test_every_setting_read_is_documented_in_env_env():

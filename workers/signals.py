@@ -8,9 +8,18 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+# Set in the parent worker process, inherited by its forked children: whether this worker takes
+# detection jobs. A worker on the delivery queue alone never loads torch.
+_detects = False
+
 
 @worker_init.connect
-def _import_torch_before_fork(**_: object) -> None:
+def _import_torch_before_fork(sender=None, **_: object) -> None:
+    global _detects
+    queues = set(sender.app.amqp.queues.consume_from or sender.app.amqp.queues) if sender is not None else set()
+    _detects = settings.CELERY_QUEUE_DETECT in queues
+    if not _detects:
+        return
     # Importing torch takes seconds; doing it once in the parent lets every forked child start
     # with it already in memory. No model is loaded and no thread started here.
     import facenet_pytorch.models.mtcnn  # noqa: F401
@@ -20,6 +29,9 @@ def _import_torch_before_fork(**_: object) -> None:
 @worker_process_init.connect
 def _load_detector(**_: object) -> None:
     """Load the configured detector in each worker process, before its first task."""
+    if not _detects:
+        logger.info("worker process %d ready, without a detector (delivery only)", os.getpid())
+        return
     from .detection.registry import get_detector
 
     if settings.DETECTOR_TORCH_THREADS:
@@ -33,4 +45,4 @@ def _load_detector(**_: object) -> None:
         # a clear error code, and /readyz and the logs say why.
         logger.exception("could not load detector %s in process %d", settings.DETECTOR_MODEL, os.getpid())
         return
-    logger.info("detector %s ready in worker process %d", detector.model_version, os.getpid())
+    logger.info("worker process %d ready with detector %s", os.getpid(), detector.model_version)

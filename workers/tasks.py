@@ -6,37 +6,38 @@ import uuid
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from api import services
+from api import delivery, services
 from api.storage import ObjectNotFound, StorageError
 
 logger = logging.getLogger(__name__)
 
 # Storage or database trouble: worth waiting for.
 TRANSIENT_ERRORS = (StorageError, OperationalError, InterfaceError)
-MAX_TRANSIENT_RETRIES = 6
 
 
-def backoff(retries: int, *, base: float = 2.0, cap: float = 60.0) -> float:
-    """Exponential backoff with full jitter: spreads retries of many jobs after an outage."""
-    return random.uniform(0, min(cap, base * 2**retries))
+def backoff(retries: int) -> float:
+    """Exponential backoff with full jitter: spreads the retries of many jobs after an outage."""
+    return random.uniform(0, min(settings.JOB_RETRY_BACKOFF_MAX, settings.JOB_RETRY_BACKOFF_BASE * 2**retries))
 
 
-@shared_task(bind=True, max_retries=MAX_TRANSIENT_RETRIES)
+@shared_task(bind=True, max_retries=None)
 def detect_faces(self, image_id: str) -> str:
-    """Detect the faces of one job. Always returns normally once the job is terminal, so the
-    chained delivery runs for failed jobs too."""
+    """Detect the faces of one job. Returns normally once the job is terminal, so the chained
+    delivery runs for failed jobs too."""
     job_id = uuid.UUID(image_id)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     try:
-        services.image_job_detect(image_id=job_id)
+        services.image_job_detect(image_id=job_id, redelivered=redelivered)
     except ObjectNotFound:
         services.image_job_fail(image_id=job_id, code="original_missing", message="The uploaded image is gone from storage.")
     except TRANSIENT_ERRORS as exc:
-        if self.request.retries >= self.max_retries:
+        if self.request.retries >= settings.JOB_MAX_RETRIES:
             services.image_job_fail(image_id=job_id, code="dependency_unavailable", message=f"Gave up after retries: {exc}")
         else:
-            logger.warning("job %s: transient error, retrying: %s", image_id, exc)
+            logger.warning("job %s: transient error, retry %d: %s", image_id, self.request.retries + 1, exc)
             services.image_job_requeue(image_id=job_id)
             raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     except SoftTimeLimitExceeded:
@@ -49,20 +50,42 @@ def detect_faces(self, image_id: str) -> str:
 
 @shared_task(bind=True, max_retries=None)
 def deliver_result(self, image_id: str) -> str:
-    """Annotate a finished job's photo, then POST its result to the callback_url, retrying the
-    callback on the CALLBACK_RETRY_DELAYS schedule."""
+    """Annotate a finished job's photo, then make its callback delivery and try it."""
     job_id = uuid.UUID(image_id)
     try:
         services.image_job_annotate(image_id=job_id)
     except TRANSIENT_ERRORS as exc:
-        if self.request.retries < MAX_TRANSIENT_RETRIES:
+        if self.request.retries < settings.JOB_MAX_RETRIES:
             raise self.retry(exc=exc, countdown=backoff(self.request.retries))
         logger.error("job %s: annotation gave up after retries; calling back without it: %s", image_id, exc)
     except Exception:
         # The client still hears about its job; output_image_url stays null.
         logger.exception("job %s: annotation failed; calling back without it", image_id)
 
-    next_delay = services.image_job_deliver_callback(image_id=job_id)
-    if next_delay is not None:
-        raise self.retry(countdown=next_delay)
+    outbox_row = delivery.callback_delivery_for_job(image_id=job_id)
+    if outbox_row is not None:
+        _attempt(outbox_row.id)
     return image_id
+
+
+@shared_task
+def deliver_callback(delivery_id: int) -> None:
+    """Try one callback delivery (a retry, or a redelivery asked for by an operator)."""
+    _attempt(delivery_id)
+
+
+def _attempt(delivery_id: int) -> None:
+    next_delay = delivery.callback_delivery_attempt(delivery_id=delivery_id)
+    # Near retries ride on a countdown; far ones wait in the row for the sweeper.
+    if next_delay is not None and next_delay <= settings.CALLBACK_COUNTDOWN_MAX:
+        deliver_callback.apply_async((delivery_id,), countdown=next_delay)
+
+
+@shared_task
+def sweep() -> dict:
+    """Periodic (Celery beat): push on stuck jobs and send overdue callback deliveries."""
+    counts = services.image_jobs_sweep()
+    due = delivery.callback_deliveries_due()
+    for delivery_id in due:
+        deliver_callback.delay(delivery_id)
+    return {**counts, "deliveries": len(due)}

@@ -1,8 +1,10 @@
 """The job state machine, run in-process with the stub detector: fast, and strict about repeats."""
 
+import datetime as dt
 import uuid
 
 import pytest
+from django.utils import timezone
 
 from api import services, storage
 from api.models import Face, Image
@@ -45,7 +47,7 @@ def test_a_crashed_attempt_is_replaced_not_added_to(job):
     """A job left processing (its worker died) is detected again, its faces written once."""
     services.image_job_start(image_id=job.id)
     Face.objects.create(image=job, index=0, box_x=1, box_y=1, box_width=1, box_height=1, confidence=0.5)
-    services.image_job_detect(image_id=job.id)
+    services.image_job_detect(image_id=job.id, redelivered=True)
     job.refresh_from_db()
     assert job.status == "completed" and job.attempts == 2
     assert list(job.faces.values_list("box_x", flat=True)) == [128]
@@ -54,10 +56,25 @@ def test_a_crashed_attempt_is_replaced_not_added_to(job):
 def test_a_job_that_keeps_crashing_fails_instead_of_looping(job):
     """After MAX_DETECT_ATTEMPTS unfinished starts, the next delivery fails the job."""
     for _ in range(services.MAX_DETECT_ATTEMPTS):
-        services.image_job_start(image_id=job.id)
-    services.image_job_detect(image_id=job.id)
+        services.image_job_start(image_id=job.id, redelivered=True)
+    services.image_job_detect(image_id=job.id, redelivered=True)
     job.refresh_from_db()
     assert job.status == "failed" and job.error_code == "too_many_attempts"
+
+
+def test_a_duplicate_message_does_not_run_a_job_that_is_processing(job):
+    """A fresh copy of the message (not a broker redelivery) leaves a running job to its worker."""
+    services.image_job_start(image_id=job.id)
+    assert services.image_job_start(image_id=job.id) is None
+    job.refresh_from_db()
+    assert job.status == "processing" and job.attempts == 1
+
+
+def test_a_stale_processing_job_is_taken_over(job, settings):
+    """Past the hard time limit, the worker that started it is gone: a new copy takes over."""
+    services.image_job_start(image_id=job.id)
+    Image.objects.filter(id=job.id).update(started_at=timezone.now() - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60))
+    assert services.image_job_start(image_id=job.id) is not None
 
 
 def test_completing_a_job_that_is_not_processing_is_refused(job):

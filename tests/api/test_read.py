@@ -59,6 +59,7 @@ def test_representation_has_numbers_not_strings(api_client, completed):
     assert isinstance(face["confidence"], float)
     assert face["landmarks"]["nose"] == [256.0, 256.0]
     assert body["error"] is None and body["callback"]["status"] == "none"
+    assert body["callback"]["url"] is None and body["callback"]["attempts"] == []
 
 
 def test_list_is_paginated(api_client, completed):

@@ -45,7 +45,7 @@ def test_valid_upload_is_accepted_stored_and_enqueued_after_commit(api_client, s
     assert image.original_key.startswith("originals/") and image.original_key.endswith(f"{image.id}.png")
     assert "passwd" not in image.original_key
     assert storage.storage_list() == [image.original_key]
-    assert (image.width, image.height, image.callback_status) == (512, 512, "pending")
+    assert (image.width, image.height, image.callback_url) == (512, 512, "https://example.com/hook")
 
     # The chain is published only once the transaction commits.
     assert enqueued == [] and len(callbacks) == 1
@@ -126,3 +126,22 @@ def test_storage_down_is_a_503_and_leaves_no_row(api_client, s3, settings):
         storage.reset_clients()
     assert error["code"] == "storage_unavailable"
     assert_nothing_left()
+
+
+def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monkeypatch):
+    """Idempotent per request_id: same photo, same callback_url -> 200 with the same id."""
+    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    first = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="https://example.com/h")
+    second = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="https://example.com/h")
+    assert first.status_code == 202 and second.status_code == 200
+    assert second.json()["id"] == first.json()["id"] and second["Location"] == first["Location"]
+    assert Image.objects.count() == 1 and len(storage.storage_list()) == 1
+
+
+def test_a_used_request_id_with_another_photo_is_a_409(api_client, s3, monkeypatch):
+    """A request_id names one submission: a different photo under it is a conflict, and nothing is stored."""
+    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    assert upload(api_client, photo_bytes("coffee.png"), request_id="taken").status_code == 202
+    response = upload(api_client, photo_bytes("chelsea_cat.png"), request_id="taken")
+    assert_error(response, 409, "request_id", "request_id_conflict")
+    assert Image.objects.count() == 1 and len(storage.storage_list()) == 1

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from django.conf import settings
+
 from api.models import Face, Image
 from tests.conftest import photo_bytes, upload, wait_terminal
+from workers.signing import verify_webhook
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -36,6 +39,8 @@ def test_every_test_photo_is_detected_annotated_and_called_back(api_client, work
 
     callbacks = {json.loads(c["body"])["id"]: c for c in receiver.wait(len(manifest))}
     assert set(callbacks) == set(submitted)
+    for callback in callbacks.values():
+        verify_webhook(settings.CALLBACK_SIGNING_SECRET, callback["headers"], callback["body"])
 
     for image_id, entry in submitted.items():
         image = wait_terminal(image_id)
@@ -84,14 +89,16 @@ def test_every_test_photo_is_detected_annotated_and_called_back(api_client, work
             assert np.abs(drawn - original).max() > 100
 
 
-def test_list_finds_jobs_by_request_id(api_client, worker, receiver, s3):
-    """GET /api/v1/images/?request_id= returns that client's jobs, paginated."""
-    for _ in range(2):
-        assert upload(api_client, photo_bytes("coffee.png"), request_id="shared-id").status_code == 202
-    assert upload(api_client, photo_bytes("coffee.png"), request_id="other-id").status_code == 202
+def test_list_finds_jobs_by_request_id(api_client, worker, s3):
+    """GET /api/v1/images/?request_id= returns that id's job; resubmitting it made no second job."""
+    first = upload(api_client, photo_bytes("coffee.png"), request_id="shared-id")
+    again = upload(api_client, photo_bytes("coffee.png"), request_id="shared-id")
+    other = upload(api_client, photo_bytes("coffee.png"), request_id="other-id")
+    assert (first.status_code, again.status_code, other.status_code) == (202, 200, 202)
+    assert again.json()["id"] == first.json()["id"]
 
     body = api_client.get("/api/v1/images/", {"request_id": "shared-id"}).json()
-    assert body["count"] == 2
-    assert {job["request_id"] for job in body["results"]} == {"shared-id"}
-    for job in body["results"]:
-        wait_terminal(job["id"])
+    assert body["count"] == 1 and body["results"][0]["id"] == first.json()["id"]
+    assert api_client.get("/api/v1/images/").json()["count"] == 2
+    for job_id in (first.json()["id"], other.json()["id"]):
+        assert wait_terminal(job_id).status == "completed"

@@ -1,26 +1,60 @@
-"""Callback HTTP posts against a real HTTP server on loopback."""
+"""Signed callback POSTs against a real HTTP server on loopback."""
 
-import json
 import socket
 import threading
 import time
 
-from workers.callbacks import post_json
+import pytest
+
+from workers.callbacks import post_signed
+from workers.signing import WebhookVerificationError, sign, verify_webhook
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec's example secret
 
 
-def test_post_sends_json_and_reports_the_status(receiver):
+def test_post_is_signed_over_the_exact_bytes(receiver, settings):
+    """Standard Webhooks headers; the receiver verifies them with the helper."""
     receiver.script = [201]
-    result = post_json(receiver.url(), {"b": 1, "a": [1.5]})
+    body = b'{"a":[1.5],"b":1}'
+    result = post_signed(receiver.url(), body, webhook_id="msg_1")
     (request,) = receiver.wait(1, timeout=5)
     assert result.status_code == 201 and result.error == ""
-    assert request["headers"]["Content-Type"] == "application/json"
-    assert json.loads(request["body"]) == {"a": [1.5], "b": 1}
+    assert request["body"] == body and request["headers"]["Content-Type"] == "application/json"
+    assert request["headers"]["webhook-id"] == "msg_1"
+    verify_webhook(settings.CALLBACK_SIGNING_SECRET, request["headers"], request["body"])
+
+
+def test_signature_matches_the_standard_webhooks_reference_vector():
+    """The spec's published example: id, timestamp, body, secret -> signature."""
+    body = b'{"test": 2432232314}'
+    assert sign(SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == (
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda h, b: (h, b + b" "),
+        lambda h, b: ({**h, "webhook-id": "msg_other"}, b),
+        lambda h, b: ({**h, "webhook-timestamp": str(int(h["webhook-timestamp"]) - 3600)}, b),
+        lambda h, b: ({k: v for k, v in h.items() if k != "webhook-signature"}, b),
+    ],
+    ids=["body", "id", "stale-timestamp", "no-signature"],
+)
+def test_verification_refuses_tampering_and_replays(tamper):
+    from workers.signing import signed_headers
+
+    body = b'{"ok":true}'
+    headers, body = tamper(signed_headers(SECRET, "msg_x", body), body)
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(SECRET, headers, body)
 
 
 def test_redirects_are_not_followed(receiver):
     """A 302 is reported as such; the Location it names is never requested."""
     receiver.script = [302]
-    result = post_json(receiver.url(), {})
+    result = post_signed(receiver.url(), b"{}", webhook_id="msg_r")
     assert result.status_code == 302
     (request,) = receiver.wait(1, timeout=5)
     time.sleep(0.3)
@@ -31,7 +65,7 @@ def test_a_dead_receiver_is_an_error_not_an_exception():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = post_json(f"http://127.0.0.1:{port}/", {})
+    result = post_signed(f"http://127.0.0.1:{port}/", b"{}", webhook_id="msg_d")
     assert result.status_code is None and "ConnectionError" in result.error
 
 
@@ -41,10 +75,10 @@ def test_a_slow_receiver_times_out(settings):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
-    accepted = []
+    accepted = []  # keeps the accepted connection open (and silent) until the test ends
     threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
     started = time.monotonic()
-    result = post_json(f"http://127.0.0.1:{server.getsockname()[1]}/", {})
+    result = post_signed(f"http://127.0.0.1:{server.getsockname()[1]}/", b"{}", webhook_id="msg_s")
     assert result.status_code is None and "Timeout" in result.error
     assert time.monotonic() - started < 5
     server.close()

@@ -1,0 +1,172 @@
+"""Callbacks as an outbox: a delivery row per message, an attempt row per HTTP try.
+
+A delivery's body is frozen when it is made, so every retry sends the same bytes under the same
+webhook id (Standard Webhooks), signed afresh with the current timestamp. Trying a delivery first
+takes a lease on it (``next_attempt_at`` pushed ahead), so a duplicate task or the sweeper cannot
+send it twice at once, and a worker that dies mid-send leaves it to be tried again.
+"""
+
+import datetime as dt
+import email.utils
+import json
+import logging
+import random
+import uuid
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .errors import ApiError
+from .selectors import JOB_PREFETCH
+from .models import TERMINAL_STATUSES, CallbackAttempt, CallbackDelivery, DeliveryStatus, Image
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_EXCERPT_CHARS = 1024
+
+
+def callback_delivery_create(*, image: Image) -> CallbackDelivery:
+    """A new pending delivery of the job's current representation to its callback_url."""
+    from .serializers import image_representation
+
+    body = json.dumps(image_representation(image), separators=(",", ":"), sort_keys=True)
+    return CallbackDelivery.objects.create(
+        image=image,
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        url=image.callback_url,
+        body=body,
+        next_attempt_at=timezone.now(),
+    )
+
+
+def callback_delivery_for_job(*, image_id: uuid.UUID) -> CallbackDelivery | None:
+    """The job's automatic delivery, made once when its result is ready (None: no callback_url)."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(id=image_id)
+        if not image.callback_url or image.status not in TERMINAL_STATUSES:
+            return None
+        existing = image.deliveries.order_by("created_at").first()
+        return existing or callback_delivery_create(image=Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id))
+
+
+def callback_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
+    """A fresh delivery (new webhook id, current representation) of a finished job's result."""
+    image = Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id)
+    if not image.callback_url:
+        raise ApiError("no_callback_url", "This job has no callback_url to deliver to.", status_code=409)
+    if image.status not in TERMINAL_STATUSES:
+        raise ApiError("not_finished", "The job is not finished; its callback will be sent then.", status_code=409)
+    delivery = callback_delivery_create(image=image)
+    callback_delivery_enqueue(delivery_id=delivery.id)
+    return delivery
+
+
+def callback_delivery_enqueue(*, delivery_id: int, countdown: float = 0) -> None:
+    from workers.tasks import deliver_callback
+
+    transaction.on_commit(lambda: deliver_callback.apply_async((delivery_id,), countdown=countdown))
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - timezone.now()).total_seconds())
+
+
+def _lease_seconds() -> float:
+    # Long enough for one POST to finish or time out.
+    return settings.CALLBACK_CONNECT_TIMEOUT + settings.CALLBACK_READ_TIMEOUT + 30
+
+
+def callback_delivery_attempt(*, delivery_id: int) -> float | None:
+    """Try a due delivery once and record the attempt.
+
+    Returns the seconds until the next try, or None when there is nothing more to do now
+    (delivered, failed for good, not due, or being tried elsewhere). 2xx is delivered. Connection
+    errors, timeouts, 408, 429 and 5xx are retried after CALLBACK_RETRY_DELAYS (or a later
+    Retry-After); anything else fails at once: other 4xx (410 Gone included) and 3xx, since
+    redirects are never followed.
+    """
+    from workers.callbacks import post_signed
+
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = CallbackDelivery.objects.select_for_update().get(id=delivery_id)
+        if delivery.status != DeliveryStatus.PENDING or (delivery.next_attempt_at and delivery.next_attempt_at > now):
+            return None
+        delivery.attempt_count += 1
+        delivery.next_attempt_at = now + dt.timedelta(seconds=_lease_seconds())
+        delivery.save(update_fields=["attempt_count", "next_attempt_at"])
+    number = delivery.attempt_count
+
+    result = post_signed(delivery.url, delivery.body.encode(), webhook_id=delivery.webhook_id)
+    code = result.status_code
+    delivered = code is not None and 200 <= code < 300
+    retryable = not delivered and (code is None or code in (408, 429) or code >= 500)
+    delays = settings.CALLBACK_RETRY_DELAYS
+    next_delay = None
+    if retryable and number <= len(delays):
+        # Jitter spreads the retries of many deliveries to one receiver that just came back.
+        next_delay = delays[number - 1] * random.uniform(0.9, 1.1)
+        retry_after = _retry_after_seconds(result.retry_after)
+        if retry_after is not None:
+            next_delay = max(next_delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
+
+    with transaction.atomic():
+        delivery = CallbackDelivery.objects.select_for_update().get(id=delivery_id)
+        CallbackAttempt.objects.create(
+            delivery=delivery,
+            number=number,
+            started_at=result.started_at,
+            duration_ms=result.duration_ms,
+            status_code=code,
+            response_excerpt=result.response_excerpt[:RESPONSE_EXCERPT_CHARS],
+            error=result.error,
+        )
+        delivery.last_status_code = code
+        delivery.last_error = result.error or ("" if delivered else f"HTTP {code}")
+        if delivered:
+            delivery.status = DeliveryStatus.DELIVERED
+            delivery.finished_at = timezone.now()
+            delivery.next_attempt_at = None
+        elif next_delay is None:
+            delivery.status = DeliveryStatus.FAILED
+            delivery.finished_at = timezone.now()
+            delivery.next_attempt_at = None
+        else:
+            delivery.next_attempt_at = timezone.now() + dt.timedelta(seconds=next_delay)
+        delivery.save()
+
+    logger.log(
+        logging.INFO if delivered else logging.WARNING,
+        "callback %s for job %s, attempt %d: %s -> %s%s",
+        delivery.webhook_id,
+        delivery.image_id,
+        number,
+        code or result.error,
+        delivery.status,
+        f" (next in {next_delay:.1f}s)" if next_delay is not None else "",
+    )
+    return next_delay
+
+
+def callback_deliveries_due(*, grace: float = 5.0, limit: int = 500) -> list[int]:
+    """Ids of pending deliveries whose next try is overdue: retries too far out for a Celery
+    countdown, and tries whose worker died mid-send (their lease ran out)."""
+    cutoff = timezone.now() - dt.timedelta(seconds=grace)
+    return list(
+        CallbackDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lt=cutoff)
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[:limit]
+    )

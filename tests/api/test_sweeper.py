@@ -1,0 +1,76 @@
+"""The periodic sweeper: no job stays queued or processing forever."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from api import services
+from api.models import Image
+from tests.conftest import photo_bytes, require, upload
+
+pytestmark = [pytest.mark.django_db]
+
+
+@pytest.fixture
+def unpublished(api_client, s3, monkeypatch):
+    """A job accepted while the broker was down: committed, never published."""
+    require("rabbitmq")
+    monkeypatch.setattr("workers.tasks.detect_faces.si", _broker_down)  # tests undo() it
+    body = upload(api_client, photo_bytes("coffee.png"), request_id="stuck").json()
+    return Image.objects.get(id=body["id"])
+
+
+def _broker_down(*args, **kwargs):
+    raise ConnectionRefusedError("broker down")
+
+
+def _age(image: Image, **fields_seconds) -> None:
+    Image.objects.filter(id=image.id).update(
+        **{field: timezone.now() - dt.timedelta(seconds=seconds) for field, seconds in fields_seconds.items()}
+    )
+
+
+def test_a_job_accepted_while_the_broker_was_down_stays_queued_unpublished(unpublished):
+    assert unpublished.status == "queued" and unpublished.enqueued_at is None and unpublished.enqueue_count == 0
+
+
+def test_the_sweeper_publishes_it_after_the_grace(unpublished, monkeypatch, settings):
+    """Within the grace nothing happens; after it, the chain is published and recorded."""
+    monkeypatch.undo()
+    assert services.image_jobs_sweep() == {"republished": 0, "failed": 0}
+    _age(unpublished, created_at=settings.JOB_UNPUBLISHED_GRACE + 1)
+    assert services.image_jobs_sweep() == {"republished": 1, "failed": 0}
+    unpublished.refresh_from_db()
+    assert unpublished.enqueue_count == 1 and unpublished.enqueued_at is not None
+
+
+def test_a_job_queued_too_long_after_publishing_is_published_again(unpublished, monkeypatch, settings):
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    _age(unpublished, enqueued_at=settings.JOB_QUEUED_TIMEOUT + 1)
+    assert services.image_jobs_sweep()["republished"] == 1
+
+
+def test_a_job_processing_past_the_hard_limit_is_published_again(unpublished, monkeypatch, settings):
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(status="processing", enqueue_count=1)
+    _age(unpublished, started_at=settings.CELERY_TASK_TIME_LIMIT + 60, enqueued_at=10)
+    assert services.image_jobs_sweep()["republished"] == 1
+
+
+def test_a_job_republished_too_often_fails_as_stuck(unpublished, monkeypatch, settings):
+    """Bounded: after JOB_MAX_ENQUEUES publications the job ends, failed with code stuck."""
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=settings.JOB_MAX_ENQUEUES)
+    _age(unpublished, enqueued_at=settings.JOB_QUEUED_TIMEOUT + 1)
+    assert services.image_jobs_sweep() == {"republished": 0, "failed": 1}
+    unpublished.refresh_from_db()
+    assert unpublished.status == "failed" and unpublished.error_code == "stuck"
+
+
+def test_finished_and_fresh_jobs_are_left_alone(unpublished, monkeypatch):
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(status="completed")
+    _age(unpublished, created_at=10_000, enqueued_at=10_000)
+    assert services.image_jobs_sweep() == {"republished": 0, "failed": 0}
