@@ -1,0 +1,224 @@
+"""Soak: submit N jobs while killing detection workers at random; print what became of them.
+
+    python bench/soak.py --jobs 200 --workers 2 --kill-every 3
+
+Uses the PostgreSQL, RabbitMQ and Redis of env.env, its own queues and bucket, and its own S3
+server (SeaweedFS) on free ports, so it never touches a running `make up`. Workers are real Celery
+workers running MTCNN; a killer SIGKILLs one (the whole process group, as the OOM killer or a
+lost machine would) every few seconds and starts a replacement. Callbacks go to an HTTP server on
+loopback. Prints accepted, completed, failed and lost (accepted but not finished by the deadline),
+plus duplicated faces and callbacks; lost must be 0. Asserts nothing.
+"""
+
+import argparse
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUN = uuid.uuid4().hex[:8]
+
+
+def configure(tmp: Path) -> "object":
+    """Isolated queues, bucket and S3 server; the rest from env.env."""
+    import environ
+
+    from devstack.seaweed import SeaweedS3, free_port_block
+
+    environ.Env.read_env(str(ROOT / "env.env"))
+    base = free_port_block(4)
+    os.environ.update(
+        S3_ENDPOINT=f"127.0.0.1:{base + 3}",
+        S3_BUCKET=f"soak-{RUN}",
+        S3_PUBLIC_ENDPOINT="",
+        CELERY_QUEUE_DETECT=f"soak-{RUN}-detect",
+        CELERY_QUEUE_DELIVER=f"soak-{RUN}-deliver",
+        CALLBACK_RETRY_DELAYS="0.5,1,2",
+        JOB_RETRY_BACKOFF_BASE="0.25",
+        JOB_RETRY_BACKOFF_MAX="2",
+        DETECTOR_TORCH_THREADS="1",
+        DJANGO_SETTINGS_MODULE="face_detect_api.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    s3 = SeaweedS3(
+        data_dir=tmp / "s3", access_key=os.environ["S3_ACCESS_KEY"], secret_key=os.environ["S3_SECRET_KEY"],
+        s3_port=base + 3, base_port=base,
+    ).start()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("storage_init", verbosity=0)
+    return s3
+
+
+class Worker:
+    def __init__(self, queue_role: str, log: Path) -> None:
+        queue = os.environ["CELERY_QUEUE_DETECT" if queue_role == "detect" else "CELERY_QUEUE_DELIVER"]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "face_detect_api", "worker", "-Q", queue, "--concurrency", "1",
+             "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "-n", f"soak-{RUN}-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            self.kill()
+
+
+def tiled_photo(path: Path, n: int) -> bytes:
+    from PIL import Image as PILImage
+
+    tile = PILImage.open(path).convert("RGB")
+    canvas = PILImage.new("RGB", (tile.width * n, tile.height * n))
+    for i in range(n):
+        for j in range(n):
+            canvas.paste(tile, (tile.width * i, tile.height * j))
+    out = io.BytesIO()
+    canvas.save(out, "PNG")
+    return out.getvalue()
+
+
+def receiver() -> tuple[ThreadingHTTPServer, dict]:
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            with lock:
+                seen[body["id"]] = seen.get(body["id"], 0) + 1
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2, help="detection workers kept running")
+    parser.add_argument("--kill-every", type=float, default=4.0, help="mean seconds between kills")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds to wait for all jobs")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+
+    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
+    s3 = configure(tmp)
+    from django.test import Client
+
+    from api import services
+    from api.models import Face, Image
+
+    server, callbacks = receiver()
+    callback_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    photos = [(p.name, p.read_bytes()) for p in sorted((ROOT.parent / "shared" / "testdata").glob("*.[pj][np]g"))]
+    # A large photo (16 faces, a couple of seconds to detect) so that kills land mid-detection.
+    photos.append(("tiled-4x4.png", tiled_photo(ROOT.parent / "shared" / "testdata" / "astronaut_1face.png", 4)))
+    detectors = [Worker("detect", tmp / "workers.log") for _ in range(args.workers)]
+    deliverer = Worker("deliver", tmp / "workers.log")
+    kills = 0
+    stop = threading.Event()
+
+    def killer():
+        nonlocal kills
+        while not stop.wait(rng.expovariate(1 / args.kill_every)):
+            victim = rng.randrange(len(detectors))
+            detectors[victim].kill()
+            kills += 1
+            detectors[victim] = Worker("detect", tmp / "workers.log")
+
+    def sweeper():
+        # What Celery beat does in production, every couple of seconds here.
+        while not stop.wait(2):
+            services.image_jobs_sweep()
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    started = time.monotonic()
+    threading.Thread(target=killer, daemon=True).start()
+    threading.Thread(target=sweeper, daemon=True).start()
+    ids, refused = [], 0
+    for i in range(args.jobs):
+        name, data = photos[i % len(photos)]
+        upload = io.BytesIO(data)
+        upload.name = name
+        response = client.post("/api/v1/images/", {"image": upload, "request_id": f"soak-{RUN}-{i}", "callback_url": callback_url})
+        if response.status_code == 202:
+            ids.append(response.json()["id"])
+        else:
+            refused += 1
+        time.sleep(rng.uniform(0, 0.2))
+    submitted = time.monotonic()
+
+    deadline = time.monotonic() + args.deadline
+    while time.monotonic() < deadline:
+        pending = Image.objects.filter(id__in=ids).exclude(status__in=["completed", "failed"]).count()
+        if pending == 0 and len(callbacks) >= len(ids):
+            break
+        time.sleep(1)
+    stop.set()
+    finished = time.monotonic()
+
+    jobs = Image.objects.filter(id__in=ids)
+    completed = jobs.filter(status="completed").count()
+    failed = jobs.filter(status="failed").count()
+    duplicated = sum(
+        1 for image in jobs.filter(status="completed") if Face.objects.filter(image=image).count() != image.face_count
+    )
+    redelivered = jobs.filter(attempts__gt=1).count()
+    print(f"jobs submitted: {args.jobs}; accepted: {len(ids)}; refused: {refused}")
+    print(f"completed: {completed}; failed: {failed}; lost: {len(ids) - completed - failed}")
+    print(f"failure codes: {dict(Counter(jobs.filter(status='failed').values_list('error_code', flat=True)))}")
+    print(f"workers killed: {kills}; jobs detected more than once: {redelivered}; jobs with duplicated faces: {duplicated}")
+    print(f"callbacks: jobs called back {len(callbacks)} of {len(ids)}; duplicate deliveries {sum(callbacks.values()) - len(callbacks)}")
+    print(f"time: submitting {submitted - started:.0f} s, until all finished {finished - started:.0f} s; "
+          f"{completed / (finished - started):.2f} jobs/s with {args.workers} detection workers")
+
+    for worker in [*detectors, deliverer]:
+        worker.stop()
+    server.shutdown()
+    s3.stop()
+    from face_detect_api.celery import app
+
+    with app.connection_for_write() as conn:
+        for name in (os.environ["CELERY_QUEUE_DETECT"], os.environ["CELERY_QUEUE_DELIVER"]):
+            try:
+                conn.default_channel.queue_delete(name)
+            except Exception:
+                pass
+
+
+if __name__ == "__main__":
+    main()
