@@ -9,7 +9,7 @@ from django.utils.html import format_html
 from . import storage
 from .delivery import callback_redeliver
 from .errors import ApiError
-from .models import CallbackAttempt, CallbackDelivery, Face, Image
+from .models import ApiClient, ApiKey, CallbackAttempt, CallbackDelivery, Face, Image
 
 
 class FaceInline(admin.TabularInline):
@@ -37,8 +37,8 @@ class DeliveryInline(admin.TabularInline):
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = ("request_id", "status", "face_count", "model_version", "callback", "created_at", "finished_at")
-    list_filter = ("status", "model_version", "deliveries__status")
+    list_display = ("request_id", "client", "status", "face_count", "model_version", "callback", "created_at", "finished_at")
+    list_filter = ("status", "model_version", "deliveries__status", "client")
     search_fields = ("request_id", "=id")
     date_hierarchy = "created_at"
     inlines = [FaceInline, DeliveryInline]
@@ -50,7 +50,7 @@ class ImageAdmin(admin.ModelAdmin):
         *[f.name for f in Image._meta.fields if f.name != "id"],
     )
     fieldsets = (
-        (None, {"fields": ("id", "request_id", "status", "error_code", "error_message", "attempts")}),
+        (None, {"fields": ("id", "client", "request_id", "status", "error_code", "error_message", "attempts")}),
         ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
         ("Result", {"fields": ("model_version", "width", "height", "face_count")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
@@ -68,7 +68,7 @@ class ImageAdmin(admin.ModelAdmin):
         return latest.status if latest else ("pending" if obj.callback_url else "-")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("deliveries")
+        return super().get_queryset(request).select_related("client").prefetch_related("deliveries")
 
     @admin.action(description="Send the callback again")
     def redeliver_callback(self, request, queryset):
@@ -152,3 +152,29 @@ class CallbackDeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # keys are made with `manage.py create_api_key`, which shows the key once
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    list_display = ("name", "is_active", "created_at")
+    search_fields = ("name", "keys__prefix")
+    inlines = [ApiKeyInline]
+    actions = ["revoke_all_keys"]
+
+    @admin.action(description="Revoke all keys of the selected clients")
+    def revoke_all_keys(self, request, queryset):
+        from django.utils import timezone
+
+        count = ApiKey.objects.filter(client__in=queryset, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)

@@ -95,8 +95,8 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
     Returns the seconds until the next try, or None when there is nothing more to do now
     (delivered, failed for good, not due, or being tried elsewhere). 2xx is delivered. Connection
     errors, timeouts, 408, 429 and 5xx are retried after CALLBACK_RETRY_DELAYS (or a later
-    Retry-After); anything else fails at once: other 4xx (410 Gone included) and 3xx, since
-    redirects are never followed.
+    Retry-After); anything else fails at once: other 4xx (410 Gone included), 3xx (redirects
+    are never followed), and a URL whose host now resolves to a refused address.
     """
     from workers.callbacks import post_signed
 
@@ -113,7 +113,7 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
     result = post_signed(delivery.url, delivery.body.encode(), webhook_id=delivery.webhook_id)
     code = result.status_code
     delivered = code is not None and 200 <= code < 300
-    retryable = not delivered and (code is None or code in (408, 429) or code >= 500)
+    retryable = not delivered and not result.refused and (code is None or code in (408, 429) or code >= 500)
     delays = settings.CALLBACK_RETRY_DELAYS
     next_delay = None
     if retryable and number <= len(delays):

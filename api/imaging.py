@@ -52,13 +52,54 @@ def _open(stream: IO[bytes]) -> Image.Image:
             # The pixel limit is ours to enforce (below), from the header and with a clear error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(stream, formats=OPENABLE)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, Image.DecompressionBombError):
-            raise ImageRejected("image_too_large", str(exc)) from exc
-        raise ImageRejected("image_unreadable", "The file is not an image in a supported format "
-                            f"({', '.join(OPENABLE)}).") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("image_too_large", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        other = _other_image_format(stream)
+        if other:
+            raise ImageRejected(
+                "unsupported_image_format", f"{other} images are not accepted; send {', '.join(OPENABLE)}."
+            ) from exc
+        raise ImageRejected(
+            "image_unreadable", f"The file is not an image in a supported format ({', '.join(OPENABLE)})."
+        ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageRejected("image_unreadable", f"The image cannot be read: {exc}") from exc
+
+
+def _other_image_format(stream: IO[bytes]) -> str | None:
+    """The name of the format if Pillow knows it as some image we do not accept (ICO, PSD, ...),
+    so that the client hears "unsupported" (415) rather than "not an image" (400)."""
+    stream.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Image.open(stream).format
+    except Exception:
+        return None
+    finally:
+        stream.seek(0)
+
+
+# Markers of another file hidden in or behind an image (HTML/JS/PHP/SVG/PDF polyglots).
+_POLYGLOT_MARKERS = (b"<script", b"<html", b"<?php", b"<!doctype", b"<svg", b"%pdf-", b"<iframe")
+# A ZIP archive's end record: a ZIP (JAR, DOCX...) appended to an image.
+_ZIP_END = b"PK\x05\x06"
+
+
+def _check_not_polyglot(stream: IO[bytes], fmt: str) -> None:
+    """Refuse files that are an image and something else at once. Browsers, archive tools or
+    interpreters could treat the stored object as the other thing; a photo never needs to be."""
+    stream.seek(0)
+    data = stream.read()
+    stream.seek(0)
+    lowered = data.lower()
+    if any(marker in lowered for marker in _POLYGLOT_MARKERS) or _ZIP_END in data[-65557:]:
+        raise ImageRejected("image_polyglot", "The file holds something besides the image (markup, a document or an archive).")
+    if fmt == "PNG":
+        end = data.rfind(b"IEND")
+        if end != -1 and len(data) > end + 8:  # IEND, then its 4-byte CRC, then nothing
+            raise ImageRejected("image_trailing_data", "The PNG has data after its end.")
 
 
 def _check_size(image: Image.Image) -> None:
@@ -92,6 +133,7 @@ def image_probe(stream: IO[bytes]) -> ImageInfo:
             raise ImageRejected("image_corrupt", f"The image data is truncated or corrupt: {exc}") from exc
     finally:
         stream.seek(0)
+    _check_not_polyglot(stream, fmt)
     content_type, extension = FORMATS[fmt]
     return ImageInfo(format=fmt, content_type=content_type, extension=extension, width=width, height=height)
 

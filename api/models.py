@@ -21,11 +21,42 @@ class DeliveryStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class ApiClient(models.Model):
+    """A customer of the API. Its jobs are its own: no other client can see them."""
+
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    is_active = models.BooleanField(default=True)
+
+    # DRF's permission checks read request.user.is_authenticated; an authenticated request's
+    # user is the client.
+    is_authenticated = True
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """A key of a client. Only a SHA-256 of the key is stored (keys are 190+ random bits, so a
+    fast hash is enough); the prefix finds the row and is safe to show."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="keys")
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.client})"
+
+
 class Image(models.Model):
     """A detection job. Its status moves queued -> processing -> completed | failed, only
     through the functions in api/services.py, which check the current state first."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(ApiClient, on_delete=models.PROTECT, related_name="images")
     request_id = models.CharField(max_length=128, db_index=True)
     callback_url = models.URLField(max_length=2048, blank=True)
 
@@ -62,8 +93,8 @@ class Image(models.Model):
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "created_at"])]
         constraints = [
-            # Submission is idempotent per request_id (per client, once clients exist).
-            models.UniqueConstraint(fields=["request_id"], name="image_unique_request_id"),
+            # Submission is idempotent per client and request_id.
+            models.UniqueConstraint(fields=["client", "request_id"], name="image_unique_client_request_id"),
         ]
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from .models import Image
+from .urlpolicy import UrlRefused, check_callback_url
 
 CALLBACK_URL_MAX_LENGTH = 2048
 
@@ -26,8 +27,14 @@ class ImageSubmitSerializer(serializers.Serializer):
         return value
 
     def validate_callback_url(self, value: str) -> str:
-        if value and urlsplit(value).scheme.lower() not in ("http", "https"):
+        if not value:
+            return value
+        if urlsplit(value).scheme.lower() not in ("http", "https"):
             raise serializers.ValidationError("callback_url must be an http or https URL.", code="invalid_scheme")
+        try:
+            check_callback_url(value)
+        except UrlRefused as exc:
+            raise serializers.ValidationError(str(exc), code="callback_url_refused") from exc
         return value
 
 
@@ -104,3 +111,100 @@ def image_submitted_representation(image: Image) -> dict[str, Any]:
 
 def _iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+# --- Schema-only serializers: they document the shapes that the functions above build ---------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    field = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+class BoxSerializer(serializers.Serializer):
+    x = serializers.IntegerField(min_value=0)
+    y = serializers.IntegerField(min_value=0)
+    width = serializers.IntegerField(min_value=0)
+    height = serializers.IntegerField(min_value=0)
+
+
+class LandmarksSerializer(serializers.Serializer):
+    left_eye = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
+    right_eye = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
+    nose = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
+    mouth_left = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
+    mouth_right = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
+
+
+class FaceSerializer(serializers.Serializer):
+    box = BoxSerializer()
+    confidence = serializers.FloatField(min_value=0, max_value=1)
+    landmarks = LandmarksSerializer()
+
+
+class JobErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class CallbackAttemptSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+
+
+class CallbackStateSerializer(serializers.Serializer):
+    url = serializers.URLField(allow_null=True)
+    status = serializers.ChoiceField(["none", "pending", "delivered", "failed"])
+    webhook_id = serializers.CharField(allow_null=True)
+    attempts = CallbackAttemptSerializer(many=True)
+    delivered_at = serializers.DateTimeField(allow_null=True)
+    next_attempt_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class ImageSerializer(serializers.Serializer):
+    """A job, as GET returns it and as the callback carries it."""
+
+    id = serializers.UUIDField()
+    request_id = serializers.CharField()
+    status = serializers.ChoiceField(["queued", "processing", "completed", "failed"])
+    status_url = serializers.URLField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    model_version = serializers.CharField(allow_null=True)
+    width = serializers.IntegerField(allow_null=True)
+    height = serializers.IntegerField(allow_null=True)
+    face_count = serializers.IntegerField(allow_null=True)
+    faces = FaceSerializer(many=True)
+    error = JobErrorSerializer(allow_null=True)
+    output_image_url = serializers.URLField(allow_null=True)
+    callback = CallbackStateSerializer()
+
+
+class ImageSubmittedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    request_id = serializers.CharField()
+    status = serializers.ChoiceField(["queued", "processing", "completed", "failed"])
+    status_url = serializers.URLField()
+    created_at = serializers.DateTimeField()
+
+
+class RedeliverSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    webhook_id = serializers.CharField()
+    status = serializers.ChoiceField(["pending", "delivered", "failed"])
+
+
+class ImagePageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ImageSerializer(many=True)

@@ -21,7 +21,7 @@ from django.utils import timezone
 from . import storage
 from .errors import ApiError
 from .imaging import ImageRejected, image_decode_rgb, image_probe
-from .models import TERMINAL_STATUSES, Face, Image, JobStatus
+from .models import TERMINAL_STATUSES, ApiClient, Face, Image, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,12 @@ def _object_key(kind: str, image_id: uuid.UUID, extension: str, when=None) -> st
 
 
 def image_job_create(
-    *, upload: IO[bytes], size: int, request_id: str, callback_url: str = "", filename: str = ""
+    *, client: ApiClient, upload: IO[bytes], size: int, request_id: str, callback_url: str = "", filename: str = ""
 ) -> tuple[Image, bool]:
     """Accept an upload: check the image, store it, record a queued job, and enqueue detection
     once the row is committed. Returns (job, created).
 
-    Submission is idempotent per request_id: the same photo and callback_url again return the
+    Submission is idempotent per client and request_id: the same photo and callback_url again return the
     existing job (created False); a different photo or callback_url under a used request_id is
     a 409. Raises ApiError (field "image") for an unacceptable file. A refused request leaves no
     row and no object behind.
@@ -59,11 +59,11 @@ def image_job_create(
     try:
         info = image_probe(upload)
     except ImageRejected as exc:
-        status_code = 413 if exc.code == "image_too_large" else 400
+        status_code = {"image_too_large": 413, "unsupported_image_format": 415}.get(exc.code, 400)
         raise ApiError(exc.code, exc.message, field="image", status_code=status_code) from exc
     sha256 = _sha256(upload)
 
-    existing = Image.objects.filter(request_id=request_id).first()
+    existing = Image.objects.filter(client=client, request_id=request_id).first()
     if existing is not None:
         return _same_submission(existing, sha256=sha256, callback_url=callback_url), False
 
@@ -79,9 +79,11 @@ def image_job_create(
         with transaction.atomic():
             image = Image.objects.create(
                 id=image_id,
+                client=client,
                 request_id=request_id,
                 callback_url=callback_url,
-                original_filename=filename[:255],
+                # For operators' eyes only; control characters would garble the admin and logs.
+                original_filename="".join(ch for ch in filename if ch.isprintable())[:255],
                 original_key=key,
                 original_content_type=info.content_type,
                 original_size=size,
@@ -94,7 +96,7 @@ def image_job_create(
     except IntegrityError:
         # The same request_id raced in from a concurrent request and won.
         _delete_quietly(key)
-        existing = Image.objects.get(request_id=request_id)
+        existing = Image.objects.get(client=client, request_id=request_id)
         return _same_submission(existing, sha256=sha256, callback_url=callback_url), False
     except Exception:
         # No row, so no object either.

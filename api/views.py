@@ -1,7 +1,13 @@
-"""HTTP endpoints. Each validates its input, calls one service or selector, and renders."""
+"""HTTP endpoints. Each validates its input, calls one service or selector, and renders.
+
+Every route needs an API key (api.auth); a client sees only its own jobs (others are 404).
+"""
 
 from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpResponseRedirect, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiCallback, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,17 +17,95 @@ from . import delivery, selectors, services, storage
 from .errors import ApiError
 from .models import JobStatus
 from .pagination import JobPagination
-from .serializers import ImageSubmitSerializer, image_representation, image_submitted_representation
+from .serializers import (
+    ErrorSerializer,
+    ImagePageSerializer,
+    ImageSerializer,
+    ImageSubmitSerializer,
+    ImageSubmittedSerializer,
+    RedeliverSerializer,
+    image_representation,
+    image_submitted_representation,
+)
+
+# Room for the multipart framing and the small fields around the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _errors(*codes: int) -> dict:
+    descriptions = {
+        400: "Invalid input; `error.field` names the field.",
+        401: "No API key, or an invalid or revoked one.",
+        404: "No such job for this client.",
+        409: "Conflict; `error.code` says which.",
+        413: "The upload or the image is too large.",
+        415: "An image format that is not accepted.",
+        429: "Rate limit reached; see Retry-After.",
+        503: "A dependency (storage) is unavailable; try again.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        "file_too_large", f"The upload is larger than {limit} bytes.", field="image", status_code=413
+    )
+
+
+class _MaxSizeUploadHandler(FileUploadHandler):
+    """Stops a multipart upload as soon as the file passes MAX_UPLOAD_BYTES, before the rest is
+    read (a request without Content-Length, or one that lies about it)."""
+
+    def receive_data_chunk(self, raw_data, start):
+        if start + len(raw_data) > settings.MAX_UPLOAD_BYTES:
+            raise _too_large(settings.MAX_UPLOAD_BYTES)
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None
+
+
+CALLBACK_DOC = OpenApiCallback(
+    "result",
+    "{$request.body#/callback_url}",
+    extend_schema(
+        summary="The job's result, POSTed to your callback_url",
+        description=(
+            "Sent once the job is completed or failed, signed per Standard Webhooks (headers "
+            "webhook-id, webhook-timestamp, webhook-signature). Answer 2xx. 408, 429, 5xx and "
+            "network errors are retried with backoff; other answers end the delivery."
+        ),
+        request=ImageSerializer,
+        responses={200: OpenApiResponse(description="Received")},
+    ),
+)
 
 
 class ImageCollectionView(APIView):
+    @extend_schema(
+        operation_id="images_submit",
+        summary="Submit a photo for face detection",
+        request={"multipart/form-data": ImageSubmitSerializer},
+        responses={
+            202: ImageSubmittedSerializer,
+            200: OpenApiResponse(ImageSubmittedSerializer, description="This request_id was already submitted with this photo: the existing job."),
+            **_errors(400, 401, 409, 413, 415, 429, 503),
+        },
+        callbacks=[CALLBACK_DOC],
+    )
     def post(self, request: Request) -> Response:
-        """Submit an image: 202 with the job's id and its status_url (also in Location)."""
+        """202 with the job's id and status_url (also in Location). Idempotent per request_id."""
+        content_length = request.META.get("CONTENT_LENGTH") or "0"
+        if content_length.isdigit() and int(content_length) > settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
+            raise _too_large(settings.MAX_UPLOAD_BYTES)  # refused before a byte of the body is read
+        request._request.upload_handlers.insert(0, _MaxSizeUploadHandler(request._request))
+
         serializer = ImageSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data["image"]
         image, created = services.image_job_create(
+            client=request.user,
             upload=upload,
             size=upload.size,
             request_id=data["request_id"],
@@ -33,24 +117,45 @@ class ImageCollectionView(APIView):
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
         return Response(body, status=code, headers={"Location": body["status_url"]})
 
+    @extend_schema(
+        operation_id="images_list",
+        summary="List your jobs, newest first",
+        parameters=[OpenApiParameter("request_id", str, description="Only the job with this request_id.")],
+        responses={200: ImagePageSerializer, **_errors(401, 429)},
+    )
     def get(self, request: Request) -> Response:
-        """List jobs, newest first; ``?request_id=`` finds the jobs of one client id."""
-        queryset = selectors.image_list(request_id=request.query_params.get("request_id"))
+        queryset = selectors.image_list(client=request.user, request_id=request.query_params.get("request_id"))
         paginator = JobPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([image_representation(image) for image in page])
 
 
 class ImageDetailView(APIView):
+    @extend_schema(
+        operation_id="images_retrieve",
+        summary="A job: its status, faces and callback state",
+        responses={200: ImageSerializer, **_errors(401, 404, 429)},
+    )
     def get(self, request: Request, image_id: str) -> Response:
-        return Response(image_representation(selectors.image_get(image_id=image_id)))
+        return Response(image_representation(selectors.image_get(client=request.user, image_id=image_id)))
 
 
 class ImageAnnotatedView(APIView):
+    @extend_schema(
+        operation_id="images_annotated",
+        summary="The annotated JPEG",
+        description=(
+            "The photo with the faces drawn on it: a 302 to a short-lived presigned URL when the "
+            "storage server is public, otherwise the JPEG itself."
+        ),
+        responses={
+            (200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description="The JPEG"),
+            302: OpenApiResponse(description="Redirect to a presigned URL"),
+            **_errors(401, 404, 409, 429, 503),
+        },
+    )
     def get(self, request: Request, image_id: str):
-        """The annotated JPEG: a redirect to a short-lived presigned URL when the storage server
-        is reachable by clients (S3_PUBLIC_ENDPOINT), else the bytes themselves."""
-        image = selectors.image_get(image_id=image_id)
+        image = selectors.image_get(client=request.user, image_id=image_id)
         if not image.annotated_key:
             if image.status == JobStatus.FAILED:
                 raise ApiError("not_available", "The job failed; there is no annotated image.", status_code=404)
@@ -69,9 +174,15 @@ class ImageAnnotatedView(APIView):
 
 
 class ImageRedeliverView(APIView):
+    @extend_schema(
+        operation_id="images_redeliver",
+        summary="Send a finished job's callback again",
+        request=None,
+        responses={202: RedeliverSerializer, **_errors(401, 404, 409, 429)},
+    )
     def post(self, request: Request, image_id: str) -> Response:
-        """Send a finished job's callback again, as a new delivery: 202 with its webhook id."""
-        image = selectors.image_get(image_id=image_id)
+        """A new delivery (new webhook-id) of the job's current representation."""
+        image = selectors.image_get(client=request.user, image_id=image_id)
         outbox_row = delivery.callback_redeliver(image_id=image.id)
         return Response(
             {"id": str(image.id), "webhook_id": outbox_row.webhook_id, "status": outbox_row.status},

@@ -47,6 +47,8 @@ def configure(tmp: Path) -> "object":
         CELERY_QUEUE_DETECT=f"soak-{RUN}-detect",
         CELERY_QUEUE_DELIVER=f"soak-{RUN}-deliver",
         CALLBACK_RETRY_DELAYS="0.5,1,2",
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
+        API_UPLOAD_RATE_LIMIT="",
         JOB_RETRY_BACKOFF_BASE="0.25",
         JOB_RETRY_BACKOFF_MAX="2",
         DETECTOR_TORCH_THREADS="1",
@@ -165,7 +167,9 @@ def main() -> None:
         while not stop.wait(2):
             services.image_jobs_sweep()
 
-    client = Client(HTTP_HOST="127.0.0.1")
+    from api.auth import api_key_create
+
+    client = Client(HTTP_HOST="127.0.0.1", HTTP_X_API_KEY=api_key_create(client_name=f"soak-{RUN}")[1])
     started = time.monotonic()
     threading.Thread(target=killer, daemon=True).start()
     threading.Thread(target=sweeper, daemon=True).start()

@@ -61,6 +61,9 @@ def embedded_fallbacks(env: dict[str, str]) -> dict[str, str]:
     if env["CELERY_RESULT_BACKEND"].startswith("redis") and not answers(env["CELERY_RESULT_BACKEND"]):
         (VAR / "results").mkdir(parents=True, exist_ok=True)
         overrides["CELERY_RESULT_BACKEND"] = f"file://{VAR / 'results'}"
+    if env.get("CACHE_URL", "").startswith("redis") and not answers(env["CACHE_URL"]):
+        # Rate limits then count per web process instead of across them.
+        overrides["CACHE_URL"] = "locmem://"
     return overrides
 
 
@@ -94,8 +97,8 @@ def up() -> int:
     load_env()
     overrides = embedded_fallbacks(dict(os.environ))
     if overrides:
-        replaced = [name for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if name in overrides]
-        print(f"devstack: {', '.join(replaced)} not answering; using embedded defaults under var/ (SQLite, filesystem broker, file results)")
+        replaced = [name for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL") if name in overrides]
+        print(f"devstack: {', '.join(replaced)} not answering; using embedded defaults under var/ (SQLite, filesystem broker, file results, in-memory cache)")
     os.environ.update(overrides)
     # The Procfile's commands (gunicorn, celery) live next to this interpreter, in the venv.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -135,7 +138,8 @@ def up() -> int:
         manage("storage_init")
         manage("collectstatic", "--noinput", "--verbosity", "0")
         if not stopping:
-            print(f"devstack: API on http://{os.environ.get('API_BIND', '127.0.0.1:8000')}/ ; Ctrl-C or `make down` stops")
+            print(f"devstack: API on http://{os.environ.get('API_BIND', '127.0.0.1:8000')}/ (docs at /api/docs/); "
+                  "Ctrl-C or `make down` stops. A key: .venv/bin/python manage.py create_api_key NAME")
             honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f", "Procfile"], cwd=ROOT)
             while honcho.poll() is None:
                 time.sleep(0.5)

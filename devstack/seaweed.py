@@ -114,9 +114,14 @@ class SeaweedS3:
         return self
 
     def wait_ready(self, timeout: float) -> None:
+        import urllib3
         from minio import Minio
 
-        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, region="us-east-1")
+        # No retries inside the client: this loop polls, and should see "up" as soon as it is.
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=5), retries=False)
+        client = Minio(
+            self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, region="us-east-1", http_client=http
+        )
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:

@@ -29,6 +29,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "api",
     "workers",
 ]
@@ -90,13 +92,39 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.JSONParser",
     ],
-    # Authentication arrives with API keys; until then the API is open, as documented.
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.auth.ApiKeyRateThrottle", "api.auth.UploadRateThrottle"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "api.pagination.JobPagination",
     "PAGE_SIZE": 50,
+}
+
+# Rate limits per API key ("N/second|minute|hour|day"; empty: no limit), counted in CACHE_URL.
+API_RATE_LIMIT = env("API_RATE_LIMIT", default="600/minute")
+API_UPLOAD_RATE_LIMIT = env("API_UPLOAD_RATE_LIMIT", default="120/minute")
+CACHES = {"default": env.cache("CACHE_URL", default="redis://127.0.0.1:6379/1")}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "face_detect_api",
+    "DESCRIPTION": (
+        "Asynchronous face detection. Upload a photo; get 202 at once; receive the faces at your "
+        "callback_url (signed per Standard Webhooks) or poll the job. Every route needs an API key: "
+        "`Authorization: Api-Key <key>` or `X-API-Key: <key>`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": ["queued", "processing", "completed", "failed"],
+        "CallbackStatusEnum": ["none", "pending", "delivered", "failed"],
+        "DeliveryStatusEnum": ["pending", "delivered", "failed"],
+    },
 }
 
 # --- Public URLs --------------------------------------------------------------------------------
@@ -157,6 +185,8 @@ CALLBACK_RETRY_AFTER_MAX = env.float("CALLBACK_RETRY_AFTER_MAX", default=36000.0
 CALLBACK_COUNTDOWN_MAX = env.float("CALLBACK_COUNTDOWN_MAX", default=60.0)
 # Standard Webhooks secret: "whsec_" + base64 of at least 24 random bytes.
 CALLBACK_SIGNING_SECRET = env("CALLBACK_SIGNING_SECRET")
+# CIDR ranges a callback_url may resolve to although they are not public (empty: none).
+CALLBACK_ALLOWED_NETWORKS = env.list("CALLBACK_ALLOWED_NETWORKS", default=[])
 
 # --- Celery ------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL")
@@ -218,3 +248,34 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Production guard --------------------------------------------------------------------------
+# DJANGO_ENV=production refuses to start on the development defaults above.
+DJANGO_ENV = env("DJANGO_ENV", default="development")
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
+DEV_SIGNING_SECRET = "whsec_ZGV2ZWxvcG1lbnQtb25seS1zaWduaW5nLXNlY3JldC0zMmI="
+
+
+def production_problems() -> list[str]:
+    """What makes these settings unfit for production (empty when they are fine)."""
+    problems = []
+    if DEBUG:
+        problems.append("DJANGO_DEBUG must be False")
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50:
+        problems.append("DJANGO_SECRET_KEY must be a random value of 50+ characters, not the development one")
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        problems.append("DJANGO_ALLOWED_HOSTS must name the service's hosts (not empty, not *)")
+    if CALLBACK_SIGNING_SECRET == DEV_SIGNING_SECRET:
+        problems.append("CALLBACK_SIGNING_SECRET must not be the development secret")
+    if not 1 <= S3_PRESIGN_SECONDS <= 3600:
+        problems.append("S3_PRESIGN_SECONDS must be between 1 and 3600")
+    return problems
+
+
+if DJANGO_ENV == "production":
+    from django.core.exceptions import ImproperlyConfigured
+
+    if _problems := production_problems():
+        raise ImproperlyConfigured("refusing to start in production: " + "; ".join(_problems))
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

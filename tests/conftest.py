@@ -286,7 +286,25 @@ def _delete_test_queues() -> None:
 
 
 @pytest.fixture
-def api_client():
+def api_key() -> str:
+    """A fresh client's API key (tests that use it carry a django_db mark)."""
+    from api.auth import api_key_create
+
+    return api_key_create(client_name=f"client-{time.monotonic_ns()}")[1]
+
+
+@pytest.fixture
+def api_client(api_key):
+    """An API client authenticated with its own key, as `X-API-Key`."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=api_key)
+    return client
+
+
+@pytest.fixture
+def anonymous_client():
     from rest_framework.test import APIClient
 
     return APIClient()

@@ -41,6 +41,8 @@ if "FDA_TEST_RUN" not in os.environ:
         JOB_RETRY_BACKOFF_BASE="0.25",
         JOB_RETRY_BACKOFF_MAX="1",
         JOB_MAX_RETRIES="40",
+        # The tests' receivers listen on loopback, which callbacks may not reach by default.
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
     )
     # Outside CI a developer may lack PostgreSQL: the unit tests then run on SQLite, and the
     # tests that need the real services skip (in CI they fail instead: see conftest.py).
@@ -54,3 +56,5 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Rate-limit counters of this run only.
+CACHES["default"]["KEY_PREFIX"] = "fda-test-" + os.environ["FDA_TEST_RUN"]

@@ -18,8 +18,10 @@ def test_services_that_do_not_answer_are_replaced_by_embedded_ones():
             "DATABASE_URL": f"postgres://u@127.0.0.1:{port}/db",
             "CELERY_BROKER_URL": f"amqp://g:g@127.0.0.1:{port}//",
             "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{port}/0",
+            "CACHE_URL": f"redis://127.0.0.1:{port}/1",
         }
     )
+    assert overrides["CACHE_URL"] == "locmem://"
     assert overrides["DATABASE_URL"] == f"sqlite:///{VAR / 'db.sqlite3'}"
     assert overrides["CELERY_BROKER_URL"] == "filesystem://"
     assert overrides["CELERY_RESULT_BACKEND"].startswith("file://")

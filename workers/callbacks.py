@@ -4,8 +4,14 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
+import ipaddress
+
 import requests
+import urllib3
 from django.conf import settings
+from requests.adapters import HTTPAdapter
+
+from api.urlpolicy import UrlRefused, address_allowed, check_callback_url
 
 from .signing import signed_headers
 
@@ -22,12 +28,54 @@ class PostResult:
     duration_ms: int
     response_excerpt: str
     retry_after: str | None = None
+    # The address is not one we call (policy, not a fault): never retried.
+    refused: bool = False
+
+
+def _check_peer(sock) -> None:
+    """The address actually connected to must be allowed: a name that resolved to a public
+    address at check time may resolve to a private one now (DNS rebinding)."""
+    peer = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
+    if not address_allowed(peer):
+        sock.close()
+        raise UrlRefused(f"connected to {peer}, which is not a public address")
+
+
+class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self):
+        sock = super()._new_conn()
+        _check_peer(sock)
+        return sock
+
+
+class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self):
+        sock = super()._new_conn()
+        _check_peer(sock)
+        return sock
+
+
+class _GuardedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests adapter whose connections check the peer address before sending a byte."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
 
 
 def post_signed(url: str, body: bytes, *, webhook_id: str) -> PostResult:
     """POST ``body`` (JSON bytes) to ``url`` once, signed per Standard Webhooks with
-    CALLBACK_SIGNING_SECRET. Never raises for network errors: the result carries the status
-    code, or None and the error."""
+    CALLBACK_SIGNING_SECRET. Only public addresses are called (api.urlpolicy), checked when the
+    name is resolved and again on the connected socket. Never raises for network errors: the
+    result carries the status code, or None and the error."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -36,9 +84,12 @@ def post_signed(url: str, body: bytes, *, webhook_id: str) -> PostResult:
     started_at = dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     try:
+        check_callback_url(url)
         with requests.Session() as session:
             # Proxies from the environment are not for callbacks; redirects are never followed.
             session.trust_env = False
+            session.mount("http://", GuardedAdapter(max_retries=0))
+            session.mount("https://", GuardedAdapter(max_retries=0))
             response = session.post(
                 url,
                 data=body,
@@ -50,6 +101,8 @@ def post_signed(url: str, body: bytes, *, webhook_id: str) -> PostResult:
             # Read only the start of the answer: a receiver cannot make us download a lot.
             excerpt = response.raw.read(RESPONSE_EXCERPT_BYTES, decode_content=True) or b""
             response.close()
+    except UrlRefused as exc:
+        return PostResult(started_at, None, f"refused: {exc}"[:500], _ms(started), "", refused=True)
     except requests.RequestException as exc:
         return PostResult(started_at, None, f"{type(exc).__name__}: {exc}"[:500], _ms(started), "")
     return PostResult(

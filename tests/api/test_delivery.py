@@ -138,7 +138,7 @@ def test_redeliver_needs_a_finished_job_with_a_callback_url(api_client, s3, monk
     Image.objects.filter(id=no_url).update(status="completed")
     response = api_client.post(f"/api/v1/images/{no_url}/redeliver/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "no_callback_url"
-    queued = upload(api_client, photo_bytes("chelsea_cat.png"), request_id="q", callback_url="https://example.com/h").json()["id"]
+    queued = upload(api_client, photo_bytes("chelsea_cat.png"), request_id="q", callback_url="http://127.0.0.1:9/h").json()["id"]
     response = api_client.post(f"/api/v1/images/{queued}/redeliver/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "not_finished"
 
@@ -150,3 +150,12 @@ def test_the_representation_shows_the_delivery_and_its_attempts(finished_job, re
     assert callback["status"] == "delivered" and callback["webhook_id"].startswith("msg_")
     assert [a["status_code"] for a in callback["attempts"]] == [503, 200]
     assert callback["delivered_at"] is not None
+
+
+def test_a_callback_url_refused_at_delivery_time_fails_without_retries(finished_job, receiver, settings):
+    """The policy is applied again on delivery: refused is final, not a network error to retry."""
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    assert delivery.callback_delivery_attempt(delivery_id=outbox.id) is None
+    outbox.refresh_from_db()
+    assert outbox.status == "failed" and outbox.attempt_count == 1 and outbox.last_error.startswith("refused")

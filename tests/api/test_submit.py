@@ -34,7 +34,7 @@ def test_valid_upload_is_accepted_stored_and_enqueued_after_commit(api_client, s
     monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: enqueued.append(image_id))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = upload(api_client, photo_bytes("astronaut_1face.png"), name="../../etc/passwd.png",
-                          request_id="req-1", callback_url="https://example.com/hook")
+                          request_id="req-1", callback_url="http://127.0.0.1:9/hook")
     assert response.status_code == 202
     body = response.json()
     assert set(body) == {"id", "request_id", "status", "status_url", "created_at"}
@@ -45,7 +45,7 @@ def test_valid_upload_is_accepted_stored_and_enqueued_after_commit(api_client, s
     assert image.original_key.startswith("originals/") and image.original_key.endswith(f"{image.id}.png")
     assert "passwd" not in image.original_key
     assert storage.storage_list() == [image.original_key]
-    assert (image.width, image.height, image.callback_url) == (512, 512, "https://example.com/hook")
+    assert (image.width, image.height, image.callback_url) == (512, 512, "http://127.0.0.1:9/hook")
 
     # The chain is published only once the transaction commits.
     assert enqueued == [] and len(callbacks) == 1
@@ -131,8 +131,8 @@ def test_storage_down_is_a_503_and_leaves_no_row(api_client, s3, settings):
 def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monkeypatch):
     """Idempotent per request_id: same photo, same callback_url -> 200 with the same id."""
     monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
-    first = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="https://example.com/h")
-    second = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="https://example.com/h")
+    first = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="http://127.0.0.1:9/h")
+    second = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="http://127.0.0.1:9/h")
     assert first.status_code == 202 and second.status_code == 200
     assert second.json()["id"] == first.json()["id"] and second["Location"] == first["Location"]
     assert Image.objects.count() == 1 and len(storage.storage_list()) == 1

@@ -82,3 +82,25 @@ def test_a_slow_receiver_times_out(settings):
     assert result.status_code is None and "Timeout" in result.error
     assert time.monotonic() - started < 5
     server.close()
+
+
+def test_a_url_that_now_resolves_privately_is_refused_at_delivery(receiver, settings):
+    """Checked again when sending: no request reaches a loopback receiver once it is not allowed."""
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    result = post_signed(receiver.url(), b"{}", webhook_id="msg_p")
+    assert result.refused and result.status_code is None and "not public" in result.error
+    time.sleep(0.2)
+    assert receiver.received.empty()
+
+
+def test_dns_rebinding_is_caught_on_the_connected_socket(receiver, settings, monkeypatch):
+    """The name resolves to a public address when checked, then to loopback when connecting:
+    the peer address of the socket is checked before a byte is sent."""
+    import ipaddress
+
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    monkeypatch.setattr("api.urlpolicy.resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
+    result = post_signed(receiver.url(), b"{}", webhook_id="msg_rebind")
+    assert result.refused and "127.0.0.1" in result.error
+    time.sleep(0.2)
+    assert receiver.received.empty()

@@ -1,0 +1,78 @@
+"""Which callback URLs may be called: public http(s) hosts only, checked at submit time and again
+on every delivery (the name may resolve elsewhere by then: DNS rebinding).
+
+Refused: loopback, private, link-local (cloud metadata included), shared, reserved, multicast and
+unspecified addresses, in IPv4, IPv6, IPv4-mapped, 6to4, Teredo and NAT64 forms, and any name
+that resolves to one. CALLBACK_ALLOWED_NETWORKS (CIDRs) opens chosen ranges, for development
+and tests.
+"""
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class UrlRefused(ValueError):
+    """The URL may not be called. The message says why, for the client."""
+
+
+def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(cidr.strip(), strict=False) for cidr in settings.CALLBACK_ALLOWED_NETWORKS if cidr.strip()]
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_allowed(ip: IPAddress) -> bool:
+    """True when a callback may connect to ``ip``."""
+    if any(ip in network for network in _allowed_networks()):
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return False
+        inner = _embedded_ipv4(ip)
+        if inner is not None and not address_allowed(inner):
+            return False
+    return ip.is_global and not ip.is_multicast
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise UrlRefused(f"The host {host!r} does not resolve.") from exc
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def check_callback_url(url: str) -> None:
+    """Raise UrlRefused unless ``url`` is http(s) and every address its host resolves to is
+    allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UrlRefused("Only http and https URLs are called.")
+    if not parts.hostname:
+        raise UrlRefused("The URL has no host.")
+    if parts.username or parts.password:
+        raise UrlRefused("Credentials in the URL are not allowed.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UrlRefused("The URL's port is not valid.") from exc
+    addresses = resolve(parts.hostname, port)
+    refused = [str(ip) for ip in addresses if not address_allowed(ip)]
+    if refused or not addresses:
+        raise UrlRefused(f"The host resolves to an address that is not public ({', '.join(refused) or 'none'}).")
