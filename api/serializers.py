@@ -12,6 +12,20 @@ from .urlpolicy import UrlRefused, check_callback_url
 CALLBACK_URL_MAX_LENGTH = 2048
 
 
+def validate_request_id(value: str) -> str:
+    if not value.strip():
+        raise serializers.ValidationError("request_id may not be blank.", code="blank")
+    if not value.isprintable():
+        raise serializers.ValidationError("request_id must be printable characters only.", code="invalid")
+    return value
+
+
+class ImageListQuerySerializer(serializers.Serializer):
+    """The query of GET /api/v1/images/."""
+
+    request_id = serializers.CharField(max_length=128, trim_whitespace=False, required=False, validators=[validate_request_id])
+
+
 class ImageSubmitSerializer(serializers.Serializer):
     """The fields of POST /api/v1/images/. The image's content is checked by the service."""
 
@@ -20,11 +34,7 @@ class ImageSubmitSerializer(serializers.Serializer):
     callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
 
     def validate_request_id(self, value: str) -> str:
-        if not value.strip():
-            raise serializers.ValidationError("request_id may not be blank.", code="blank")
-        if not value.isprintable():
-            raise serializers.ValidationError("request_id must be printable characters only.", code="invalid")
-        return value
+        return validate_request_id(value)
 
     def validate_callback_url(self, value: str) -> str:
         if not value:

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiCallback, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiCallback, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +19,7 @@ from .models import JobStatus
 from .pagination import JobPagination
 from .serializers import (
     ErrorSerializer,
+    ImageListQuerySerializer,
     ImagePageSerializer,
     ImageSerializer,
     ImageSubmitSerializer,
@@ -120,11 +121,13 @@ class ImageCollectionView(APIView):
     @extend_schema(
         operation_id="images_list",
         summary="List your jobs, newest first",
-        parameters=[OpenApiParameter("request_id", str, description="Only the job with this request_id.")],
-        responses={200: ImagePageSerializer, **_errors(401, 429)},
+        parameters=[ImageListQuerySerializer],
+        responses={200: ImagePageSerializer, **_errors(400, 401, 429)},
     )
     def get(self, request: Request) -> Response:
-        queryset = selectors.image_list(client=request.user, request_id=request.query_params.get("request_id"))
+        query = ImageListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        queryset = selectors.image_list(client=request.user, request_id=query.validated_data.get("request_id"))
         paginator = JobPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([image_representation(image) for image in page])

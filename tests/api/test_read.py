@@ -96,3 +96,10 @@ def test_readyz_names_what_is_down(api_client, s3, settings):
     body = response.json()
     assert body["status"] == "unavailable" and sorted(body["down"]) == ["broker", "storage"]
     assert body["checks"]["database"]["ok"] is True
+
+
+@pytest.mark.parametrize("request_id", ["a\x00b", "x" * 129, "tab\t"])
+def test_a_bad_request_id_filter_is_a_400_not_a_500(api_client, request_id):
+    """Found by schemathesis: a NUL in the filter reached PostgreSQL."""
+    response = api_client.get("/api/v1/images/", {"request_id": request_id})
+    assert response.status_code == 400 and response.json()["error"]["field"] == "request_id"

@@ -42,7 +42,8 @@ def test_schema_describes_every_route():
 
 
 @schema.parametrize()
-@hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI sees the same examples each run (no flaky red); raise max_examples to explore.
+@hypothesis_settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @pytest.mark.django_db
 def test_no_generated_request_gets_a_server_error(case, fuzz_key):
     case.call_and_validate(headers={"X-API-Key": fuzz_key}, checks=[schemathesis.checks.not_a_server_error, schemathesis.checks.status_code_conformance, schemathesis.checks.content_type_conformance, schemathesis.checks.response_schema_conformance])
