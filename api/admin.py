@@ -9,7 +9,8 @@ from django.utils.html import format_html
 from . import storage
 from .delivery import callback_redeliver
 from .errors import ApiError
-from .models import ApiClient, ApiKey, CallbackAttempt, CallbackDelivery, Face, Image
+from .models import ApiClient, ApiKey, CallbackAttempt, CallbackDelivery, DetectorVersion, Face, Image
+from .registry import RegistryError, detector_version_active, detector_version_activate, detector_version_retire
 
 
 class FaceInline(admin.TabularInline):
@@ -178,3 +179,44 @@ class ApiClientAdmin(admin.ModelAdmin):
 
         count = ApiKey.objects.filter(client__in=queryset, revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(DetectorVersion)
+class DetectorVersionAdmin(admin.ModelAdmin):
+    list_display = ("id", "label", "is_active", "retired_at", "created_at")
+    readonly_fields = [f.name for f in DetectorVersion._meta.fields] + ["label"]
+    actions = ["activate", "retire"]
+
+    @admin.display(boolean=True, description="Active")
+    def is_active(self, obj: DetectorVersion) -> bool:
+        active = detector_version_active()
+        return bool(active and active.id == obj.id)
+
+    @admin.action(description="Make active (new jobs use it)")
+    def activate(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version.", messages.WARNING)
+            return
+        try:
+            version = detector_version_activate(version_id=queryset.get().id)
+            self.message_user(request, f"{version.label} is active.", messages.SUCCESS)
+        except RegistryError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    @admin.action(description="Retire")
+    def retire(self, request, queryset):
+        for version in queryset:
+            try:
+                detector_version_retire(version_id=version.id)
+            except RegistryError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+
+    # Versions come from files in detector_versions/ (manage.py detector_register).
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -25,11 +25,23 @@ def _check_broker() -> None:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
 
 
-CHECKS = {"database": _check_database, "broker": _check_broker, "storage": storage.storage_ping}
+def _check_detector() -> None:
+    """A version is active and its weights on disk match their registered checksums (hashing
+    three small files; torch is not imported)."""
+    from .registry import detector_version_active, weights_digest_ok
+
+    version = detector_version_active()
+    if version is None:
+        raise RuntimeError("no detector version is active")
+    weights_digest_ok(version)
+
+
+CHECKS = {"database": _check_database, "broker": _check_broker, "storage": storage.storage_ping, "detector": _check_detector}
 
 
 def readyz(request) -> JsonResponse:
-    """200 when the database, the broker and the storage bucket answer; 503 naming what is down."""
+    """200 when the database, the broker and the storage bucket answer and the active detector's
+    weights check out; 503 naming what is not."""
     checks = {}
     for name, check in CHECKS.items():
         try:

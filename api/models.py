@@ -1,5 +1,6 @@
 """One job, one row: an uploaded image, its detection state, its faces and its callback state."""
 
+import hashlib
 import uuid
 
 from django.db import models
@@ -51,6 +52,52 @@ class ApiKey(models.Model):
         return f"{self.prefix}… ({self.client})"
 
 
+class DetectorVersion(models.Model):
+    """A registered detector version: an implementation, its weights (by checksum) and its fixed
+    settings. Versions are immutable once registered; they are activated or retired, never edited."""
+
+    id = models.CharField(primary_key=True, max_length=64)  # name@version
+    name = models.CharField(max_length=32)
+    version = models.CharField(max_length=32)
+    implementation = models.CharField(max_length=32)
+    weights = models.JSONField(default=list)  # [{"file": "pnet.pt", "sha256": "..."}]
+    packages = models.JSONField(default=dict)  # {"facenet-pytorch": "2.5.3", "torch": "2.14.1"}
+    settings = models.JSONField(default=dict)
+    settings_hash = models.CharField(max_length=64)
+    code_commit = models.CharField(max_length=64, blank=True)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name", "created_at"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def weights_digest(self) -> str:
+        lines = sorted(f"{w['file']}:{w['sha256']}" for w in self.weights)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """The data-aware label recorded on jobs and faces, e.g. mtcnn@1.0.0+weights.3f9a2c1b."""
+        return f"{self.id}+weights.{self.weights_digest[:8]}"
+
+
+class ActiveDetector(models.Model):
+    """The pointer to the version new jobs use: one row. Changing it takes effect for the next
+    job submitted; running workers load the new version on first use."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    version = models.ForeignKey(DetectorVersion, on_delete=models.PROTECT)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"active: {self.version_id}"
+
+
 class Image(models.Model):
     """A detection job. Its status moves queued -> processing -> completed | failed, only
     through the functions in api/services.py, which check the current state first."""
@@ -79,6 +126,9 @@ class Image(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     enqueue_count = models.PositiveIntegerField(default=0)
 
+    # The version that detects this job, fixed when it is accepted; model_version is its label,
+    # recorded when the faces are.
+    detector_version = models.ForeignKey(DetectorVersion, on_delete=models.PROTECT, related_name="images")
     model_version = models.CharField(max_length=128, blank=True, db_index=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
@@ -109,6 +159,7 @@ class Face(models.Model):
     """One detected face, in the pixel coordinates of the EXIF-oriented image."""
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="faces")
+    detector_version = models.ForeignKey(DetectorVersion, on_delete=models.PROTECT, related_name="+")
     # Rank by confidence within the image, 0 first: keeps the order stable across reads.
     index = models.PositiveSmallIntegerField()
     box_x = models.PositiveIntegerField()

@@ -32,6 +32,9 @@ class ImageSubmitSerializer(serializers.Serializer):
     image = serializers.FileField(allow_empty_file=False, use_url=False)
     request_id = serializers.CharField(max_length=128, trim_whitespace=False)
     callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
+    model_version = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, help_text="A detector version id (see /api/v1/models/); default: the active one."
+    )
 
     def validate_request_id(self, value: str) -> str:
         return validate_request_id(value)
@@ -116,6 +119,25 @@ def image_submitted_representation(image: Image) -> dict[str, Any]:
         "status": image.status,
         "status_url": _url(f"/api/v1/images/{image.id}/"),
         "created_at": _iso(image.created_at),
+    }
+
+
+def detector_version_representation(version, *, active_id: str | None) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "name": version.name,
+        "version": version.version,
+        "label": version.label,
+        "active": version.id == active_id,
+        "retired": version.retired_at is not None,
+        "implementation": version.implementation,
+        "weights": version.weights,
+        "packages": version.packages,
+        "settings": version.settings,
+        "settings_hash": version.settings_hash,
+        "code_commit": version.code_commit or None,
+        "notes": version.notes,
+        "created_at": _iso(version.created_at),
     }
 
 
@@ -218,3 +240,32 @@ class ImagePageSerializer(serializers.Serializer):
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
     results = ImageSerializer(many=True)
+
+
+class WeightFileSerializer(serializers.Serializer):
+    file = serializers.CharField()
+    sha256 = serializers.CharField()
+
+
+class DetectorVersionSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="name@version")
+    name = serializers.CharField()
+    version = serializers.CharField()
+    label = serializers.CharField(help_text="The label jobs record: id plus a digest of the weights.")
+    active = serializers.BooleanField()
+    retired = serializers.BooleanField()
+    implementation = serializers.CharField()
+    weights = WeightFileSerializer(many=True)
+    packages = serializers.DictField(child=serializers.CharField())
+    settings = serializers.DictField()
+    settings_hash = serializers.CharField()
+    code_commit = serializers.CharField(allow_null=True)
+    notes = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class DetectorVersionPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = DetectorVersionSerializer(many=True)

@@ -22,6 +22,7 @@ from . import storage
 from .errors import ApiError
 from .imaging import ImageRejected, image_decode_rgb, image_probe
 from .models import TERMINAL_STATUSES, ApiClient, Face, Image, JobStatus
+from .registry import detector_spec, detector_version_for_job
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,14 @@ def _object_key(kind: str, image_id: uuid.UUID, extension: str, when=None) -> st
 
 
 def image_job_create(
-    *, client: ApiClient, upload: IO[bytes], size: int, request_id: str, callback_url: str = "", filename: str = ""
+    *,
+    client: ApiClient,
+    upload: IO[bytes],
+    size: int,
+    request_id: str,
+    callback_url: str = "",
+    filename: str = "",
+    model_version: str = "",
 ) -> tuple[Image, bool]:
     """Accept an upload: check the image, store it, record a queued job, and enqueue detection
     once the row is committed. Returns (job, created).
@@ -47,8 +55,10 @@ def image_job_create(
     Submission is idempotent per client and request_id: the same photo and callback_url again return the
     existing job (created False); a different photo or callback_url under a used request_id is
     a 409. Raises ApiError (field "image") for an unacceptable file. A refused request leaves no
-    row and no object behind.
+    row and no object behind. ``model_version`` (a version id) pins the detector; by default the
+    active one is pinned.
     """
+    version = detector_version_for_job(requested=model_version or None)
     if size > settings.MAX_UPLOAD_BYTES:
         raise ApiError(
             "file_too_large",
@@ -65,7 +75,7 @@ def image_job_create(
 
     existing = Image.objects.filter(client=client, request_id=request_id).first()
     if existing is not None:
-        return _same_submission(existing, sha256=sha256, callback_url=callback_url), False
+        return _same_submission(existing, sha256=sha256, callback_url=callback_url, model_version=model_version), False
 
     image_id = uuid.uuid4()
     key = _object_key("originals", image_id, info.extension)
@@ -88,6 +98,8 @@ def image_job_create(
                 original_content_type=info.content_type,
                 original_size=size,
                 original_sha256=sha256,
+                detector_version=version,
+                model_version=version.label,
                 width=info.width,
                 height=info.height,
             )
@@ -97,7 +109,7 @@ def image_job_create(
         # The same request_id raced in from a concurrent request and won.
         _delete_quietly(key)
         existing = Image.objects.get(client=client, request_id=request_id)
-        return _same_submission(existing, sha256=sha256, callback_url=callback_url), False
+        return _same_submission(existing, sha256=sha256, callback_url=callback_url, model_version=model_version), False
     except Exception:
         # No row, so no object either.
         _delete_quietly(key)
@@ -114,11 +126,12 @@ def _sha256(upload: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _same_submission(existing: Image, *, sha256: str, callback_url: str) -> Image:
-    if existing.original_sha256 != sha256 or existing.callback_url != callback_url:
+def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str) -> Image:
+    other_version = bool(model_version) and model_version != existing.detector_version_id
+    if existing.original_sha256 != sha256 or existing.callback_url != callback_url or other_version:
         raise ApiError(
             "request_id_conflict",
-            "This request_id was already used for a different image or callback_url.",
+            "This request_id was already used for a different image, callback_url or model_version.",
             field="request_id",
             status_code=409,
         )
@@ -171,7 +184,7 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False) -> Image 
     so the worker that had it died and this one takes over.
     """
     with transaction.atomic():
-        image = Image.objects.select_for_update().filter(id=image_id).first()
+        image = Image.objects.select_for_update(of=("self",)).select_related("detector_version").filter(id=image_id).first()
         if image is None:
             logger.warning("job %s does not exist; skipping", image_id)
             return None
@@ -202,8 +215,9 @@ def _processing_is_stale(image: Image) -> bool:
 def image_job_complete(
     *, image_id: uuid.UUID, faces: Sequence[FaceData], model_version: str, width: int, height: int
 ) -> bool:
-    """Record the faces of a processing job, replacing any from an earlier attempt, and mark it
-    completed. Returns False (and changes nothing) if the job is not processing."""
+    """Record the faces of a processing job (each marked with the job's detector version),
+    replacing any from an earlier attempt, and mark it completed. Returns False (and changes
+    nothing) if the job is not processing."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         if image.status != JobStatus.PROCESSING:
@@ -213,6 +227,7 @@ def image_job_complete(
         Face.objects.bulk_create(
             Face(
                 image=image,
+                detector_version_id=image.detector_version_id,
                 index=index,
                 box_x=face.x,
                 box_y=face.y,
@@ -281,6 +296,7 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
     """
     from workers.detection import UnknownDetector, get_detector
     from workers.detection.mtcnn import DetectorUnavailable
+    from workers.detection.weights import WeightsMismatch
 
     image = image_job_start(image_id=image_id, redelivered=redelivered)
     if image is None:
@@ -292,7 +308,10 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         image_job_fail(image_id=image_id, code=exc.code, message=exc.message)
         return
     try:
-        detector = get_detector(settings.DETECTOR_MODEL)
+        detector = get_detector(detector_spec(image.detector_version))
+    except WeightsMismatch as exc:
+        image_job_fail(image_id=image_id, code="model_weights_mismatch", message=str(exc))
+        return
     except (UnknownDetector, DetectorUnavailable) as exc:
         image_job_fail(image_id=image_id, code="detector_unavailable", message=f"{type(exc).__name__}: {exc}")
         return

@@ -13,18 +13,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import delivery, selectors, services, storage
+from . import delivery, registry, selectors, services, storage
+from .models import DetectorVersion
 from .errors import ApiError
 from .models import JobStatus
 from .pagination import JobPagination
 from .serializers import (
     ErrorSerializer,
+    DetectorVersionPageSerializer,
+    DetectorVersionSerializer,
     ImageListQuerySerializer,
     ImagePageSerializer,
     ImageSerializer,
     ImageSubmitSerializer,
     ImageSubmittedSerializer,
     RedeliverSerializer,
+    detector_version_representation,
     image_representation,
     image_submitted_representation,
 )
@@ -112,6 +116,7 @@ class ImageCollectionView(APIView):
             request_id=data["request_id"],
             callback_url=data.get("callback_url", ""),
             filename=upload.name or "",
+            model_version=data.get("model_version", ""),
         )
         body = image_submitted_representation(image)
         # A repeated submission (same request_id and photo) gets the existing job, as 200.
@@ -191,3 +196,31 @@ class ImageRedeliverView(APIView):
             {"id": str(image.id), "webhook_id": outbox_row.webhook_id, "status": outbox_row.status},
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+class ModelCollectionView(APIView):
+    @extend_schema(
+        operation_id="models_list",
+        summary="The registered detector versions",
+        responses={200: DetectorVersionPageSerializer, **_errors(401, 429)},
+    )
+    def get(self, request: Request) -> Response:
+        active = registry.detector_version_active()
+        paginator = JobPagination()
+        page = paginator.paginate_queryset(DetectorVersion.objects.order_by("name", "created_at", "id"), request, view=self)
+        active_id = active.id if active else None
+        return paginator.get_paginated_response([detector_version_representation(v, active_id=active_id) for v in page])
+
+
+class ModelDetailView(APIView):
+    @extend_schema(
+        operation_id="models_retrieve",
+        summary="One detector version",
+        responses={200: DetectorVersionSerializer, **_errors(401, 404, 429)},
+    )
+    def get(self, request: Request, version_id: str) -> Response:
+        version = DetectorVersion.objects.filter(id=version_id).first()
+        if version is None:
+            raise ApiError("not_found", "No detector version with that id.", status_code=404)
+        active = registry.detector_version_active()
+        return Response(detector_version_representation(version, active_id=active.id if active else None))

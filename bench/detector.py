@@ -16,6 +16,22 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "face_detect_api.settings")
 
 
+def spec_from_file(version_id: str):
+    """A DetectorSpec from a version file, without the database."""
+    import json
+
+    from workers.detection import DetectorSpec
+
+    data = json.loads((ROOT / "detector_versions" / f"{version_id}.json").read_text())
+    return DetectorSpec(
+        id=version_id,
+        label=version_id,
+        implementation=data["implementation"],
+        settings=data["settings"],
+        weights={w["file"]: w["sha256"] for w in data["weights"]},
+    )
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -23,6 +39,7 @@ def rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--version", default="mtcnn@1.0.0", help="a file in detector_versions/")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--testdata", default=str(ROOT.parent / "shared" / "testdata"))
@@ -40,9 +57,9 @@ def main() -> None:
     from workers.detection.mtcnn import MTCNNDetector
 
     imported = time.perf_counter()
-    detector = MTCNNDetector(version="1.0.0", settings={}, device=args.device)
+    detector = MTCNNDetector(spec=spec_from_file(args.version), device=args.device)
     loaded = time.perf_counter()
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} cpus={os.cpu_count()}")
+    print(f"version={args.version} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} cpus={os.cpu_count()}")
     print(f"import torch+facenet: {imported - started:.2f} s; load MTCNN: {(loaded - imported) * 1000:.0f} ms; "
           f"peak RSS after load: {rss_mb():.0f} MB")
 

@@ -136,6 +136,7 @@ def up() -> int:
     try:
         manage("migrate", "--noinput")
         manage("storage_init")
+        manage("detector_register", "--bootstrap")
         manage("collectstatic", "--noinput", "--verbosity", "0")
         if not stopping:
             print(f"devstack: API on http://{os.environ.get('API_BIND', '127.0.0.1:8000')}/ (docs at /api/docs/); "

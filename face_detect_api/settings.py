@@ -151,6 +151,7 @@ MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
 
 # --- Detector ----------------------------------------------------------------------------------
+# Activated on a fresh database only; afterwards the active version lives in the database.
 DETECTOR_MODEL = env("DETECTOR_MODEL", default="mtcnn@1.0.0")
 # "cpu" (default), "cuda" or "cuda:N". CUDA must be asked for: a worker never picks it silently.
 DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")

@@ -282,6 +282,36 @@ def _delete_test_queues() -> None:
                 pass
 
 
+# --- The model registry ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _detector_registry(request):
+    """Every test with database access starts with the shipped versions registered and
+    mtcnn@1.0.0 active, as `manage.py detector_register --bootstrap` leaves a fresh database
+    (transactional tests empty the tables after each test, so this runs per test)."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    from api.registry import detector_bootstrap
+
+    detector_bootstrap()
+
+
+@pytest.fixture
+def stub_detector():
+    """The fast stub detector, registered and active (unit tests only; never end to end)."""
+    from api.models import DetectorVersion
+    from api.registry import detector_version_activate
+
+    DetectorVersion.objects.get_or_create(
+        id="stub@0.0.0",
+        defaults=dict(name="stub", version="0.0.0", implementation="stub", weights=[], settings={}, settings_hash=""),
+    )
+    return detector_version_activate(version_id="stub@0.0.0")
+
+
 # --- Helpers ------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,8 @@ def _load_detector(**_: object) -> None:
     if not _detects:
         logger.info("worker process %d ready, without a detector (delivery only)", os.getpid())
         return
+    from api.registry import detector_spec, detector_version_active
+
     from .detection.registry import get_detector
 
     if settings.DETECTOR_TORCH_THREADS:
@@ -39,10 +41,18 @@ def _load_detector(**_: object) -> None:
 
         torch.set_num_threads(settings.DETECTOR_TORCH_THREADS)
     try:
-        detector = get_detector()
+        # The active version now; jobs pinned to others load theirs on first use.
+        version = detector_version_active()
+        detector = get_detector(detector_spec(version)) if version else None
     except Exception:
         # A broken configuration must not kill the pool in a loop; each job will then fail with
         # a clear error code, and /readyz and the logs say why.
-        logger.exception("could not load detector %s in process %d", settings.DETECTOR_MODEL, os.getpid())
-        return
-    logger.info("worker process %d ready with detector %s", os.getpid(), detector.model_version)
+        logger.exception("could not load the active detector in process %d", os.getpid())
+        detector = None
+    finally:
+        # Forked children must not share the parent's database connection.
+        from django.db import connections
+
+        connections.close_all()
+    label = detector.model_version if detector else "none (loaded on first job)"
+    logger.info("worker process %d ready with detector %s", os.getpid(), label)

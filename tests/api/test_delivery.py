@@ -16,9 +16,8 @@ pytestmark = [pytest.mark.django_db]
 
 
 @pytest.fixture
-def finished_job(api_client, s3, settings, monkeypatch, receiver):
+def finished_job(api_client, s3, settings, monkeypatch, receiver, stub_detector):
     """A completed job whose callback_url is the receiver (chain not published: driven by hand)."""
-    settings.DETECTOR_MODEL = "stub@0.0.0"
     monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
     body = upload(api_client, photo_bytes("coffee.png"), request_id="outbox", callback_url=receiver.url()).json()
     services.image_job_detect(image_id=body["id"])

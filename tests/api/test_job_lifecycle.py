@@ -7,16 +7,15 @@ import pytest
 from django.utils import timezone
 
 from api import services, storage
-from api.models import Face, Image
+from api.models import DetectorVersion, Face, Image
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
 
 
 @pytest.fixture
-def job(api_client, s3, settings, monkeypatch):
+def job(api_client, s3, settings, monkeypatch, stub_detector):
     """A queued job whose chain was not published (the tests drive it by hand)."""
-    settings.DETECTOR_MODEL = "stub@0.0.0"
     monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
     response = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="lifecycle")
     return Image.objects.get(id=response.json()["id"])
@@ -28,7 +27,7 @@ def test_detection_completes_the_job_with_its_faces(job):
     job.refresh_from_db()
     assert job.status == "completed"
     assert job.face_count == 1 == job.faces.count()
-    assert job.model_version.startswith("stub@0.0.0+settings.")
+    assert job.model_version.startswith("stub@0.0.0+weights.")
     assert job.attempts == 1
     assert job.created_at <= job.started_at <= job.finished_at
 
@@ -46,7 +45,7 @@ def test_a_redelivered_detection_does_not_duplicate_faces(job):
 def test_a_crashed_attempt_is_replaced_not_added_to(job):
     """A job left processing (its worker died) is detected again, its faces written once."""
     services.image_job_start(image_id=job.id)
-    Face.objects.create(image=job, index=0, box_x=1, box_y=1, box_width=1, box_height=1, confidence=0.5)
+    Face.objects.create(image=job, detector_version_id=job.detector_version_id, index=0, box_x=1, box_y=1, box_width=1, box_height=1, confidence=0.5)
     services.image_job_detect(image_id=job.id, redelivered=True)
     job.refresh_from_db()
     assert job.status == "completed" and job.attempts == 2
@@ -100,9 +99,10 @@ def test_an_undecodable_original_fails_the_job_with_a_code(job):
     assert job.status == "failed" and job.error_code == "image_unreadable"
 
 
-def test_an_unknown_detector_fails_the_job_with_a_code(job, settings):
-    """A misconfigured DETECTOR_MODEL fails jobs clearly instead of crashing workers."""
-    settings.DETECTOR_MODEL = "nope@9.9.9"
+def test_an_unknown_implementation_fails_the_job_with_a_code(job):
+    """A version whose implementation this worker lacks fails jobs clearly instead of crashing."""
+    DetectorVersion.objects.create(id="nope@1.0.0", name="nope", version="1.0.0", implementation="nope", settings_hash="")
+    Image.objects.filter(id=job.id).update(detector_version_id="nope@1.0.0")
     services.image_job_detect(image_id=job.id)
     job.refresh_from_db()
     assert job.status == "failed" and job.error_code == "detector_unavailable"

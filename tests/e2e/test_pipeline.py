@@ -102,3 +102,18 @@ def test_list_finds_jobs_by_request_id(api_client, worker, s3):
     assert api_client.get("/api/v1/images/").json()["count"] == 2
     for job_id in (first.json()["id"], other.json()["id"]):
         assert wait_terminal(job_id).status == "completed"
+
+
+def test_each_upload_is_detected_by_the_version_it_asked_for(api_client, worker, s3):
+    """Same photo, two versions, one running worker: 1.0.0 keeps MTCNN's 0.82 background false
+    positive, 1.1.0 drops it. The worker loads 1.1.0 on first use, without a restart."""
+    default = upload(api_client, photo_bytes("obama_1face.jpg"), request_id="obama-default").json()["id"]
+    tuned = upload(api_client, photo_bytes("obama_1face.jpg"), request_id="obama-tuned", model_version="mtcnn@1.1.0").json()["id"]
+    default_job, tuned_job = wait_terminal(default), wait_terminal(tuned)
+    assert (default_job.face_count, tuned_job.face_count) == (2, 1)
+    assert default_job.model_version.startswith("mtcnn@1.0.0+weights.")
+    assert tuned_job.model_version.startswith("mtcnn@1.1.0+weights.")
+    # Reproducible: the one face 1.1.0 keeps is the same face, to the pixel, that 1.0.0 ranks first.
+    assert list(tuned_job.faces.values_list("box_x", "box_y", "box_width", "box_height")) == list(
+        default_job.faces.values_list("box_x", "box_y", "box_width", "box_height")[:1]
+    )

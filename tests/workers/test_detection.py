@@ -1,20 +1,35 @@
 """The MTCNN detector on real photos, in-process (no broker), and the per-process registry."""
 
-import io
+import json
 
 import pytest
 from PIL import Image
 
 from api.imaging import image_decode_rgb
-from tests.conftest import TESTDATA, photo_bytes
+from tests.conftest import ROOT, TESTDATA, photo_bytes
 from tests.imagevariants import variants
-from workers.detection import registry
-from workers.detection.mtcnn import MTCNNDetector, sha256_file, weights_dir
+from workers.detection import DetectorSpec, registry
+from workers.detection.mtcnn import MTCNNDetector
+from workers.detection.weights import WeightsMismatch, sha256_file, weights_dir
+
+VERSIONS = ROOT / "detector_versions"
+
+
+def spec(version: str = "mtcnn@1.0.0", **settings) -> DetectorSpec:
+    """The spec of a shipped version file, with settings overridden."""
+    data = json.loads((VERSIONS / f"{version}.json").read_text())
+    return DetectorSpec(
+        id=version,
+        label=f"{version}+test",
+        implementation=data["implementation"],
+        settings={**data["settings"], **settings},
+        weights={w["file"]: w["sha256"] for w in data["weights"]},
+    )
 
 
 @pytest.fixture(scope="module")
 def mtcnn():
-    return MTCNNDetector(version="1.0.0", settings={})
+    return MTCNNDetector(spec=spec())
 
 
 def test_detector_matches_facenet_pytorch_on_every_test_photo(mtcnn, manifest):
@@ -48,38 +63,40 @@ def test_odd_encodings_decode_to_the_same_face(mtcnn, label):
 
 def test_large_photos_are_downscaled_and_boxes_scaled_back():
     """max_side bounds the work; the boxes come back in the original's pixels."""
-    detector = MTCNNDetector(version="test", settings={"max_side": 256})
+    detector = MTCNNDetector(spec=spec(max_side=256))
     big = Image.open(TESTDATA / "astronaut_1face.png").convert("RGB").resize((1024, 1024))
     (face,) = detector.detect(big)
     assert [face.x1, face.y1, face.x2, face.y2] == pytest.approx([362, 124, 535, 344], abs=16)
 
 
-def test_version_label_names_the_settings():
-    """Different settings, different model_version."""
-    a = MTCNNDetector(version="1.0.0", settings={})
-    b = MTCNNDetector(version="1.0.0", settings={"min_confidence": 0.9})
-    assert a.model_version.startswith("mtcnn@1.0.0+settings.")
-    assert a.model_version != b.model_version
+def test_tuned_version_drops_the_false_positive_and_keeps_every_face(manifest):
+    """mtcnn@1.1.0 (min_confidence 0.9): the human count on every test photo."""
+    tuned = MTCNNDetector(spec=spec("mtcnn@1.1.0"))
+    for entry in manifest:
+        assert len(tuned.detect(image_decode_rgb(photo_bytes(entry["file"])))) == entry["faces"], entry["file"]
 
 
-def test_weights_are_the_files_shipped_in_the_wheel(mtcnn):
-    """Loaded from facenet-pytorch's package data, hashed."""
-    assert set(mtcnn.weights) == {"pnet.pt", "rnet.pt", "onet.pt"}
-    assert mtcnn.weights["pnet.pt"] == sha256_file(weights_dir() / "pnet.pt")
+def test_weights_that_do_not_match_are_refused():
+    """A registered checksum that differs from the file on disk: the detector is not loaded."""
+    bad = spec()
+    bad = DetectorSpec(**{**bad.__dict__, "weights": {**bad.weights, "pnet.pt": "0" * 64}})
+    with pytest.raises(WeightsMismatch):
+        MTCNNDetector(spec=bad)
 
 
-def test_registry_loads_each_version_once_per_process(settings):
+def test_registry_loads_each_version_once_per_process():
     """get_detector caches: a second call returns the same object without loading."""
+    stub = DetectorSpec(id="stub@0.0.0", label="stub@0.0.0+x", implementation="stub", settings={}, weights={})
     registry.clear_cache()
     before = registry.load_count
-    first = registry.get_detector("stub@0.0.0")
-    second = registry.get_detector("stub@0.0.0")
+    first = registry.get_detector(stub)
+    second = registry.get_detector(stub)
     assert first is second and registry.load_count == before + 1
 
 
-def test_unknown_version_is_refused():
+def test_unknown_implementation_is_refused():
     with pytest.raises(registry.UnknownDetector):
-        registry.get_detector("mtcnn@0.0.0-nope")
+        registry.get_detector(DetectorSpec(id="x@1.0.0", label="x", implementation="nope", settings={}, weights={}))
 
 
 def test_cuda_must_be_available_when_asked_for():
@@ -89,11 +106,11 @@ def test_cuda_must_be_available_when_asked_for():
     from workers.detection.mtcnn import DetectorUnavailable
 
     if torch.cuda.is_available():
-        detector = MTCNNDetector(version="1.0.0", settings={}, device="cuda")
+        detector = MTCNNDetector(spec=spec(), device="cuda")
         assert len(detector.detect(image_decode_rgb(photo_bytes("astronaut_1face.png")))) == 1
     else:
         with pytest.raises(DetectorUnavailable):
-            MTCNNDetector(version="1.0.0", settings={}, device="cuda")
+            MTCNNDetector(spec=spec(), device="cuda")
 
 
 def test_detect_refuses_non_rgb(mtcnn):

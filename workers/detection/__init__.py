@@ -1,6 +1,6 @@
-"""Face detectors behind one interface, a registry keyed by ``name@version``, a per-process cache."""
+"""Face detectors behind one interface, and a per-process cache of loaded versions."""
 
-from .base import Detection, Detector, LANDMARK_NAMES
-from .registry import UnknownDetector, get_detector, registered_versions
+from .base import LANDMARK_NAMES, Detection, Detector, DetectorSpec
+from .registry import UnknownDetector, get_detector
 
-__all__ = ["Detection", "Detector", "LANDMARK_NAMES", "UnknownDetector", "get_detector", "registered_versions"]
+__all__ = ["Detection", "Detector", "DetectorSpec", "LANDMARK_NAMES", "UnknownDetector", "get_detector"]

@@ -11,6 +11,22 @@ from PIL import Image
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
+def settings_hash(settings: dict[str, Any]) -> str:
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A registered version, as a worker needs it to load the detector (no database objects)."""
+
+    id: str  # name@version
+    label: str  # name@version+weights.<digest>
+    implementation: str
+    settings: dict[str, Any]
+    weights: dict[str, str]  # file name -> sha256
+
+
 @dataclass(frozen=True)
 class Detection:
     """One face in the pixel coordinates of the image given to ``detect``."""
@@ -27,26 +43,16 @@ class Detector(abc.ABC):
     """A loaded detector version. ``detect`` must be deterministic for a given image and version."""
 
     name: str
-    version: str
 
-    def __init__(self, *, settings: dict[str, Any], device: str = "cpu") -> None:
-        self.settings = dict(settings)
+    def __init__(self, *, spec: DetectorSpec, device: str = "cpu") -> None:
+        self.spec = spec
+        self.settings = dict(spec.settings)
         self.device = device
 
     @property
-    def id(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def settings_hash(self) -> str:
-        canonical = json.dumps(self.settings, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    @property
     def model_version(self) -> str:
-        """The stable label recorded on every job: the version id plus a hash of its settings,
-        so that two configurations never share a label."""
-        return f"{self.id}+settings.{self.settings_hash[:8]}"
+        """The label recorded on every job and face (see api.models.DetectorVersion.label)."""
+        return self.spec.label
 
     def detect(self, image: Image.Image) -> list[Detection]:
         """Faces in an RGB image, most confident first."""

@@ -1,18 +1,17 @@
 """MTCNN (facenet-pytorch) behind the Detector interface.
 
 The weights are the three small files facenet-pytorch ships in its wheel: nothing is downloaded.
-They are hashed before loading so that every job can name exactly what produced its faces.
+They are checked against the version's registered sha256 before loading; a mismatch refuses.
 """
 
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .base import LANDMARK_NAMES, Detection, Detector
+from .base import LANDMARK_NAMES, Detection, Detector, DetectorSpec
+from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
 
@@ -30,34 +29,19 @@ DEFAULT_SETTINGS = {
 
 
 class DetectorUnavailable(RuntimeError):
-    """The detector cannot run here (missing weights, CUDA asked for but absent)."""
-
-
-def weights_dir() -> Path:
-    import facenet_pytorch
-
-    return Path(facenet_pytorch.__file__).parent / "data"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The detector cannot run here (CUDA asked for but absent)."""
 
 
 class MTCNNDetector(Detector):
     name = "mtcnn"
 
-    def __init__(self, *, version: str, settings: dict[str, Any], device: str = "cpu") -> None:
-        super().__init__(settings={**DEFAULT_SETTINGS, **settings}, device=device)
-        self.version = version
+    def __init__(self, *, spec: DetectorSpec, device: str = "cpu") -> None:
+        super().__init__(spec=spec, device=device)
+        self.settings = {**DEFAULT_SETTINGS, **spec.settings}
         self._load()
 
     def _load(self) -> None:
-        # torch is imported here, not at module level: the web process imports this module's
-        # package (for the version label) but must never pay for torch.
+        # torch is imported here, not at module level: the web process never pays for it.
         import torch
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 
@@ -66,13 +50,13 @@ class MTCNNDetector(Detector):
         self._torch = torch
         self._torch_device = torch.device(self.device)
 
-        self.weights: dict[str, str] = {}
+        # The files are checked against the registered checksums before torch reads them.
+        paths = verify_weights("mtcnn", self.spec.weights)
         nets = {}
         for net_name, net_cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):
-            path = weights_dir() / f"{net_name}.pt"
-            if not path.is_file():
-                raise DetectorUnavailable(f"MTCNN weights missing: {path}")
-            self.weights[path.name] = sha256_file(path)
+            path = paths.get(f"{net_name}.pt")
+            if path is None:
+                raise WeightsMismatch(f"{self.spec.id} does not register {net_name}.pt")
             net = net_cls(pretrained=False)
             net.load_state_dict(torch.load(path, map_location=self._torch_device, weights_only=True))
             nets[net_name] = net.to(self._torch_device).eval()

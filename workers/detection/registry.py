@@ -1,47 +1,40 @@
-"""Detector versions keyed by ``name@version``, and a per-process cache of loaded ones.
+"""Loaded detectors: a per-process cache keyed by version label and device.
 
-A version is an implementation plus fixed settings: changing a setting makes a new version.
-Each worker process loads a version once (at process start for the configured one, lazily for
-others) and keeps at most ``CACHE_SIZE`` loaded; the web process never loads any.
+The versions themselves live in the database (api.registry); a worker is given a DetectorSpec
+and loads it here once, keeping at most CACHE_SIZE loaded. The web process never loads any.
 """
 
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from django.conf import settings
 
-from .base import Detector
+from .base import Detector, DetectorSpec
 
 logger = logging.getLogger(__name__)
 
-CACHE_SIZE = 2
+CACHE_SIZE = 3
 
 
-def _mtcnn(version: str, config: dict[str, Any], device: str) -> Detector:
+def _mtcnn(spec: DetectorSpec, device: str) -> Detector:
     from .mtcnn import MTCNNDetector
 
-    return MTCNNDetector(version=version, settings=config, device=device)
+    return MTCNNDetector(spec=spec, device=device)
 
 
-def _stub(version: str, config: dict[str, Any], device: str) -> Detector:
+def _stub(spec: DetectorSpec, device: str) -> Detector:
     from .stub import StubDetector
 
-    return StubDetector(version=version, settings=config, device=device)
+    return StubDetector(spec=spec, device=device)
 
 
-# id -> (factory, settings). mtcnn@1.0.0 is facenet-pytorch's defaults (see mtcnn.DEFAULT_SETTINGS).
-VERSIONS: dict[str, tuple[Callable[[str, dict[str, Any], str], Detector], dict[str, Any]]] = {
-    "mtcnn@1.0.0": (_mtcnn, {}),
-    # For unit tests only: it finds a "face" in any image that is not a flat colour.
-    "stub@0.0.0": (_stub, {}),
-}
+IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "stub": _stub}
 
 
 class UnknownDetector(LookupError):
-    """No detector version is registered under that id."""
+    """No implementation has that name."""
 
 
 _cache: "OrderedDict[tuple[str, str], Detector]" = OrderedDict()
@@ -50,28 +43,20 @@ _lock = threading.Lock()
 load_count = 0
 
 
-def registered_versions() -> list[str]:
-    return sorted(VERSIONS)
-
-
-def get_detector(version_id: str | None = None) -> Detector:
-    """The loaded detector for ``version_id`` (default: settings.DETECTOR_MODEL), loading it on
-    first use in this process."""
+def get_detector(spec: DetectorSpec) -> Detector:
+    """The loaded detector for ``spec`` on DETECTOR_DEVICE, loading it on first use here."""
     global load_count
-    version_id = version_id or settings.DETECTOR_MODEL
-    device = settings.DETECTOR_DEVICE
-    key = (version_id, device)
+    key = (spec.label, settings.DETECTOR_DEVICE)
     with _lock:
         detector = _cache.get(key)
         if detector is not None:
             _cache.move_to_end(key)
             return detector
         try:
-            factory, config = VERSIONS[version_id]
+            factory = IMPLEMENTATIONS[spec.implementation]
         except KeyError:
-            raise UnknownDetector(version_id) from None
-        _, version = version_id.split("@", 1)
-        detector = factory(version, config, device)
+            raise UnknownDetector(spec.implementation) from None
+        detector = factory(spec, settings.DETECTOR_DEVICE)
         load_count += 1
         _cache[key] = detector
         while len(_cache) > CACHE_SIZE:

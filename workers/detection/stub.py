@@ -4,8 +4,6 @@ It reports one "face" in the middle of any image that is not a single flat colou
 tell an empty image from a busy one without running a network.
 """
 
-from typing import Any
-
 from PIL import Image, ImageStat
 
 from .base import LANDMARK_NAMES, Detection, Detector
@@ -13,11 +11,6 @@ from .base import LANDMARK_NAMES, Detection, Detector
 
 class StubDetector(Detector):
     name = "stub"
-
-    def __init__(self, *, version: str, settings: dict[str, Any], device: str = "cpu") -> None:
-        super().__init__(settings=settings, device=device)
-        self.version = version
-        self.weights: dict[str, str] = {}
 
     def preprocess(self, image: Image.Image) -> Image.Image:
         return image

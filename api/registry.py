@@ -1,0 +1,175 @@
+"""The model registry: detector versions registered from files in detector_versions/, one of them
+active, each job pinned to the version that detects it.
+
+A version is immutable: registering a file again with other content is refused (make a new
+version instead). Activation is a pointer in the database, read when a job is accepted, so a
+switch applies to new jobs within the next request and never to jobs already accepted.
+"""
+
+import importlib.metadata
+import json
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from workers.detection.base import DetectorSpec, settings_hash
+from workers.detection.weights import WeightsMismatch, verify_weights
+
+from .errors import ApiError
+from .models import ActiveDetector, DetectorVersion
+
+logger = logging.getLogger(__name__)
+
+VERSIONS_DIR = Path(settings.BASE_DIR) / "detector_versions"
+SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
+REQUIRED = ("name", "version", "implementation", "weights", "settings")
+
+
+class RegistryError(Exception):
+    """A version file or registry operation is not acceptable."""
+
+
+def _code_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _installed(packages: dict[str, str]) -> dict[str, str]:
+    found = {}
+    for name in packages:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
+    """Register the version described by a JSON file. Returns (version, created).
+
+    The weights on disk must have the checksums the file declares, and the installed packages
+    are recorded as found. Registering the same file twice is a no-op; the same id with other
+    content is refused.
+    """
+    spec = json.loads(Path(path).read_text())
+    missing = [key for key in REQUIRED if key not in spec]
+    if missing:
+        raise RegistryError(f"{path}: missing {', '.join(missing)}")
+    if not SEMVER.match(spec["version"]):
+        raise RegistryError(f"{path}: version {spec['version']!r} is not semantic (MAJOR.MINOR.PATCH)")
+    version_id = f"{spec['name']}@{spec['version']}"
+    expected = {w["file"]: w["sha256"] for w in spec["weights"]}
+    try:
+        verify_weights(spec["implementation"], expected)
+    except WeightsMismatch as exc:
+        raise RegistryError(f"{version_id}: {exc}") from exc
+
+    fields = {
+        "name": spec["name"],
+        "version": spec["version"],
+        "implementation": spec["implementation"],
+        "weights": spec["weights"],
+        "settings": spec["settings"],
+        "settings_hash": settings_hash(spec["settings"]),
+        "notes": spec.get("notes", ""),
+    }
+    existing = DetectorVersion.objects.filter(id=version_id).first()
+    if existing is not None:
+        changed = [key for key, value in fields.items() if getattr(existing, key) != value]
+        if changed:
+            raise RegistryError(
+                f"{version_id} is registered with other {', '.join(changed)}: versions are immutable, make a new one"
+            )
+        return existing, False
+    installed = _installed(spec.get("packages", {}))
+    if installed != spec.get("packages", {}):
+        logger.warning("%s declares packages %s; installed here: %s", version_id, spec.get("packages"), installed)
+    version = DetectorVersion.objects.create(id=version_id, packages=installed, code_commit=_code_commit(), **fields)
+    logger.info("registered %s", version.label)
+    return version, True
+
+
+def detector_versions_register_all(*, directory: Path = VERSIONS_DIR) -> list[DetectorVersion]:
+    return [detector_version_register(path=path)[0] for path in sorted(directory.glob("*.json"))]
+
+
+def detector_version_activate(*, version_id: str) -> DetectorVersion:
+    """Point new jobs at this version."""
+    with transaction.atomic():
+        version = DetectorVersion.objects.select_for_update().filter(id=version_id).first()
+        if version is None:
+            raise RegistryError(f"no version {version_id}")
+        if version.retired_at:
+            raise RegistryError(f"{version_id} is retired")
+        ActiveDetector.objects.update_or_create(id=1, defaults={"version": version})
+    logger.warning("active detector is now %s", version.label)
+    return version
+
+
+def detector_version_retire(*, version_id: str) -> DetectorVersion:
+    """Refuse this version for new jobs. The active version cannot be retired."""
+    with transaction.atomic():
+        version = DetectorVersion.objects.select_for_update().filter(id=version_id).first()
+        if version is None:
+            raise RegistryError(f"no version {version_id}")
+        if ActiveDetector.objects.filter(version=version).exists():
+            raise RegistryError(f"{version_id} is active: activate another version first")
+        if not version.retired_at:
+            version.retired_at = timezone.now()
+            version.save(update_fields=["retired_at"])
+    return version
+
+
+def detector_version_active() -> DetectorVersion | None:
+    pointer = ActiveDetector.objects.select_related("version").filter(id=1).first()
+    return pointer.version if pointer else None
+
+
+def detector_version_for_job(*, requested: str | None) -> DetectorVersion:
+    """The version a new job will use: the one asked for, or the active one."""
+    if requested:
+        version = DetectorVersion.objects.filter(id=requested).first()
+        if version is None:
+            raise ApiError("unknown_model_version", f"No model version {requested!r}; see /api/v1/models/.", field="model_version")
+        if version.retired_at:
+            raise ApiError("retired_model_version", f"{requested} is retired.", field="model_version")
+        return version
+    version = detector_version_active()
+    if version is None:
+        raise ApiError("no_active_model", "No detector version is active; an operator must activate one.", status_code=503)
+    return version
+
+
+def detector_spec(version: DetectorVersion) -> DetectorSpec:
+    """What a worker needs to load the version, without the database."""
+    return DetectorSpec(
+        id=version.id,
+        label=version.label,
+        implementation=version.implementation,
+        settings=version.settings,
+        weights={w["file"]: w["sha256"] for w in version.weights},
+    )
+
+
+def detector_bootstrap() -> DetectorVersion | None:
+    """Register the shipped versions and, on a fresh database, activate DETECTOR_MODEL.
+    Run at start (make up, compose); idempotent."""
+    detector_versions_register_all()
+    if detector_version_active() is None:
+        return detector_version_activate(version_id=settings.DETECTOR_MODEL)
+    return detector_version_active()
+
+
+def weights_digest_ok(version: DetectorVersion) -> None:
+    """Raise WeightsMismatch unless the weights on disk match the version (for /readyz)."""
+    verify_weights(version.implementation, {w["file"]: w["sha256"] for w in version.weights})
