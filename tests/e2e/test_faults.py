@@ -124,7 +124,8 @@ def test_storage_down_while_a_job_runs_is_retried_until_it_returns(api_client, s
     try:
         worker = start_worker()
         wait_for(lambda: worker.log().count("transient error, retry") >= 2, 60, "the worker to retry", interval=0.2)
-        assert Image.objects.get(id=image_id).status == "queued"
+        # Between retries it is queued, during one processing: never failed while retries remain.
+        assert Image.objects.get(id=image_id).status in ("queued", "processing")
     finally:
         s3.start()
     job = wait_terminal(image_id)
