@@ -59,13 +59,18 @@ def configure(tmp: Path) -> "object":
         data_dir=tmp / "s3", access_key=os.environ["S3_ACCESS_KEY"], secret_key=os.environ["S3_SECRET_KEY"],
         s3_port=base + 3, base_port=base,
     ).start()
-    import django
+    try:
+        import django
 
-    django.setup()
-    from django.core.management import call_command
+        django.setup()
+        from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
-    call_command("storage_init", verbosity=0)
+        call_command("migrate", verbosity=0)
+        call_command("storage_init", verbosity=0)
+        call_command("detector_register", "--bootstrap", verbosity=0)
+    except BaseException:
+        s3.stop()
+        raise
     return s3
 
 
@@ -139,6 +144,13 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     s3 = configure(tmp)
+    try:
+        run(args, rng, tmp, s3)
+    finally:
+        s3.stop()
+
+
+def run(args, rng, tmp: Path, s3) -> None:
     from django.test import Client
 
     from api import services
@@ -213,7 +225,6 @@ def main() -> None:
     for worker in [*detectors, deliverer]:
         worker.stop()
     server.shutdown()
-    s3.stop()
     from face_detect_api.celery import app
 
     with app.connection_for_write() as conn:

@@ -97,6 +97,10 @@ class SeaweedS3:
             f"-s3.port.grpc={self.s3_port + 10000}",
             f"-s3.config={config}",
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            # Off: the Iceberg and Lance catalogs listen on fixed ports (8181, 9101) by default,
+            # which would make two servers on one machine (make up beside make test) collide.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-filer.localSocket={self.data_dir / 'filer.sock'}",
             # Small volumes and few of them: this is a development and test server.
             "-master.volumeSizeLimitMB=64",
