@@ -235,10 +235,15 @@ class RedeliverSerializer(serializers.Serializer):
     status = serializers.ChoiceField(["pending", "delivered", "failed"])
 
 
-class ImagePageSerializer(serializers.Serializer):
+class _PageSerializer(serializers.Serializer):
+    """The envelope of a paginated list (api.pagination.JobPagination)."""
+
     count = serializers.IntegerField()
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
+
+
+class ImagePageSerializer(_PageSerializer):
     results = ImageSerializer(many=True)
 
 
@@ -264,8 +269,5 @@ class DetectorVersionSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class DetectorVersionPageSerializer(serializers.Serializer):
-    count = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
+class DetectorVersionPageSerializer(_PageSerializer):
     results = DetectorVersionSerializer(many=True)

@@ -56,5 +56,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# A test database of this run's own: two runs at once (a developer's and CI's) never share one.
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = "test_fda_" + os.environ["FDA_TEST_RUN"]
 # Rate-limit counters of this run only.
 CACHES["default"]["KEY_PREFIX"] = "fda-test-" + os.environ["FDA_TEST_RUN"]
