@@ -183,8 +183,9 @@ def run(args, rng, tmp: Path, s3) -> None:
 
     client = Client(HTTP_HOST="127.0.0.1", HTTP_X_API_KEY=api_key_create(client_name=f"soak-{RUN}")[1])
     started = time.monotonic()
-    threading.Thread(target=killer, daemon=True).start()
-    threading.Thread(target=sweeper, daemon=True).start()
+    threads = [threading.Thread(target=killer, daemon=True), threading.Thread(target=sweeper, daemon=True)]
+    for thread in threads:
+        thread.start()
     ids, refused = [], 0
     for i in range(args.jobs):
         name, data = photos[i % len(photos)]
@@ -205,6 +206,8 @@ def run(args, rng, tmp: Path, s3) -> None:
             break
         time.sleep(1)
     stop.set()
+    for thread in threads:  # a replacement worker started mid-stop would outlive the run
+        thread.join()
     finished = time.monotonic()
 
     jobs = Image.objects.filter(id__in=ids)
