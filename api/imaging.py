@@ -4,6 +4,8 @@ Both sides use these functions so that an image accepted by the API is one the w
 The format comes from the bytes (Pillow's sniffing), never from the filename or Content-Type.
 """
 
+import contextlib
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -44,13 +46,38 @@ class ImageInfo:
     extension: str
     width: int
     height: int
+    sha256: str
+
+
+# What Pillow raises on bad pixel data.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def _no_bomb_warning():
+    # The pixel limit is ours to enforce (_check_size: from the header, with a clear error);
+    # Pillow's own warning below twice its limit would only be noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _corrupt(exc: Exception) -> ImageRejected:
+    return ImageRejected("image_corrupt", f"The image data is truncated or corrupt: {exc}")
+
+
+def _load(image: Image.Image) -> None:
+    """Decode every pixel: a truncated or corrupt file fails here."""
+    try:
+        with _no_bomb_warning():
+            image.load()
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(exc) from exc
 
 
 def _open(stream: IO[bytes]) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            # The pixel limit is ours to enforce (below), from the header and with a clear error.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _no_bomb_warning():
             return Image.open(stream, formats=OPENABLE)
     except Image.DecompressionBombError as exc:
         raise ImageRejected("image_too_large", str(exc)) from exc
@@ -87,12 +114,9 @@ _POLYGLOT_MARKERS = (b"<script", b"<html", b"<?php", b"<!doctype", b"<svg", b"%p
 _ZIP_END = b"PK\x05\x06"
 
 
-def _check_not_polyglot(stream: IO[bytes], fmt: str) -> None:
+def _check_not_polyglot(data: bytes, fmt: str) -> None:
     """Refuse files that are an image and something else at once. Browsers, archive tools or
     interpreters could treat the stored object as the other thing; a photo never needs to be."""
-    stream.seek(0)
-    data = stream.read()
-    stream.seek(0)
     lowered = data.lower()
     if any(marker in lowered for marker in _POLYGLOT_MARKERS) or _ZIP_END in data[-65557:]:
         raise ImageRejected("image_polyglot", "The file holds something besides the image (markup, a document or an archive).")
@@ -114,28 +138,32 @@ def _check_size(image: Image.Image) -> None:
 
 
 def image_probe(stream: IO[bytes]) -> ImageInfo:
-    """Check that ``stream`` holds a whole, decodable image of an accepted format and size.
+    """Check that ``stream`` holds a whole, decodable image of an accepted format and size, and
+    nothing else; also hash it.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb
-    costs nothing. The stream is rewound afterwards.
+    costs nothing. The pixels are then decoded once, so that a file accepted here is one the
+    worker can read. The stream is rewound afterwards.
     """
     stream.seek(0)
     try:
         image = _open(stream)
         _check_size(image)
-        fmt = image.format
-        width, height = image.size
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image.load()  # a truncated or corrupt file fails here, not later in the worker
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise ImageRejected("image_corrupt", f"The image data is truncated or corrupt: {exc}") from exc
+        _load(image)
+        stream.seek(0)
+        data = stream.read()  # at most MAX_UPLOAD_BYTES: checked before this is called
     finally:
         stream.seek(0)
-    _check_not_polyglot(stream, fmt)
-    content_type, extension = FORMATS[fmt]
-    return ImageInfo(format=fmt, content_type=content_type, extension=extension, width=width, height=height)
+    _check_not_polyglot(data, image.format)
+    content_type, extension = FORMATS[image.format]
+    return ImageInfo(
+        format=image.format,
+        content_type=content_type,
+        extension=extension,
+        width=image.width,
+        height=image.height,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -163,11 +191,8 @@ def image_decode_rgb(data: bytes) -> Image.Image:
     any colour mode converted to RGB. Raises ImageRejected if it cannot be decoded."""
     image = _open(io.BytesIO(data))
     _check_size(image)
+    _load(image)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageRejected("image_corrupt", f"The image data is truncated or corrupt: {exc}") from exc
+        return _to_rgb(ImageOps.exif_transpose(image))
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(exc) from exc

@@ -5,7 +5,6 @@ Every state change locks the row and checks the current state first, so a task d
 """
 
 import datetime as dt
-import hashlib
 import logging
 import time
 import uuid
@@ -71,11 +70,10 @@ def image_job_create(
     except ImageRejected as exc:
         status_code = {"image_too_large": 413, "unsupported_image_format": 415}.get(exc.code, 400)
         raise ApiError(exc.code, exc.message, field="image", status_code=status_code) from exc
-    sha256 = _sha256(upload)
 
     existing = Image.objects.filter(client=client, request_id=request_id).first()
     if existing is not None:
-        return _same_submission(existing, sha256=sha256, callback_url=callback_url, model_version=model_version), False
+        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version), False
 
     image_id = uuid.uuid4()
     key = _object_key("originals", image_id, info.extension)
@@ -97,7 +95,7 @@ def image_job_create(
                 original_key=key,
                 original_content_type=info.content_type,
                 original_size=size,
-                original_sha256=sha256,
+                original_sha256=info.sha256,
                 detector_version=version,
                 model_version=version.label,
                 width=info.width,
@@ -109,21 +107,12 @@ def image_job_create(
         # The same request_id raced in from a concurrent request and won.
         _delete_quietly(key)
         existing = Image.objects.get(client=client, request_id=request_id)
-        return _same_submission(existing, sha256=sha256, callback_url=callback_url, model_version=model_version), False
+        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version), False
     except Exception:
         # No row, so no object either.
         _delete_quietly(key)
         raise
     return image, True
-
-
-def _sha256(upload: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    upload.seek(0)
-    for chunk in iter(lambda: upload.read(1 << 20), b""):
-        digest.update(chunk)
-    upload.seek(0)
-    return digest.hexdigest()
 
 
 def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str) -> Image:

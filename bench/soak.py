@@ -36,16 +36,12 @@ def configure(tmp: Path) -> "object":
     """Isolated queues, bucket and S3 server; the rest from env.env."""
     import environ
 
-    from devstack.seaweed import SeaweedS3, free_port_block
+    from devstack.net import isolated_env
+    from devstack.seaweed import SeaweedS3
 
     environ.Env.read_env(str(ROOT / "env.env"))
-    base = free_port_block(4)
     os.environ.update(
-        S3_ENDPOINT=f"127.0.0.1:{base + 3}",
-        S3_BUCKET=f"soak-{RUN}",
-        S3_PUBLIC_ENDPOINT="",
-        CELERY_QUEUE_DETECT=f"soak-{RUN}-detect",
-        CELERY_QUEUE_DELIVER=f"soak-{RUN}-deliver",
+        isolated_env("soak"),
         CALLBACK_RETRY_DELAYS="0.5,1,2",
         CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
         API_UPLOAD_RATE_LIMIT="",
@@ -57,7 +53,7 @@ def configure(tmp: Path) -> "object":
     )
     s3 = SeaweedS3(
         data_dir=tmp / "s3", access_key=os.environ["S3_ACCESS_KEY"], secret_key=os.environ["S3_SECRET_KEY"],
-        s3_port=base + 3, base_port=base,
+        s3_port=int(os.environ["FDA_S3_BASE_PORT"]) + 3, base_port=int(os.environ["FDA_S3_BASE_PORT"]),
     ).start()
     try:
         import django

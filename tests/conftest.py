@@ -6,17 +6,17 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
+
+from devstack.net import answers
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT.parent / "shared" / "testdata"
@@ -26,22 +26,13 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # --- Real services ------------------------------------------------------------------------------
 
 
-def _answers(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def _service_up(name: str) -> bool:
     if name == "postgres":
         return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
     if name == "rabbitmq":
-        return _answers(settings.CELERY_BROKER_URL, 5672)
+        return answers(settings.CELERY_BROKER_URL)
     if name == "redis":
-        return _answers(settings.CELERY_RESULT_BACKEND, 6379)
+        return answers(settings.CELERY_RESULT_BACKEND)
     raise ValueError(name)
 
 
@@ -74,7 +65,7 @@ def s3_server(tmp_path_factory):
         access_key=settings.S3_ACCESS_KEY,
         secret_key=settings.S3_SECRET_KEY,
         s3_port=int(port),
-        base_port=int(os.environ["FDA_TEST_S3_BASE_PORT"]),
+        base_port=int(os.environ["FDA_S3_BASE_PORT"]),
         host=host,
     )
     server.start()
@@ -196,7 +187,7 @@ class WorkerProcess:
                 sys.executable, "-m", "celery", "-A", "face_detect_api", "worker",
                 "--loglevel", "INFO", "-Q", queues, "--concurrency", str(self.concurrency),
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"test-{os.environ['FDA_TEST_RUN']}-{time.monotonic_ns()}@%h",
+                "-n", f"test-{os.environ['FDA_RUN']}-{time.monotonic_ns()}@%h",
             ],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
