@@ -1,6 +1,7 @@
 """Operators' view of the jobs: read-only, with the faces inline and both photos shown."""
 
 from django.contrib import admin, messages
+from django.db.models import Exists, OuterRef
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -9,35 +10,47 @@ from django.utils.html import format_html
 from . import storage
 from .delivery import callback_redeliver
 from .errors import ApiError
-from .models import ApiClient, ApiKey, CallbackAttempt, CallbackDelivery, DetectorVersion, Face, Image
-from .registry import RegistryError, detector_version_active, detector_version_activate, detector_version_retire
+from .auth import api_keys_revoke_all
+from .models import ActiveDetector, ApiClient, ApiKey, CallbackAttempt, CallbackDelivery, DetectorVersion, Face, Image
+from .registry import RegistryError, detector_version_activate, detector_version_retire
 
 
-class FaceInline(admin.TabularInline):
-    model = Face
+class ReadOnlyInline(admin.TabularInline):
+    """Rows that the API, the workers or a management command make; the admin only shows them."""
+
     extra = 0
     can_delete = False
-    fields = ("index", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks")
-    readonly_fields = fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
 
-class DeliveryInline(admin.TabularInline):
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows made elsewhere (see ReadOnlyInline): viewed and acted on, never added or edited."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class FaceInline(ReadOnlyInline):
+    model = Face
+    fields = ("index", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks", "detector_version")
+
+
+class DeliveryInline(ReadOnlyInline):
     model = CallbackDelivery
-    extra = 0
-    can_delete = False
     show_change_link = True
     fields = ("webhook_id", "status", "attempt_count", "last_status_code", "last_error", "next_attempt_at", "created_at", "finished_at")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Image)
-class ImageAdmin(admin.ModelAdmin):
+class ImageAdmin(ReadOnlyAdmin):
     list_display = ("request_id", "client", "status", "face_count", "model_version", "callback", "created_at", "finished_at")
     list_filter = ("status", "model_version", "deliveries__status", "client")
     search_fields = ("request_id", "=id")
@@ -53,7 +66,7 @@ class ImageAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("id", "client", "request_id", "status", "error_code", "error_message", "attempts")}),
         ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
-        ("Result", {"fields": ("model_version", "width", "height", "face_count")}),
+        ("Result", {"fields": ("detector_version", "model_version", "width", "height", "face_count")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
         ("Callback", {"fields": ("callback_url",)}),
         ("Queueing", {"fields": ("enqueued_at", "enqueue_count")}),
@@ -65,7 +78,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Callback")
     def callback(self, obj: Image) -> str:
-        latest = max(obj.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
+        latest = obj.latest_delivery
         return latest.status if latest else ("pending" if obj.callback_url else "-")
 
     def get_queryset(self, request):
@@ -82,13 +95,6 @@ class ImageAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{image.request_id}: {exc.message}", messages.WARNING)
         if sent:
             self.message_user(request, f"{sent} callback(s) queued for delivery.", messages.SUCCESS)
-
-    # Jobs are made by the API and changed by the workers only.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
     def get_urls(self):
         # Photos are served through the admin (staff only): the storage server need not be
@@ -129,41 +135,24 @@ class ImageAdmin(admin.ModelAdmin):
         return self._thumbnail(obj, "annotated", bool(obj.annotated_key))
 
 
-class AttemptInline(admin.TabularInline):
+class AttemptInline(ReadOnlyInline):
     model = CallbackAttempt
-    extra = 0
-    can_delete = False
     fields = ("number", "started_at", "duration_ms", "status_code", "error", "response_excerpt")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(CallbackDelivery)
-class CallbackDeliveryAdmin(admin.ModelAdmin):
+class CallbackDeliveryAdmin(ReadOnlyAdmin):
     list_display = ("webhook_id", "image", "status", "attempt_count", "last_status_code", "next_attempt_at", "created_at")
     list_filter = ("status",)
     search_fields = ("webhook_id", "image__request_id", "url")
     inlines = [AttemptInline]
     readonly_fields = [f.name for f in CallbackDelivery._meta.fields]
 
-    def has_add_permission(self, request) -> bool:
-        return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class ApiKeyInline(admin.TabularInline):
+class ApiKeyInline(ReadOnlyInline):
+    # Keys are made with `manage.py create_api_key`, which shows the key once.
     model = ApiKey
-    extra = 0
-    can_delete = False
     fields = ("prefix", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False  # keys are made with `manage.py create_api_key`, which shows the key once
 
 
 @admin.register(ApiClient)
@@ -175,22 +164,25 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke all keys of the selected clients")
     def revoke_all_keys(self, request, queryset):
-        from django.utils import timezone
-
-        count = ApiKey.objects.filter(client__in=queryset, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        count = api_keys_revoke_all(clients=queryset)
         self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
 
 
 @admin.register(DetectorVersion)
-class DetectorVersionAdmin(admin.ModelAdmin):
+class DetectorVersionAdmin(ReadOnlyAdmin):
     list_display = ("id", "label", "is_active", "retired_at", "created_at")
     readonly_fields = [f.name for f in DetectorVersion._meta.fields] + ["label"]
     actions = ["activate", "retire"]
 
-    @admin.display(boolean=True, description="Active")
+    def get_queryset(self, request):
+        # One query for the whole list rather than one per row.
+        return super().get_queryset(request).annotate(
+            active=Exists(ActiveDetector.objects.filter(version=OuterRef("pk")))
+        )
+
+    @admin.display(boolean=True, description="Active", ordering="active")
     def is_active(self, obj: DetectorVersion) -> bool:
-        active = detector_version_active()
-        return bool(active and active.id == obj.id)
+        return obj.active
 
     @admin.action(description="Make active (new jobs use it)")
     def activate(self, request, queryset):
@@ -211,12 +203,7 @@ class DetectorVersionAdmin(admin.ModelAdmin):
             except RegistryError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
 
-    # Versions come from files in detector_versions/ (manage.py detector_register).
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
+    # Versions come from files in detector_versions/ (manage.py detector_register) and are never
+    # deleted: jobs and faces refer to them.
     def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -40,6 +40,11 @@ def api_key_revoke(*, prefix: str) -> bool:
     return bool(ApiKey.objects.filter(prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now()))
 
 
+def api_keys_revoke_all(*, clients) -> int:
+    """Revoke every active key of these clients (a queryset). Returns how many were revoked."""
+    return ApiKey.objects.filter(client__in=clients, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
 def api_key_check(key: str) -> ApiKey | None:
     """The active key row for ``key``, or None."""
     parts = key.split("_", 2)

@@ -18,8 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from .errors import ApiError
-from .selectors import JOB_PREFETCH
 from .models import TERMINAL_STATUSES, CallbackAttempt, CallbackDelivery, DeliveryStatus, Image
+from .selectors import JOB_PREFETCH
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,11 @@ def callback_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
     return delivery
 
 
-def callback_delivery_enqueue(*, delivery_id: int, countdown: float = 0) -> None:
+def callback_delivery_enqueue(*, delivery_id: int) -> None:
+    """Try the delivery on a worker once the transaction that made it commits."""
     from workers.tasks import deliver_callback
 
-    transaction.on_commit(lambda: deliver_callback.apply_async((delivery_id,), countdown=countdown))
+    transaction.on_commit(lambda: deliver_callback.delay(delivery_id))
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -136,12 +137,8 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
         )
         delivery.last_status_code = code
         delivery.last_error = result.error or ("" if delivered else f"HTTP {code}")
-        if delivered:
-            delivery.status = DeliveryStatus.DELIVERED
-            delivery.finished_at = timezone.now()
-            delivery.next_attempt_at = None
-        elif next_delay is None:
-            delivery.status = DeliveryStatus.FAILED
+        if next_delay is None:
+            delivery.status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED
             delivery.finished_at = timezone.now()
             delivery.next_attempt_at = None
         else:

@@ -28,12 +28,12 @@ def _check_broker() -> None:
 def _check_detector() -> None:
     """A version is active and its weights on disk match their registered checksums (hashing
     three small files; torch is not imported)."""
-    from .registry import detector_version_active, weights_digest_ok
+    from .registry import detector_version_active, detector_version_verify_weights
 
     version = detector_version_active()
     if version is None:
         raise RuntimeError("no detector version is active")
-    weights_digest_ok(version)
+    detector_version_verify_weights(version)
 
 
 CHECKS = {"database": _check_database, "broker": _check_broker, "storage": storage.storage_ping, "detector": _check_detector}

@@ -154,6 +154,11 @@ class Image(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def latest_delivery(self) -> "CallbackDelivery | None":
+        """The newest callback delivery; reads prefetched deliveries when they are there."""
+        return max(self.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
+
 
 class Face(models.Model):
     """One detected face, in the pixel coordinates of the EXIF-oriented image."""

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workers.detection.base import DetectorSpec, settings_hash
+from workers.detection.base import DetectorSpec, settings_hash, weight_checksums
 from workers.detection.weights import WeightsMismatch, verify_weights
 
 from .errors import ApiError
@@ -68,7 +68,7 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     if not SEMVER.match(spec["version"]):
         raise RegistryError(f"{path}: version {spec['version']!r} is not semantic (MAJOR.MINOR.PATCH)")
     version_id = f"{spec['name']}@{spec['version']}"
-    expected = {w["file"]: w["sha256"] for w in spec["weights"]}
+    expected = weight_checksums(spec["weights"])
     try:
         verify_weights(spec["implementation"], expected)
     except WeightsMismatch as exc:
@@ -157,7 +157,7 @@ def detector_spec(version: DetectorVersion) -> DetectorSpec:
         label=version.label,
         implementation=version.implementation,
         settings=version.settings,
-        weights={w["file"]: w["sha256"] for w in version.weights},
+        weights=weight_checksums(version.weights),
     )
 
 
@@ -170,6 +170,6 @@ def detector_bootstrap() -> DetectorVersion | None:
     return detector_version_active()
 
 
-def weights_digest_ok(version: DetectorVersion) -> None:
+def detector_version_verify_weights(version: DetectorVersion) -> None:
     """Raise WeightsMismatch unless the weights on disk match the version (for /readyz)."""
-    verify_weights(version.implementation, {w["file"]: w["sha256"] for w in version.weights})
+    verify_weights(version.implementation, weight_checksums(version.weights))

@@ -5,7 +5,7 @@ import uuid
 from django.db.models import QuerySet
 
 from .errors import ApiError
-from .models import ApiClient, Image
+from .models import ActiveDetector, ApiClient, DetectorVersion, Image
 
 # What image_representation reads, fetched in a fixed number of queries.
 JOB_PREFETCH = ("faces", "deliveries__attempts")
@@ -29,3 +29,18 @@ def image_list(*, client: ApiClient, request_id: str | None = None) -> QuerySet[
     if request_id is not None:
         queryset = queryset.filter(request_id=request_id)
     return queryset
+
+
+def detector_version_list() -> QuerySet[DetectorVersion]:
+    return DetectorVersion.objects.order_by("name", "created_at", "id")
+
+
+def detector_version_get(*, version_id: str) -> DetectorVersion:
+    version = DetectorVersion.objects.filter(id=version_id).first()
+    if version is None:
+        raise ApiError("not_found", "No detector version with that id.", status_code=404)
+    return version
+
+
+def detector_version_active_id() -> str | None:
+    return ActiveDetector.objects.filter(id=1).values_list("version_id", flat=True).first()

@@ -1,12 +1,11 @@
 """Input validation for the API, and the one JSON representation of a job (API and callback)."""
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from rest_framework import serializers
 
-from .models import Image
+from .models import DeliveryStatus, Image, JobStatus
 from .urlpolicy import UrlRefused, check_callback_url
 
 CALLBACK_URL_MAX_LENGTH = 2048
@@ -20,34 +19,34 @@ def validate_request_id(value: str) -> str:
     return value
 
 
+def request_id_field(**kwargs) -> serializers.CharField:
+    """The client's id of a job: 1 to 128 printable characters, kept as given."""
+    return serializers.CharField(max_length=128, trim_whitespace=False, validators=[validate_request_id], **kwargs)
+
+
 class ImageListQuerySerializer(serializers.Serializer):
     """The query of GET /api/v1/images/."""
 
-    request_id = serializers.CharField(max_length=128, trim_whitespace=False, required=False, validators=[validate_request_id])
+    request_id = request_id_field(required=False)
 
 
 class ImageSubmitSerializer(serializers.Serializer):
     """The fields of POST /api/v1/images/. The image's content is checked by the service."""
 
     image = serializers.FileField(allow_empty_file=False, use_url=False)
-    request_id = serializers.CharField(max_length=128, trim_whitespace=False)
+    request_id = request_id_field()
     callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
     model_version = serializers.CharField(
         max_length=64, required=False, allow_blank=True, help_text="A detector version id (see /api/v1/models/); default: the active one."
     )
 
-    def validate_request_id(self, value: str) -> str:
-        return validate_request_id(value)
-
     def validate_callback_url(self, value: str) -> str:
         if not value:
             return value
-        if urlsplit(value).scheme.lower() not in ("http", "https"):
-            raise serializers.ValidationError("callback_url must be an http or https URL.", code="invalid_scheme")
         try:
             check_callback_url(value)
         except UrlRefused as exc:
-            raise serializers.ValidationError(str(exc), code="callback_url_refused") from exc
+            raise serializers.ValidationError(str(exc), code=exc.code) from exc
         return value
 
 
@@ -66,11 +65,7 @@ def image_representation(image: Image) -> dict[str, Any]:
         for f in image.faces.all()
     ]
     return {
-        "id": str(image.id),
-        "request_id": image.request_id,
-        "status": image.status,
-        "status_url": _url(f"/api/v1/images/{image.id}/"),
-        "created_at": _iso(image.created_at),
+        **image_submitted_representation(image),
         "started_at": _iso(image.started_at),
         "finished_at": _iso(image.finished_at),
         "model_version": image.model_version or None,
@@ -84,18 +79,28 @@ def image_representation(image: Image) -> dict[str, Any]:
     }
 
 
+def image_submitted_representation(image: Image) -> dict[str, Any]:
+    """The 202 answer to a submission (and the first fields of image_representation)."""
+    return {
+        "id": str(image.id),
+        "request_id": image.request_id,
+        "status": image.status,
+        "status_url": _url(f"/api/v1/images/{image.id}/"),
+        "created_at": _iso(image.created_at),
+    }
+
+
 def callback_representation(image: Image) -> dict[str, Any]:
     """The state of the job's latest callback delivery and its attempts."""
-    if not image.callback_url:
-        return {"url": None, "status": "none", "webhook_id": None, "attempts": [], "delivered_at": None}
-    deliveries = sorted(image.deliveries.all(), key=lambda d: (d.created_at, d.id))
-    latest = deliveries[-1] if deliveries else None
-    if latest is None:
-        return {"url": image.callback_url, "status": "pending", "webhook_id": None, "attempts": [], "delivered_at": None}
+    latest = image.latest_delivery if image.callback_url else None
+    if latest is not None:
+        status = latest.status
+    else:
+        status = "pending" if image.callback_url else "none"  # pending: the job is not finished yet
     return {
-        "url": image.callback_url,
-        "status": latest.status,
-        "webhook_id": latest.webhook_id,
+        "url": image.callback_url or None,
+        "status": status,
+        "webhook_id": latest.webhook_id if latest else None,
         "attempts": [
             {
                 "number": a.number,
@@ -104,21 +109,10 @@ def callback_representation(image: Image) -> dict[str, Any]:
                 "status_code": a.status_code,
                 "error": a.error or None,
             }
-            for a in sorted(latest.attempts.all(), key=lambda a: a.number)
+            for a in (sorted(latest.attempts.all(), key=lambda a: a.number) if latest else [])
         ],
-        "delivered_at": _iso(latest.finished_at) if latest.status == "delivered" else None,
-        "next_attempt_at": _iso(latest.next_attempt_at) if latest.status == "pending" else None,
-    }
-
-
-def image_submitted_representation(image: Image) -> dict[str, Any]:
-    """The 202 answer to a submission."""
-    return {
-        "id": str(image.id),
-        "request_id": image.request_id,
-        "status": image.status,
-        "status_url": _url(f"/api/v1/images/{image.id}/"),
-        "created_at": _iso(image.created_at),
+        "delivered_at": _iso(latest.finished_at) if status == DeliveryStatus.DELIVERED else None,
+        "next_attempt_at": _iso(latest.next_attempt_at) if latest and status == DeliveryStatus.PENDING else None,
     }
 
 
@@ -194,21 +188,24 @@ class CallbackAttemptSerializer(serializers.Serializer):
 
 class CallbackStateSerializer(serializers.Serializer):
     url = serializers.URLField(allow_null=True)
-    status = serializers.ChoiceField(["none", "pending", "delivered", "failed"])
+    status = serializers.ChoiceField(["none", *DeliveryStatus.values])
     webhook_id = serializers.CharField(allow_null=True)
     attempts = CallbackAttemptSerializer(many=True)
     delivered_at = serializers.DateTimeField(allow_null=True)
-    next_attempt_at = serializers.DateTimeField(allow_null=True, required=False)
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
 
 
-class ImageSerializer(serializers.Serializer):
-    """A job, as GET returns it and as the callback carries it."""
-
+class ImageSubmittedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     request_id = serializers.CharField()
-    status = serializers.ChoiceField(["queued", "processing", "completed", "failed"])
+    status = serializers.ChoiceField(JobStatus.values)
     status_url = serializers.URLField()
     created_at = serializers.DateTimeField()
+
+
+class ImageSerializer(ImageSubmittedSerializer):
+    """A job, as GET returns it and as the callback carries it."""
+
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     model_version = serializers.CharField(allow_null=True)
@@ -221,18 +218,10 @@ class ImageSerializer(serializers.Serializer):
     callback = CallbackStateSerializer()
 
 
-class ImageSubmittedSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    request_id = serializers.CharField()
-    status = serializers.ChoiceField(["queued", "processing", "completed", "failed"])
-    status_url = serializers.URLField()
-    created_at = serializers.DateTimeField()
-
-
 class RedeliverSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     webhook_id = serializers.CharField()
-    status = serializers.ChoiceField(["pending", "delivered", "failed"])
+    status = serializers.ChoiceField(DeliveryStatus.values)
 
 
 class _PageSerializer(serializers.Serializer):

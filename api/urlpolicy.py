@@ -20,6 +20,15 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 class UrlRefused(ValueError):
     """The URL may not be called. The message says why, for the client."""
 
+    def __init__(self, message: str, code: str = "callback_url_refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_address(text: str) -> IPAddress:
+    """An address as a resolver or a socket gives it, without an IPv6 zone (%eth0)."""
+    return ipaddress.ip_address(text.split("%", 1)[0])
+
 
 def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(cidr.strip(), strict=False) for cidr in settings.CALLBACK_ALLOWED_NETWORKS if cidr.strip()]
@@ -55,15 +64,15 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError) as exc:
         raise UrlRefused(f"The host {host!r} does not resolve.") from exc
-    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    return [parse_address(info[4][0]) for info in infos]
 
 
 def check_callback_url(url: str) -> None:
     """Raise UrlRefused unless ``url`` is http(s) and every address its host resolves to is
     allowed."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UrlRefused("Only http and https URLs are called.")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise UrlRefused("callback_url must be an http or https URL.", code="invalid_scheme")
     if not parts.hostname:
         raise UrlRefused("The URL has no host.")
     if parts.username or parts.password:

@@ -13,8 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import delivery, registry, selectors, services, storage
-from .models import DetectorVersion
+from . import delivery, selectors, services, storage
 from .errors import ApiError
 from .models import JobStatus
 from .pagination import JobPagination
@@ -49,6 +48,13 @@ def _errors(*codes: int) -> dict:
         503: "A dependency (storage) is unavailable; try again.",
     }
     return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
+
+
+def _paginated(request: Request, view: APIView, queryset, render) -> Response:
+    """One page of ``queryset``, each row rendered, in the count/next/previous/results envelope."""
+    paginator = JobPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response([render(row) for row in page])
 
 
 def _too_large(limit: int) -> ApiError:
@@ -133,9 +139,7 @@ class ImageCollectionView(APIView):
         query = ImageListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         queryset = selectors.image_list(client=request.user, request_id=query.validated_data.get("request_id"))
-        paginator = JobPagination()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response([image_representation(image) for image in page])
+        return _paginated(request, self, queryset, image_representation)
 
 
 class ImageDetailView(APIView):
@@ -205,11 +209,10 @@ class ModelCollectionView(APIView):
         responses={200: DetectorVersionPageSerializer, **_errors(401, 429)},
     )
     def get(self, request: Request) -> Response:
-        active = registry.detector_version_active()
-        paginator = JobPagination()
-        page = paginator.paginate_queryset(DetectorVersion.objects.order_by("name", "created_at", "id"), request, view=self)
-        active_id = active.id if active else None
-        return paginator.get_paginated_response([detector_version_representation(v, active_id=active_id) for v in page])
+        active_id = selectors.detector_version_active_id()
+        return _paginated(
+            request, self, selectors.detector_version_list(), lambda v: detector_version_representation(v, active_id=active_id)
+        )
 
 
 class ModelDetailView(APIView):
@@ -219,8 +222,5 @@ class ModelDetailView(APIView):
         responses={200: DetectorVersionSerializer, **_errors(401, 404, 429)},
     )
     def get(self, request: Request, version_id: str) -> Response:
-        version = DetectorVersion.objects.filter(id=version_id).first()
-        if version is None:
-            raise ApiError("not_found", "No detector version with that id.", status_code=404)
-        active = registry.detector_version_active()
-        return Response(detector_version_representation(version, active_id=active.id if active else None))
+        version = selectors.detector_version_get(version_id=version_id)
+        return Response(detector_version_representation(version, active_id=selectors.detector_version_active_id()))

@@ -16,22 +16,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "face_detect_api.settings")
 
 
-def spec_from_file(version_id: str):
-    """A DetectorSpec from a version file, without the database."""
-    import json
-
-    from workers.detection import DetectorSpec
-
-    data = json.loads((ROOT / "detector_versions" / f"{version_id}.json").read_text())
-    return DetectorSpec(
-        id=version_id,
-        label=version_id,
-        implementation=data["implementation"],
-        settings=data["settings"],
-        weights={w["file"]: w["sha256"] for w in data["weights"]},
-    )
-
-
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -54,10 +38,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from api.imaging import image_decode_rgb
+    from workers.detection.base import spec_from_file
     from workers.detection.mtcnn import MTCNNDetector
 
     imported = time.perf_counter()
-    detector = MTCNNDetector(spec=spec_from_file(args.version), device=args.device)
+    detector = MTCNNDetector(spec=spec_from_file(ROOT / "detector_versions" / f"{args.version}.json"), device=args.device)
     loaded = time.perf_counter()
     print(f"version={args.version} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} cpus={os.cpu_count()}")
     print(f"import torch+facenet: {imported - started:.2f} s; load MTCNN: {(loaded - imported) * 1000:.0f} ms; "

@@ -26,7 +26,7 @@ def main() -> None:
     from PIL import Image
 
     from api.imaging import image_decode_rgb
-    from bench.detector import spec_from_file
+    from workers.detection.base import spec_from_file
     from workers.detection.mtcnn import MTCNNDetector
 
     versions = sys.argv[1:] or ["mtcnn@1.0.0", "mtcnn@1.1.0"]
@@ -43,7 +43,7 @@ def main() -> None:
     cases[0][1].convert("L").save(gray, "JPEG")
     cases.append((f"{cases[0][0]} as grayscale JPEG", image_decode_rgb(gray.getvalue()), cases[0][2]))
 
-    detectors = {v: MTCNNDetector(spec=spec_from_file(v)) for v in versions}
+    detectors = {v: MTCNNDetector(spec=spec_from_file(ROOT / "detector_versions" / f"{v}.json")) for v in versions}
     header = f"{'photo':40} {'faces':>5} " + " ".join(f"{v:>14}" for v in versions)
     print(header)
     totals = {v: [0, 0, 0] for v in versions}  # detections, false positives, misses

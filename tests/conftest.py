@@ -347,7 +347,7 @@ def job_settled(image) -> bool:
         return False
     if not image.callback_url:
         return True
-    latest = image.deliveries.order_by("-created_at", "-id").first()
+    latest = image.latest_delivery
     return latest is not None and latest.status != DeliveryStatus.PENDING
 
 

@@ -4,14 +4,12 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-import ipaddress
-
 import requests
 import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from api.urlpolicy import UrlRefused, address_allowed, check_callback_url
+from api.urlpolicy import UrlRefused, address_allowed, check_callback_url, parse_address
 
 from .signing import signed_headers
 
@@ -35,24 +33,27 @@ class PostResult:
 def _check_peer(sock) -> None:
     """The address actually connected to must be allowed: a name that resolved to a public
     address at check time may resolve to a private one now (DNS rebinding)."""
-    peer = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
+    peer = parse_address(sock.getpeername()[0])
     if not address_allowed(peer):
         sock.close()
         raise UrlRefused(f"connected to {peer}, which is not a public address")
 
 
-class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
+class _PeerChecked:
+    """Mixed into urllib3's connections: the socket is checked right after it connects."""
+
     def _new_conn(self):
         sock = super()._new_conn()
         _check_peer(sock)
         return sock
 
 
-class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self):
-        sock = super()._new_conn()
-        _check_peer(sock)
-        return sock
+class _GuardedHTTPConnection(_PeerChecked, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_PeerChecked, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _GuardedHTTPPool(urllib3.HTTPConnectionPool):

@@ -1,6 +1,6 @@
 """The MTCNN detector on real photos, in-process (no broker), and the per-process registry."""
 
-import json
+import dataclasses
 
 import pytest
 from PIL import Image
@@ -9,6 +9,7 @@ from api.imaging import image_decode_rgb
 from tests.conftest import ROOT, TESTDATA, photo_bytes
 from tests.imagevariants import variants
 from workers.detection import DetectorSpec, registry
+from workers.detection.base import spec_from_file
 from workers.detection.mtcnn import MTCNNDetector
 from workers.detection.weights import WeightsMismatch, sha256_file, weights_dir
 
@@ -17,14 +18,8 @@ VERSIONS = ROOT / "detector_versions"
 
 def spec(version: str = "mtcnn@1.0.0", **settings) -> DetectorSpec:
     """The spec of a shipped version file, with settings overridden."""
-    data = json.loads((VERSIONS / f"{version}.json").read_text())
-    return DetectorSpec(
-        id=version,
-        label=f"{version}+test",
-        implementation=data["implementation"],
-        settings={**data["settings"], **settings},
-        weights={w["file"]: w["sha256"] for w in data["weights"]},
-    )
+    shipped = spec_from_file(VERSIONS / f"{version}.json")
+    return dataclasses.replace(shipped, label=f"{version}+test", settings={**shipped.settings, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +74,7 @@ def test_tuned_version_drops_the_false_positive_and_keeps_every_face(manifest):
 def test_weights_that_do_not_match_are_refused():
     """A registered checksum that differs from the file on disk: the detector is not loaded."""
     bad = spec()
-    bad = DetectorSpec(**{**bad.__dict__, "weights": {**bad.weights, "pnet.pt": "0" * 64}})
+    bad = dataclasses.replace(bad, weights={**bad.weights, "pnet.pt": "0" * 64})
     with pytest.raises(WeightsMismatch):
         MTCNNDetector(spec=bad)
 

@@ -4,6 +4,7 @@ import abc
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -25,6 +26,25 @@ class DetectorSpec:
     implementation: str
     settings: dict[str, Any]
     weights: dict[str, str]  # file name -> sha256
+
+
+def weight_checksums(weights: list[dict[str, str]]) -> dict[str, str]:
+    """[{"file", "sha256"}, ...] as registered -> {file: sha256}."""
+    return {w["file"]: w["sha256"] for w in weights}
+
+
+def spec_from_file(path: Path) -> DetectorSpec:
+    """The spec of a version file in detector_versions/, without the database (benchmarks,
+    tests). Its label is the bare id: the registry's label adds the weights digest."""
+    data = json.loads(Path(path).read_text())
+    version_id = f"{data['name']}@{data['version']}"
+    return DetectorSpec(
+        id=version_id,
+        label=version_id,
+        implementation=data["implementation"],
+        settings=data["settings"],
+        weights=weight_checksums(data["weights"]),
+    )
 
 
 @dataclass(frozen=True)
