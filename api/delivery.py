@@ -23,9 +23,6 @@ from .selectors import JOB_PREFETCH
 
 logger = logging.getLogger(__name__)
 
-RESPONSE_EXCERPT_CHARS = 1024
-
-
 def callback_delivery_create(*, image: Image) -> CallbackDelivery:
     """A new pending delivery of the job's current representation to its callback_url."""
     from .serializers import image_representation
@@ -132,7 +129,7 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
             started_at=result.started_at,
             duration_ms=result.duration_ms,
             status_code=code,
-            response_excerpt=result.response_excerpt[:RESPONSE_EXCERPT_CHARS],
+            response_excerpt=result.response_excerpt,  # already cut to its first KB when read
             error=result.error,
         )
         delivery.last_status_code = code

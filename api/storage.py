@@ -127,18 +127,6 @@ def storage_delete(*, key: str) -> None:
         raise _wrap(exc, key) from exc
 
 
-def storage_exists(*, key: str) -> bool:
-    try:
-        client().stat_object(settings.S3_BUCKET, key)
-        return True
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-            return False
-        raise _wrap(exc, key) from exc
-    except _TRANSPORT_ERRORS as exc:
-        raise _wrap(exc, key) from exc
-
-
 def storage_list(*, prefix: str = "") -> list[str]:
     try:
         return [o.object_name for o in client().list_objects(settings.S3_BUCKET, prefix=prefix, recursive=True)]

@@ -100,7 +100,8 @@ def post_signed(url: str, body: bytes, *, webhook_id: str) -> PostResult:
                 stream=True,
             )
             # Read only the start of the answer: a receiver cannot make us download a lot.
-            excerpt = response.raw.read(RESPONSE_EXCERPT_BYTES, decode_content=True) or b""
+            # (A compressed answer can decode to more than was read: cut again after decoding.)
+            excerpt = (response.raw.read(RESPONSE_EXCERPT_BYTES, decode_content=True) or b"")[:RESPONSE_EXCERPT_BYTES]
             response.close()
     except UrlRefused as exc:
         return PostResult(started_at, None, f"refused: {exc}"[:500], _ms(started), "", refused=True)
