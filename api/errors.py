@@ -10,21 +10,33 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core.errors import Conflict, DomainError, NotFound, TooLarge, Unavailable, UnsupportedFormat
+
 logger = logging.getLogger(__name__)
 
+# The HTTP status of each kind of domain error (core/errors.py); any other DomainError is a 400.
+DOMAIN_STATUS = {
+    NotFound: status.HTTP_404_NOT_FOUND,
+    Conflict: status.HTTP_409_CONFLICT,
+    TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    UnsupportedFormat: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
 
-class ApiError(Exception):
-    """A domain error the client can act on. Services raise it; the handler below renders it."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+class ApiError(DomainError):
+    """An error of the HTTP layer itself (a view's own check), with its status code. Services
+    raise core.errors kinds instead and never name a status code."""
 
-    def __init__(self, code: str, message: str, *, field: str | None = None, status_code: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-        if status_code is not None:
-            self.status_code = status_code
+    def __init__(self, code: str, message: str, *, field: str | None = None, status_code: int = 400):
+        super().__init__(code, message, field=field)
+        self.status_code = status_code
+
+
+def domain_error_status(exc: DomainError) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status_code
+    return next((code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind)), status.HTTP_400_BAD_REQUEST)
 
 
 def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -44,8 +56,8 @@ def _first_field_error(detail: Any) -> tuple[str | None, Any]:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
-    if isinstance(exc, ApiError):
-        return Response(error_body(exc.code, exc.message, exc.field), status=exc.status_code)
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.message, exc.field), status=domain_error_status(exc))
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("request_too_large", "The request body is too large."), status=413)
     if isinstance(exc, (SuspiciousOperation, TooManyFieldsSent)):

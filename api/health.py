@@ -4,9 +4,10 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
-from face_detect_api.celery import app as celery_app
+from celery import current_app as celery_app
 
-from . import storage
+from registry.services import detector_version_active, detector_version_verify_weights
+from storage import s3 as storage
 
 
 def healthz(request) -> JsonResponse:
@@ -28,8 +29,6 @@ def _check_broker() -> None:
 def _check_detector() -> None:
     """A version is active and its weights on disk match their registered checksums (hashing
     three small files; torch is not imported)."""
-    from .registry import detector_version_active, detector_version_verify_weights
-
     version = detector_version_active()
     if version is None:
         raise RuntimeError("no detector version is active")

@@ -13,9 +13,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import delivery, selectors, services, storage
+from jobs import selectors as job_selectors
+from jobs import services as job_services
+from jobs.models import JobStatus
+from jobs.representation import image_representation, image_submitted_representation
+from registry import selectors as registry_selectors
+from storage import s3 as storage
+
 from .errors import ApiError
-from .models import JobStatus
 from .pagination import JobPagination
 from .serializers import (
     ErrorSerializer,
@@ -28,8 +33,6 @@ from .serializers import (
     ImageSubmittedSerializer,
     RedeliverSerializer,
     detector_version_representation,
-    image_representation,
-    image_submitted_representation,
 )
 
 # Room for the multipart framing and the small fields around the file.
@@ -115,7 +118,7 @@ class ImageCollectionView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data["image"]
-        image, created = services.image_job_create(
+        image, created = job_services.image_job_create(
             client=request.user,
             upload=upload,
             size=upload.size,
@@ -138,7 +141,7 @@ class ImageCollectionView(APIView):
     def get(self, request: Request) -> Response:
         query = ImageListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        queryset = selectors.image_list(client=request.user, request_id=query.validated_data.get("request_id"))
+        queryset = job_selectors.image_list(client=request.user, request_id=query.validated_data.get("request_id"))
         return _paginated(request, self, queryset, image_representation)
 
 
@@ -149,7 +152,7 @@ class ImageDetailView(APIView):
         responses={200: ImageSerializer, **_errors(401, 404, 429)},
     )
     def get(self, request: Request, image_id: str) -> Response:
-        return Response(image_representation(selectors.image_get(client=request.user, image_id=image_id)))
+        return Response(image_representation(job_selectors.image_get(client=request.user, image_id=image_id)))
 
 
 class ImageAnnotatedView(APIView):
@@ -167,7 +170,7 @@ class ImageAnnotatedView(APIView):
         },
     )
     def get(self, request: Request, image_id: str):
-        image = selectors.image_get(client=request.user, image_id=image_id)
+        image = job_selectors.image_get(client=request.user, image_id=image_id)
         if not image.annotated_key:
             if image.status == JobStatus.FAILED:
                 raise ApiError("not_available", "The job failed; there is no annotated image.", status_code=404)
@@ -194,8 +197,8 @@ class ImageRedeliverView(APIView):
     )
     def post(self, request: Request, image_id: str) -> Response:
         """A new delivery (new webhook-id) of the job's current representation."""
-        image = selectors.image_get(client=request.user, image_id=image_id)
-        outbox_row = delivery.callback_redeliver(image_id=image.id)
+        image = job_selectors.image_get(client=request.user, image_id=image_id)
+        outbox_row = job_services.image_job_redeliver(image_id=image.id)
         return Response(
             {"id": str(image.id), "webhook_id": outbox_row.webhook_id, "status": outbox_row.status},
             status=status.HTTP_202_ACCEPTED,
@@ -209,9 +212,9 @@ class ModelCollectionView(APIView):
         responses={200: DetectorVersionPageSerializer, **_errors(401, 429)},
     )
     def get(self, request: Request) -> Response:
-        active_id = selectors.detector_version_active_id()
+        active_id = registry_selectors.detector_version_active_id()
         return _paginated(
-            request, self, selectors.detector_version_list(), lambda v: detector_version_representation(v, active_id=active_id)
+            request, self, registry_selectors.detector_version_list(), lambda v: detector_version_representation(v, active_id=active_id)
         )
 
 
@@ -222,5 +225,5 @@ class ModelDetailView(APIView):
         responses={200: DetectorVersionSerializer, **_errors(401, 404, 429)},
     )
     def get(self, request: Request, version_id: str) -> Response:
-        version = selectors.detector_version_get(version_id=version_id)
-        return Response(detector_version_representation(version, active_id=selectors.detector_version_active_id()))
+        version = registry_selectors.detector_version_get(version_id=version_id)
+        return Response(detector_version_representation(version, active_id=registry_selectors.detector_version_active_id()))

@@ -37,9 +37,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from api.imaging import image_decode_rgb
-    from workers.detection.base import spec_from_file
-    from workers.detection.mtcnn import MTCNNDetector
+    from jobs.imaging import image_decode_rgb
+    from detection.base import spec_from_file
+    from detection.mtcnn import MTCNNDetector
 
     imported = time.perf_counter()
     detector = MTCNNDetector(spec=spec_from_file(ROOT / "detector_versions" / f"{args.version}.json"), device=args.device)

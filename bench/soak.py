@@ -149,8 +149,8 @@ def main() -> None:
 def run(args, rng, tmp: Path, s3) -> None:
     from django.test import Client
 
-    from api import services
-    from api.models import Face, Image
+    from jobs import services
+    from jobs.models import Face, Image
 
     server, callbacks = receiver()
     callback_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -175,7 +175,7 @@ def run(args, rng, tmp: Path, s3) -> None:
         while not stop.wait(2):
             services.image_jobs_sweep()
 
-    from api.auth import api_key_create
+    from clients.services import api_key_create
 
     client = Client(HTTP_HOST="127.0.0.1", HTTP_X_API_KEY=api_key_create(client_name=f"soak-{RUN}")[1])
     started = time.monotonic()

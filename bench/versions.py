@@ -25,9 +25,9 @@ def main() -> None:
     django.setup()
     from PIL import Image
 
-    from api.imaging import image_decode_rgb
-    from workers.detection.base import spec_from_file
-    from workers.detection.mtcnn import MTCNNDetector
+    from jobs.imaging import image_decode_rgb
+    from detection.base import spec_from_file
+    from detection.mtcnn import MTCNNDetector
 
     versions = sys.argv[1:] or ["mtcnn@1.0.0", "mtcnn@1.1.0"]
     testdata = ROOT.parent / "shared" / "testdata"

@@ -9,7 +9,7 @@ import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from api.urlpolicy import UrlRefused, address_allowed, check_callback_url, parse_address
+from .urlpolicy import UrlRefused, address_allowed, check_callback_url, parse_address
 
 from .signing import signed_headers
 
@@ -74,7 +74,7 @@ class GuardedAdapter(HTTPAdapter):
 
 def post_signed(url: str, body: bytes, *, webhook_id: str) -> PostResult:
     """POST ``body`` (JSON bytes) to ``url`` once, signed per Standard Webhooks with
-    CALLBACK_SIGNING_SECRET. Only public addresses are called (api.urlpolicy), checked when the
+    CALLBACK_SIGNING_SECRET. Only public addresses are called (callbacks.urlpolicy), checked when the
     name is resolved and again on the connected socket. Never raises for network errors: the
     result carries the status code, or None and the error."""
     headers = {

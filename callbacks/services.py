@@ -12,58 +12,41 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Callable
+from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .errors import ApiError
-from .models import TERMINAL_STATUSES, CallbackAttempt, CallbackDelivery, DeliveryStatus, Image
-from .selectors import JOB_PREFETCH
+from .http import post_signed
+from .models import CallbackAttempt, CallbackDelivery, DeliveryStatus
 
 logger = logging.getLogger(__name__)
 
-def callback_delivery_create(*, image: Image) -> CallbackDelivery:
-    """A new pending delivery of the job's current representation to its callback_url."""
-    from .serializers import image_representation
+# The Celery task that tries one delivery (workers/tasks.py), by name.
+DELIVER_CALLBACK_TASK = "workers.tasks.deliver_callback"
 
-    body = json.dumps(image_representation(image), separators=(",", ":"), sort_keys=True)
+
+def new_webhook_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def callback_delivery_create(*, image_id: uuid.UUID, url: str, render: Callable[[str], dict[str, Any]]) -> CallbackDelivery:
+    """A new pending delivery to ``url`` whose frozen body is ``render(webhook_id)`` as compact
+    JSON: the body is told the webhook id of the delivery that will carry it."""
+    webhook_id = new_webhook_id()
+    body = json.dumps(render(webhook_id), separators=(",", ":"), sort_keys=True)
     return CallbackDelivery.objects.create(
-        image=image,
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        url=image.callback_url,
-        body=body,
-        next_attempt_at=timezone.now(),
+        image_id=image_id, webhook_id=webhook_id, url=url, body=body, next_attempt_at=timezone.now()
     )
 
 
-def callback_delivery_for_job(*, image_id: uuid.UUID) -> CallbackDelivery | None:
-    """The job's automatic delivery, made once when its result is ready (None: no callback_url)."""
-    with transaction.atomic():
-        image = Image.objects.select_for_update().get(id=image_id)
-        if not image.callback_url or image.status not in TERMINAL_STATUSES:
-            return None
-        existing = image.deliveries.order_by("created_at").first()
-        return existing or callback_delivery_create(image=Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id))
-
-
-def callback_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
-    """A fresh delivery (new webhook id, current representation) of a finished job's result."""
-    image = Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id)
-    if not image.callback_url:
-        raise ApiError("no_callback_url", "This job has no callback_url to deliver to.", status_code=409)
-    if image.status not in TERMINAL_STATUSES:
-        raise ApiError("not_finished", "The job is not finished; its callback will be sent then.", status_code=409)
-    delivery = callback_delivery_create(image=image)
-    callback_delivery_enqueue(delivery_id=delivery.id)
-    return delivery
-
-
 def callback_delivery_enqueue(*, delivery_id: int) -> None:
-    """Try the delivery on a worker once the transaction that made it commits."""
-    from workers.tasks import deliver_callback
-
-    transaction.on_commit(lambda: deliver_callback.delay(delivery_id))
+    """Try the delivery on a worker once the transaction that made it commits (the task is named,
+    not imported: services sit below the task modules)."""
+    transaction.on_commit(lambda: current_app.send_task(DELIVER_CALLBACK_TASK, args=(delivery_id,)))
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -96,8 +79,6 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
     Retry-After); anything else fails at once: other 4xx (410 Gone included), 3xx (redirects
     are never followed), and a URL whose host now resolves to a refused address.
     """
-    from workers.callbacks import post_signed
-
     now = timezone.now()
     with transaction.atomic():
         delivery = CallbackDelivery.objects.select_for_update().get(id=delivery_id)

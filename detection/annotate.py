@@ -13,7 +13,7 @@ JPEG_QUALITY = 90
 def annotate_jpeg(image: Image.Image, faces: Sequence) -> bytes:
     """A JPEG of ``image`` (RGB) with each face's box, landmarks and confidence drawn on it.
 
-    ``faces`` are api.models.Face rows (or anything with box_x, box_y, box_width, box_height,
+    ``faces`` are jobs.models.Face rows (or anything with box_x, box_y, box_width, box_height,
     confidence and landmarks). Line widths follow the image size so boxes stay visible.
     """
     canvas = image.copy()

@@ -17,6 +17,10 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class DetectorUnavailable(RuntimeError):
+    """The detector cannot run here (e.g. CUDA asked for but absent)."""
+
+
 @dataclass(frozen=True)
 class DetectorSpec:
     """A registered version, as a worker needs it to load the detector (no database objects)."""
@@ -71,7 +75,7 @@ class Detector(abc.ABC):
 
     @property
     def model_version(self) -> str:
-        """The label recorded on every job and face (see api.models.DetectorVersion.label)."""
+        """The label recorded on every job and face (see registry.models.DetectorVersion.label)."""
         return self.spec.label
 
     def detect(self, image: Image.Image) -> list[Detection]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import LANDMARK_NAMES, Detection, Detector, DetectorSpec
+from .base import LANDMARK_NAMES, Detection, Detector, DetectorSpec, DetectorUnavailable
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,6 @@ DEFAULT_SETTINGS = {
     # back): bounds CPU time and memory on large photos. 0 disables it.
     "max_side": 2048,
 }
-
-
-class DetectorUnavailable(RuntimeError):
-    """The detector cannot run here (CUDA asked for but absent)."""
 
 
 class MTCNNDetector(Detector):

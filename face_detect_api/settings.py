@@ -31,7 +31,14 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # HTTP in one place, the domain apps under it, the Celery entry points on top
+    # (docs/architecture.md has the picture and the allowed arrows).
     "api",
+    "clients",
+    "registry",
+    "storage",
+    "jobs",
+    "callbacks",
     "workers",
 ]
 

@@ -1,6 +1,6 @@
 from django.contrib import admin
-from django.http import JsonResponse
-from django.urls import include, path
+from django.http import HttpResponsePermanentRedirect, JsonResponse
+from django.urls import include, path, re_path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
@@ -19,8 +19,31 @@ urlpatterns = [
     path("api/v1/", include("api.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    # Admin pages kept their addresses' shape when the models moved out of the `api` app:
+    # /admin/api/image/... now lives at /admin/jobs/image/... (bookmarks keep working).
+    re_path(r"^admin/api/(?P<model>[a-z]+)/(?P<rest>.*)$", lambda request, model, rest: _moved_admin_page(request, model, rest)),
     path("admin/", admin.site.urls),
 ]
+
+# Where each model of the former `api` app lives now (see api/migrations/0002).
+_MOVED_MODELS = {
+    "apiclient": "clients",
+    "apikey": "clients",
+    "detectorversion": "registry",
+    "activedetector": "registry",
+    "image": "jobs",
+    "face": "jobs",
+    "callbackdelivery": "callbacks",
+    "callbackattempt": "callbacks",
+}
+
+
+def _moved_admin_page(request, model: str, rest: str):
+    app = _MOVED_MODELS.get(model)
+    if app is None:
+        return handler404(request, None)
+    query = f"?{request.META['QUERY_STRING']}" if request.META.get("QUERY_STRING") else ""
+    return HttpResponsePermanentRedirect(f"/admin/{app}/{model}/{rest}{query}")
 
 
 def _wants_json(request) -> bool:

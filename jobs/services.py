@@ -12,18 +12,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from celery import signature
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import storage
-from .errors import ApiError
+from callbacks.models import CallbackDelivery
+from callbacks.services import callback_delivery_create, callback_delivery_enqueue
+from clients.models import ApiClient
+from core.errors import Conflict, DomainError, TooLarge, Unavailable, UnsupportedFormat
+from detection import DetectorUnavailable, UnknownDetector, get_detector
+from detection.annotate import annotate_jpeg
+from detection.weights import WeightsMismatch
+from registry.services import detector_spec, detector_version_for_job
+from storage import s3 as storage
+
 from .imaging import ImageRejected, image_decode_rgb, image_probe
-from .models import TERMINAL_STATUSES, ApiClient, Face, Image, JobStatus
-from .registry import detector_spec, detector_version_for_job
+from .models import TERMINAL_STATUSES, Face, Image, JobStatus
+from .representation import image_representation
+from .selectors import JOB_PREFETCH
 
 logger = logging.getLogger(__name__)
+
+# The Celery tasks (workers/tasks.py) that run a job, by name: services never import task modules.
+DETECT_TASK = "workers.tasks.detect_faces"
+DELIVER_RESULT_TASK = "workers.tasks.deliver_result"
 
 # A job whose detection was started this many times (redelivered after worker crashes or hard
 # time limits) is failed instead of being tried again: one poisonous photo must not loop forever.
@@ -53,23 +67,22 @@ def image_job_create(
 
     Submission is idempotent per client and request_id: the same photo and callback_url again return the
     existing job (created False); a different photo or callback_url under a used request_id is
-    a 409. Raises ApiError (field "image") for an unacceptable file. A refused request leaves no
+    a 409. Raises a DomainError (field "image") for an unacceptable file. A refused request leaves no
     row and no object behind. ``model_version`` (a version id) pins the detector; by default the
     active one is pinned.
     """
     version = detector_version_for_job(requested=model_version or None)
     if size > settings.MAX_UPLOAD_BYTES:
-        raise ApiError(
+        raise TooLarge(
             "file_too_large",
             f"The upload is {size} bytes; at most {settings.MAX_UPLOAD_BYTES} bytes are accepted.",
             field="image",
-            status_code=413,
         )
     try:
         info = image_probe(upload)
     except ImageRejected as exc:
-        status_code = {"image_too_large": 413, "unsupported_image_format": 415}.get(exc.code, 400)
-        raise ApiError(exc.code, exc.message, field="image", status_code=status_code) from exc
+        kind = {"image_too_large": TooLarge, "unsupported_image_format": UnsupportedFormat}.get(exc.code, DomainError)
+        raise kind(exc.code, exc.message, field="image") from exc
 
     existing = Image.objects.filter(client=client, request_id=request_id).first()
     if existing is not None:
@@ -81,7 +94,7 @@ def image_job_create(
         storage.storage_put(key=key, data=upload, length=size, content_type=info.content_type)
     except storage.StorageError as exc:
         logger.error("storing upload for %s failed: %s", request_id, exc)
-        raise ApiError("storage_unavailable", "The image could not be stored; try again.", status_code=503) from exc
+        raise Unavailable("storage_unavailable", "The image could not be stored; try again.") from exc
 
     try:
         with transaction.atomic():
@@ -118,11 +131,10 @@ def image_job_create(
 def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str) -> Image:
     other_version = bool(model_version) and model_version != existing.detector_version_id
     if existing.original_sha256 != sha256 or existing.callback_url != callback_url or other_version:
-        raise ApiError(
+        raise Conflict(
             "request_id_conflict",
             "This request_id was already used for a different image, callback_url or model_version.",
             field="request_id",
-            status_code=409,
         )
     return existing
 
@@ -130,10 +142,8 @@ def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_v
 def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
     """Publish the detect -> deliver chain for a committed job and record it. A broker outage
     is logged, not raised: the job stays queued, unpublished, for the sweeper to publish."""
-    from workers.tasks import deliver_result, detect_faces  # tasks import this module
-
     try:
-        (detect_faces.si(str(image_id)) | deliver_result.si(str(image_id))).apply_async()
+        _publish_chain(image_id)
     except Exception:
         logger.exception("could not enqueue job %s; the sweeper will retry", image_id)
         return False
@@ -141,6 +151,13 @@ def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
         enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1, updated_at=timezone.now()
     )
     return True
+
+
+def _publish_chain(image_id: uuid.UUID) -> None:
+    """detect -> deliver for one job, published by task name (routed to their queues by
+    CELERY_TASK_ROUTES)."""
+    job = str(image_id)
+    (signature(DETECT_TASK, args=(job,), immutable=True) | signature(DELIVER_RESULT_TASK, args=(job,), immutable=True)).apply_async()
 
 
 def _delete_quietly(key: str) -> None:
@@ -283,10 +300,6 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
     Permanent problems (an undecodable photo, a detector that cannot load) fail the job at once.
     Transient ones (storage.StorageError, database errors) propagate for the task to retry.
     """
-    from workers.detection import UnknownDetector, get_detector
-    from workers.detection.mtcnn import DetectorUnavailable
-    from workers.detection.weights import WeightsMismatch
-
     image = image_job_start(image_id=image_id, redelivered=redelivered)
     if image is None:
         return
@@ -297,7 +310,7 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         image_job_fail(image_id=image_id, code=exc.code, message=exc.message)
         return
     try:
-        detector = get_detector(detector_spec(image.detector_version))
+        detector = get_detector(detector_spec(image.detector_version), device=settings.DETECTOR_DEVICE)
     except WeightsMismatch as exc:
         image_job_fail(image_id=image_id, code="model_weights_mismatch", message=str(exc))
         return
@@ -329,8 +342,6 @@ def image_job_annotate(*, image_id: uuid.UUID) -> None:
     """Draw the faces of a completed job on a copy of its photo and store it as JPEG. Does
     nothing for a job that is not completed or is already annotated; the key is fixed per job,
     so a repeat overwrites the same object."""
-    from workers.annotate import annotate_jpeg
-
     image = Image.objects.get(id=image_id)
     if image.status != JobStatus.COMPLETED or image.annotated_key:
         return
@@ -339,6 +350,35 @@ def image_job_annotate(*, image_id: uuid.UUID) -> None:
     key = _object_key("annotated", image.id, "jpg", image.created_at)
     storage.storage_put(key=key, data=jpeg, length=len(jpeg), content_type="image/jpeg")
     Image.objects.filter(id=image_id, annotated_key="").update(annotated_key=key, updated_at=timezone.now())
+
+
+def image_job_callback_delivery(*, image_id: uuid.UUID) -> CallbackDelivery | None:
+    """The job's automatic callback delivery, made once when its result is ready (None: the job
+    has no callback_url or is not finished)."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(id=image_id)
+        if not image.callback_url or image.status not in TERMINAL_STATUSES:
+            return None
+        existing = image.deliveries.order_by("created_at").first()
+        return existing or _callback_delivery_create(image_id=image_id)
+
+
+def image_job_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
+    """A fresh delivery (new webhook id, current representation) of a finished job's result,
+    tried on a worker once committed."""
+    image = Image.objects.get(id=image_id)
+    if not image.callback_url:
+        raise Conflict("no_callback_url", "This job has no callback_url to deliver to.")
+    if image.status not in TERMINAL_STATUSES:
+        raise Conflict("not_finished", "The job is not finished; its callback will be sent then.")
+    delivery = _callback_delivery_create(image_id=image_id)
+    callback_delivery_enqueue(delivery_id=delivery.id)
+    return delivery
+
+
+def _callback_delivery_create(*, image_id: uuid.UUID) -> CallbackDelivery:
+    image = Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id)
+    return callback_delivery_create(image_id=image.id, url=image.callback_url, render=lambda webhook_id: image_representation(image))
 
 
 def image_job_requeue(*, image_id: uuid.UUID) -> None:

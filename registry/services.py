@@ -17,10 +17,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workers.detection.base import DetectorSpec, settings_hash, weight_checksums
-from workers.detection.weights import WeightsMismatch, verify_weights
+from core.errors import DomainError, Unavailable
+from detection.base import DetectorSpec, settings_hash, weight_checksums
+from detection.weights import WeightsMismatch, verify_weights
 
-from .errors import ApiError
 from .models import ActiveDetector, DetectorVersion
 
 logger = logging.getLogger(__name__)
@@ -140,13 +140,13 @@ def detector_version_for_job(*, requested: str | None) -> DetectorVersion:
     if requested:
         version = DetectorVersion.objects.filter(id=requested).first()
         if version is None:
-            raise ApiError("unknown_model_version", f"No model version {requested!r}; see /api/v1/models/.", field="model_version")
+            raise DomainError("unknown_model_version", f"No model version {requested!r}; see /api/v1/models/.", field="model_version")
         if version.retired_at:
-            raise ApiError("retired_model_version", f"{requested} is retired.", field="model_version")
+            raise DomainError("retired_model_version", f"{requested} is retired.", field="model_version")
         return version
     version = detector_version_active()
     if version is None:
-        raise ApiError("no_active_model", "No detector version is active; an operator must activate one.", status_code=503)
+        raise Unavailable("no_active_model", "No detector version is active; an operator must activate one.")
     return version
 
 

@@ -56,7 +56,7 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server for this run, with the test bucket created."""
-    from api import storage
+    from storage import s3 as storage
     from devstack.seaweed import SeaweedS3
 
     host, _, port = settings.S3_ENDPOINT.rpartition(":")
@@ -78,7 +78,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3(s3_server):
     """The S3 server, with the bucket emptied after the test."""
-    from api import storage
+    from storage import s3 as storage
 
     yield s3_server
     for key in storage.storage_list():
@@ -285,7 +285,7 @@ def _detector_registry(request):
     if marker is None:
         return
     request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
-    from api.registry import detector_bootstrap
+    from registry.services import detector_bootstrap
 
     detector_bootstrap()
 
@@ -293,8 +293,8 @@ def _detector_registry(request):
 @pytest.fixture
 def stub_detector():
     """The fast stub detector, registered and active (unit tests only; never end to end)."""
-    from api.models import DetectorVersion
-    from api.registry import detector_version_activate
+    from registry.models import DetectorVersion
+    from registry.services import detector_version_activate
 
     DetectorVersion.objects.get_or_create(
         id="stub@0.0.0",
@@ -309,7 +309,7 @@ def stub_detector():
 @pytest.fixture
 def api_key() -> str:
     """A fresh client's API key (tests that use it carry a django_db mark)."""
-    from api.auth import api_key_create
+    from clients.services import api_key_create
 
     return api_key_create(client_name=f"client-{time.monotonic_ns()}")[1]
 
@@ -341,7 +341,7 @@ def upload(client, data: bytes, *, name: str = "photo.png", **fields):
 def job_settled(image) -> bool:
     """Detection finished, the annotated photo stored (if completed) and the callback no longer
     pending."""
-    from api.models import DeliveryStatus
+    from callbacks.models import DeliveryStatus
 
     if not image.is_terminal or (image.status == "completed" and not image.annotated_key):
         return False
@@ -353,7 +353,7 @@ def job_settled(image) -> bool:
 
 def wait_terminal(image_id, timeout: float = 180):
     """Poll the job until it is settled (see job_settled)."""
-    from api.models import Image
+    from jobs.models import Image
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -32,9 +32,8 @@ def _load_detector(**_: object) -> None:
     if not _detects:
         logger.info("worker process %d ready, without a detector (delivery only)", os.getpid())
         return
-    from api.registry import detector_spec, detector_version_active
-
-    from .detection.registry import get_detector
+    from detection import get_detector
+    from registry.services import detector_spec, detector_version_active
 
     if settings.DETECTOR_TORCH_THREADS:
         import torch
@@ -43,7 +42,7 @@ def _load_detector(**_: object) -> None:
     try:
         # The active version now; jobs pinned to others load theirs on first use.
         version = detector_version_active()
-        detector = get_detector(detector_spec(version)) if version else None
+        detector = get_detector(detector_spec(version), device=settings.DETECTOR_DEVICE) if version else None
     except Exception:
         # A broken configuration must not kill the pool in a loop; each job will then fail with
         # a clear error code, and /readyz and the logs say why.

@@ -1,4 +1,8 @@
-"""Celery tasks: thin wrappers that take ids, call one service, and retry transient errors."""
+"""Celery tasks: thin wrappers that take ids, call one service, and retry transient errors.
+
+The entry points of the workers. Services enqueue these by name (jobs.services.DETECT_TASK, ...),
+so a task's name (module path and function) is part of the contract with messages in flight.
+"""
 
 import logging
 import random
@@ -9,8 +13,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from api import delivery, services
-from api.storage import ObjectNotFound, StorageError
+from callbacks import services as delivery
+from jobs import services
+from storage.s3 import ObjectNotFound, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ def deliver_result(self, image_id: str) -> str:
         # The client still hears about its job; output_image_url stays null.
         logger.exception("job %s: annotation failed; calling back without it", image_id)
 
-    outbox_row = delivery.callback_delivery_for_job(image_id=job_id)
+    outbox_row = services.image_job_callback_delivery(image_id=job_id)
     if outbox_row is not None:
         _attempt(outbox_row.id)
     return image_id

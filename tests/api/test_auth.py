@@ -6,8 +6,9 @@ import sys
 import pytest
 from django.core.management import call_command
 
-from api.auth import api_key_create, api_key_revoke
-from api.models import ApiKey, Image
+from clients.services import api_key_create, api_key_revoke
+from clients.models import ApiKey
+from jobs.models import Image
 from tests.conftest import ROOT, photo_bytes, require, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -45,7 +46,7 @@ def test_a_revoked_key_stops_working(anonymous_client):
 
 def test_clients_see_only_their_own_jobs(api_client, anonymous_client, s3, monkeypatch):
     """Same request_id, two clients: two jobs, each invisible to the other."""
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     mine = upload(api_client, photo_bytes("coffee.png"), request_id="same").json()["id"]
     anonymous_client.credentials(HTTP_X_API_KEY=api_key_create(client_name="rival")[1])
     theirs = upload(anonymous_client, photo_bytes("coffee.png"), request_id="same").json()["id"]
@@ -62,7 +63,7 @@ def test_probes_and_schema_need_no_key(anonymous_client):
 
 
 def test_the_admin_needs_a_staff_login(anonymous_client):
-    response = anonymous_client.get("/admin/api/image/")
+    response = anonymous_client.get("/admin/jobs/image/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 

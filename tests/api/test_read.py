@@ -2,7 +2,8 @@
 
 import pytest
 
-from api import services, storage
+from jobs import services
+from storage import s3 as storage
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -10,7 +11,7 @@ pytestmark = [pytest.mark.django_db]
 
 @pytest.fixture
 def completed(api_client, s3, settings, monkeypatch, stub_detector):
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     image_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="read").json()["id"]
     services.image_job_detect(image_id=image_id)
     return image_id

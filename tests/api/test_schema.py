@@ -16,9 +16,9 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
 @pytest.fixture
 def fuzz_key(db, s3, monkeypatch):
     """A key for the generated requests; uploads are stored but not enqueued."""
-    from api.auth import api_key_create
+    from clients.services import api_key_create
 
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     # Calling the WSGI app directly would close the test's database connection at the end of
     # each request, as Django does between real requests; its test client turns that off too.
     signals.request_started.disconnect(close_old_connections)

@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image as PILImage
 
-from api import storage
-from api.models import Image
+from storage import s3 as storage
+from jobs.models import Image
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -31,7 +31,7 @@ def assert_error(response, status: int, field: str | None, code: str | None = No
 def test_valid_upload_is_accepted_stored_and_enqueued_after_commit(api_client, s3, django_capture_on_commit_callbacks, monkeypatch):
     """202 with id, status_url and Location; the object is stored under a server-chosen key."""
     enqueued = []
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: enqueued.append(image_id))
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: enqueued.append(image_id))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = upload(api_client, photo_bytes("astronaut_1face.png"), name="../../etc/passwd.png",
                           request_id="req-1", callback_url="http://127.0.0.1:9/hook")
@@ -130,7 +130,7 @@ def test_storage_down_is_a_503_and_leaves_no_row(api_client, s3, settings):
 
 def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monkeypatch):
     """Idempotent per request_id: same photo, same callback_url -> 200 with the same id."""
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     first = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="http://127.0.0.1:9/h")
     second = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="http://127.0.0.1:9/h")
     assert first.status_code == 202 and second.status_code == 200
@@ -140,7 +140,7 @@ def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monk
 
 def test_a_used_request_id_with_another_photo_is_a_409(api_client, s3, monkeypatch):
     """A request_id names one submission: a different photo under it is a conflict, and nothing is stored."""
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     assert upload(api_client, photo_bytes("coffee.png"), request_id="taken").status_code == 202
     response = upload(api_client, photo_bytes("chelsea_cat.png"), request_id="taken")
     assert_error(response, 409, "request_id", "request_id_conflict")

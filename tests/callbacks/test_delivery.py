@@ -7,10 +7,12 @@ import time
 import pytest
 from django.utils import timezone
 
-from api import delivery, services
-from api.models import CallbackDelivery, Image
+from callbacks import services as delivery
+from jobs import services
+from callbacks.models import CallbackDelivery
+from jobs.models import Image
 from tests.conftest import photo_bytes, upload
-from workers.signing import verify_webhook
+from callbacks.signing import verify_webhook
 
 pytestmark = [pytest.mark.django_db]
 
@@ -18,7 +20,7 @@ pytestmark = [pytest.mark.django_db]
 @pytest.fixture
 def finished_job(api_client, s3, settings, monkeypatch, receiver, stub_detector):
     """A completed job whose callback_url is the receiver (chain not published: driven by hand)."""
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     body = upload(api_client, photo_bytes("coffee.png"), request_id="outbox", callback_url=receiver.url()).json()
     services.image_job_detect(image_id=body["id"])
     return Image.objects.get(id=body["id"])
@@ -33,7 +35,7 @@ def run_until_done(delivery_id: int) -> None:
 def test_500_500_200_is_delivered_on_the_third_attempt(finished_job, receiver, settings):
     """Three attempt rows, one webhook id, every signature valid, the same body each time."""
     receiver.script = [500, 500, 200]
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     run_until_done(outbox.id)
     outbox.refresh_from_db()
     assert outbox.status == "delivered" and outbox.attempt_count == 3
@@ -48,8 +50,8 @@ def test_500_500_200_is_delivered_on_the_third_attempt(finished_job, receiver, s
 
 def test_the_automatic_delivery_is_made_once(finished_job):
     """A repeated deliver task finds the same delivery instead of making another."""
-    first = delivery.callback_delivery_for_job(image_id=finished_job.id)
-    assert delivery.callback_delivery_for_job(image_id=finished_job.id) == first
+    first = services.image_job_callback_delivery(image_id=finished_job.id)
+    assert services.image_job_callback_delivery(image_id=finished_job.id) == first
     assert CallbackDelivery.objects.count() == 1
 
 
@@ -57,7 +59,7 @@ def test_the_automatic_delivery_is_made_once(finished_job):
 def test_client_errors_and_redirects_stop_at_once(finished_job, receiver, code):
     """Other 4xx (410 Gone included) and 3xx: failed after one attempt."""
     receiver.script = [code]
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     assert delivery.callback_delivery_attempt(delivery_id=outbox.id) is None
     outbox.refresh_from_db()
     assert outbox.status == "failed" and outbox.attempt_count == 1 and outbox.last_status_code == code
@@ -66,7 +68,7 @@ def test_client_errors_and_redirects_stop_at_once(finished_job, receiver, code):
 @pytest.mark.parametrize("code", [408, 429, 500, 503])
 def test_transient_answers_are_retried(finished_job, receiver, code):
     receiver.script = [code]
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     assert delivery.callback_delivery_attempt(delivery_id=outbox.id) is not None
 
 
@@ -74,12 +76,12 @@ def test_retry_after_is_honoured(finished_job, receiver):
     """429 with Retry-After: 7 waits 7 s, not the 0.3 s of the schedule."""
     receiver.script = [429]
     receiver.headers = {"Retry-After": "7"}
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     assert delivery.callback_delivery_attempt(delivery_id=outbox.id) == pytest.approx(7.0)
 
 
 def test_retry_after_takes_seconds_or_a_date():
-    from api.delivery import _retry_after_seconds
+    from callbacks.services import _retry_after_seconds
 
     assert _retry_after_seconds("7") == 7.0
     assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
@@ -94,7 +96,7 @@ def test_a_dead_receiver_is_retried_on_schedule_then_failed(finished_job, settin
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
     Image.objects.filter(id=finished_job.id).update(callback_url=dead)
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     run_until_done(outbox.id)
     outbox.refresh_from_db()
     attempts = list(outbox.attempts.all())
@@ -106,7 +108,7 @@ def test_a_dead_receiver_is_retried_on_schedule_then_failed(finished_job, settin
 
 def test_a_delivery_in_flight_is_not_sent_twice(finished_job, receiver):
     """The lease: while one try holds the delivery, another copy of the task does nothing."""
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     CallbackDelivery.objects.filter(id=outbox.id).update(next_attempt_at=timezone.now() + dt.timedelta(seconds=30))
     assert delivery.callback_delivery_attempt(delivery_id=outbox.id) is None
     assert receiver.received.empty()
@@ -114,7 +116,7 @@ def test_a_delivery_in_flight_is_not_sent_twice(finished_job, receiver):
 
 def test_overdue_deliveries_are_found_for_the_sweeper(finished_job):
     """A pending delivery whose lease or retry time has passed is due."""
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     assert delivery.callback_deliveries_due() == []  # due now, but within the grace
     CallbackDelivery.objects.filter(id=outbox.id).update(next_attempt_at=timezone.now() - dt.timedelta(minutes=1))
     assert delivery.callback_deliveries_due() == [outbox.id]
@@ -122,7 +124,7 @@ def test_overdue_deliveries_are_found_for_the_sweeper(finished_job):
 
 def test_redeliver_makes_a_new_delivery_with_a_new_id(finished_job, api_client, receiver, django_capture_on_commit_callbacks):
     """POST /redeliver/: 202, a fresh webhook id, sent when the transaction commits."""
-    first = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    first = services.image_job_callback_delivery(image_id=finished_job.id)
     run_until_done(first.id)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = api_client.post(f"/api/v1/images/{finished_job.id}/redeliver/")
@@ -132,7 +134,7 @@ def test_redeliver_makes_a_new_delivery_with_a_new_id(finished_job, api_client, 
 
 
 def test_redeliver_needs_a_finished_job_with_a_callback_url(api_client, s3, monkeypatch):
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     no_url = upload(api_client, photo_bytes("coffee.png"), request_id="no-url").json()["id"]
     Image.objects.filter(id=no_url).update(status="completed")
     response = api_client.post(f"/api/v1/images/{no_url}/redeliver/")
@@ -144,7 +146,7 @@ def test_redeliver_needs_a_finished_job_with_a_callback_url(api_client, s3, monk
 
 def test_the_representation_shows_the_delivery_and_its_attempts(finished_job, receiver, api_client):
     receiver.script = [503, 200]
-    run_until_done(delivery.callback_delivery_for_job(image_id=finished_job.id).id)
+    run_until_done(services.image_job_callback_delivery(image_id=finished_job.id).id)
     callback = api_client.get(f"/api/v1/images/{finished_job.id}/").json()["callback"]
     assert callback["status"] == "delivered" and callback["webhook_id"].startswith("msg_")
     assert [a["status_code"] for a in callback["attempts"]] == [503, 200]
@@ -154,7 +156,7 @@ def test_the_representation_shows_the_delivery_and_its_attempts(finished_job, re
 def test_a_callback_url_refused_at_delivery_time_fails_without_retries(finished_job, receiver, settings):
     """The policy is applied again on delivery: refused is final, not a network error to retry."""
     settings.CALLBACK_ALLOWED_NETWORKS = []
-    outbox = delivery.callback_delivery_for_job(image_id=finished_job.id)
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
     assert delivery.callback_delivery_attempt(delivery_id=outbox.id) is None
     outbox.refresh_from_db()
     assert outbox.status == "failed" and outbox.attempt_count == 1 and outbox.last_error.startswith("refused")

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from workers.callbacks import post_signed
-from workers.signing import WebhookVerificationError, sign, verify_webhook
+from callbacks.http import post_signed
+from callbacks.signing import WebhookVerificationError, sign, verify_webhook
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec's example secret
 
@@ -43,7 +43,7 @@ def test_signature_matches_the_standard_webhooks_reference_vector():
     ids=["body", "id", "stale-timestamp", "no-signature"],
 )
 def test_verification_refuses_tampering_and_replays(tamper):
-    from workers.signing import signed_headers
+    from callbacks.signing import signed_headers
 
     body = b'{"ok":true}'
     headers, body = tamper(signed_headers(SECRET, "msg_x", body), body)
@@ -99,7 +99,7 @@ def test_dns_rebinding_is_caught_on_the_connected_socket(receiver, settings, mon
     import ipaddress
 
     settings.CALLBACK_ALLOWED_NETWORKS = []
-    monkeypatch.setattr("api.urlpolicy.resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
+    monkeypatch.setattr("callbacks.urlpolicy.resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
     result = post_signed(receiver.url(), b"{}", webhook_id="msg_rebind")
     assert result.refused and "127.0.0.1" in result.error
     time.sleep(0.2)

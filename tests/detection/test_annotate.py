@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 from PIL import Image
 
-from workers.annotate import annotate_jpeg
+from detection.annotate import annotate_jpeg
 
 
 def test_boxes_and_landmarks_are_drawn_on_a_copy():

@@ -1,17 +1,17 @@
-"""The MTCNN detector on real photos, in-process (no broker), and the per-process registry."""
+"""The MTCNN detector on real photos, in-process (no broker), and the per-process cache of loaded versions."""
 
 import dataclasses
 
 import pytest
 from PIL import Image
 
-from api.imaging import image_decode_rgb
+from jobs.imaging import image_decode_rgb
 from tests.conftest import ROOT, TESTDATA, photo_bytes
 from tests.imagevariants import variants
-from workers.detection import DetectorSpec, registry
-from workers.detection.base import spec_from_file
-from workers.detection.mtcnn import MTCNNDetector
-from workers.detection.weights import WeightsMismatch, sha256_file, weights_dir
+from detection import DetectorSpec, engines
+from detection.base import spec_from_file
+from detection.mtcnn import MTCNNDetector
+from detection.weights import WeightsMismatch, sha256_file, weights_dir
 
 VERSIONS = ROOT / "detector_versions"
 
@@ -82,23 +82,23 @@ def test_weights_that_do_not_match_are_refused():
 def test_registry_loads_each_version_once_per_process():
     """get_detector caches: a second call returns the same object without loading."""
     stub = DetectorSpec(id="stub@0.0.0", label="stub@0.0.0+x", implementation="stub", settings={}, weights={})
-    registry.clear_cache()
-    before = registry.load_count
-    first = registry.get_detector(stub)
-    second = registry.get_detector(stub)
-    assert first is second and registry.load_count == before + 1
+    engines.clear_cache()
+    before = engines.load_count
+    first = engines.get_detector(stub)
+    second = engines.get_detector(stub)
+    assert first is second and engines.load_count == before + 1
 
 
 def test_unknown_implementation_is_refused():
-    with pytest.raises(registry.UnknownDetector):
-        registry.get_detector(DetectorSpec(id="x@1.0.0", label="x", implementation="nope", settings={}, weights={}))
+    with pytest.raises(engines.UnknownDetector):
+        engines.get_detector(DetectorSpec(id="x@1.0.0", label="x", implementation="nope", settings={}, weights={}))
 
 
 def test_cuda_must_be_available_when_asked_for():
     """DETECTOR_DEVICE=cuda on a machine without CUDA is a clear error, not a silent CPU run."""
     import torch
 
-    from workers.detection.mtcnn import DetectorUnavailable
+    from detection.mtcnn import DetectorUnavailable
 
     if torch.cuda.is_available():
         detector = MTCNNDetector(spec=spec(), device="cuda")

@@ -12,9 +12,11 @@ import pytest
 from django.conf import settings
 from PIL import Image as PILImage
 
-from api.models import CallbackDelivery, Face, Image
+from callbacks.models import CallbackDelivery
+
+from jobs.models import Face, Image
 from tests.conftest import IN_CI, TESTDATA, WorkerProcess, photo_bytes, upload, wait_terminal
-from workers.signing import verify_webhook
+from callbacks.signing import verify_webhook
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

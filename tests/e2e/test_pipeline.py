@@ -10,9 +10,9 @@ from PIL import Image as PILImage
 
 from django.conf import settings
 
-from api.models import Face, Image
+from jobs.models import Face, Image
 from tests.conftest import photo_bytes, upload, wait_terminal
-from workers.signing import verify_webhook
+from callbacks.signing import verify_webhook
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -28,10 +28,10 @@ def test_each_worker_process_loads_the_detector_once(api_client, worker_env, s3,
 
 
 def test_the_web_process_never_imports_torch():
-    """Importing the whole web side (urls, views, services, admin) leaves torch unimported."""
+    """Importing the whole web side (urls, views, services, admins, tasks) leaves torch unimported."""
     code = (
         "import django, sys; django.setup();"
-        "import face_detect_api.urls, api.views, api.services, api.admin, workers.tasks;"
+        "import face_detect_api.urls, api.views, jobs.services, jobs.admin, callbacks.services, registry.admin, workers.tasks;"
         "from django.test import Client; Client().get('/healthz');"
         "print('torch' in sys.modules)"
     )

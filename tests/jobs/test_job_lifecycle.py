@@ -6,8 +6,10 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from api import services, storage
-from api.models import DetectorVersion, Face, Image
+from jobs import services
+from storage import s3 as storage
+from jobs.models import Face, Image
+from registry.models import DetectorVersion
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -16,7 +18,7 @@ pytestmark = [pytest.mark.django_db]
 @pytest.fixture
 def job(api_client, s3, settings, monkeypatch, stub_detector):
     """A queued job whose chain was not published (the tests drive it by hand)."""
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
     response = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="lifecycle")
     return Image.objects.get(id=response.json()["id"])
 

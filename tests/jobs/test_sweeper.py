@@ -5,8 +5,8 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from api import services
-from api.models import Image
+from jobs import services
+from jobs.models import Image
 from tests.conftest import photo_bytes, require, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db]
 def unpublished(api_client, s3, monkeypatch):
     """A job accepted while the broker was down: committed, never published."""
     require("rabbitmq")
-    monkeypatch.setattr("workers.tasks.detect_faces.si", _broker_down)  # tests undo() it
+    monkeypatch.setattr("jobs.services._publish_chain", _broker_down)  # tests undo() it
     body = upload(api_client, photo_bytes("coffee.png"), request_id="stuck").json()
     return Image.objects.get(id=body["id"])
 

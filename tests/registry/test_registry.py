@@ -5,8 +5,10 @@ import json
 import pytest
 from django.core.management import call_command
 
-from api import registry, services
-from api.models import DetectorVersion, Face, Image
+from jobs import services
+from registry import services as registry
+from jobs.models import Face, Image
+from registry.models import DetectorVersion
 from tests.conftest import ROOT, photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -14,7 +16,7 @@ pytestmark = [pytest.mark.django_db]
 
 @pytest.fixture
 def no_enqueue(monkeypatch):
-    monkeypatch.setattr("api.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
 
 
 def test_the_shipped_versions_are_registered_with_their_record():

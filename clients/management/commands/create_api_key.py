@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from api.auth import api_key_create
+from clients.services import api_key_create
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from api.auth import api_key_revoke
+from clients.services import api_key_revoke
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from api.registry import RegistryError, detector_version_activate
+from registry.services import RegistryError, detector_version_activate
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from api.models import DetectorVersion
-from api.registry import detector_version_active
+from registry.models import DetectorVersion
+from registry.services import detector_version_active
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from api.registry import RegistryError, detector_bootstrap, detector_version_activate, detector_version_register, VERSIONS_DIR
+from registry.services import RegistryError, detector_bootstrap, detector_version_activate, detector_version_register, VERSIONS_DIR
 
 
 class Command(BaseCommand):

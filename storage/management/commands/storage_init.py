@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from api.storage import StorageError, storage_ensure_bucket
+from storage.s3 import StorageError, storage_ensure_bucket
 
 
 class Command(BaseCommand):

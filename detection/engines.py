@@ -1,15 +1,15 @@
-"""Loaded detectors: a per-process cache keyed by version label and device.
+"""The engines by implementation name, and a per-process cache of loaded detectors keyed by
+version label and device.
 
-The versions themselves live in the database (api.registry); a worker is given a DetectorSpec
-and loads it here once, keeping at most CACHE_SIZE loaded. The web process never loads any.
+The versions themselves live in the database (the registry app); a worker is given a
+DetectorSpec and loads it here once, keeping at most CACHE_SIZE loaded. The web process never
+loads any. Plain Python: the caller says which device (Django's DETECTOR_DEVICE in the workers).
 """
 
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-
-from django.conf import settings
 
 from .base import Detector, DetectorSpec
 
@@ -43,10 +43,10 @@ _lock = threading.Lock()
 load_count = 0
 
 
-def get_detector(spec: DetectorSpec) -> Detector:
-    """The loaded detector for ``spec`` on DETECTOR_DEVICE, loading it on first use here."""
+def get_detector(spec: DetectorSpec, *, device: str = "cpu") -> Detector:
+    """The loaded detector for ``spec`` on ``device``, loading it on first use here."""
     global load_count
-    key = (spec.label, settings.DETECTOR_DEVICE)
+    key = (spec.label, device)
     with _lock:
         detector = _cache.get(key)
         if detector is not None:
@@ -56,7 +56,7 @@ def get_detector(spec: DetectorSpec) -> Detector:
             factory = IMPLEMENTATIONS[spec.implementation]
         except KeyError:
             raise UnknownDetector(spec.implementation) from None
-        detector = factory(spec, settings.DETECTOR_DEVICE)
+        detector = factory(spec, device)
         load_count += 1
         _cache[key] = detector
         while len(_cache) > CACHE_SIZE:

@@ -1,0 +1,58 @@
+"""The callback outbox: a delivery row per message, an attempt row per HTTP try."""
+
+from django.db import models
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class CallbackDelivery(models.Model):
+    """One message to a job's callback_url (an outbox row): the exact body, signed on each try
+    under the same webhook id, retried on a schedule until delivered or failed."""
+
+    image = models.ForeignKey("jobs.Image", on_delete=models.CASCADE, related_name="deliveries")
+    webhook_id = models.CharField(max_length=64, unique=True)
+    url = models.URLField(max_length=2048)
+    # The exact JSON bytes sent (a snapshot of the job when the delivery was made).
+    body = models.TextField()
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING, db_index=True)
+    attempt_count = models.PositiveIntegerField(default=0)
+    # When the next try is due. While a try is in flight it is pushed ahead as a lease, so a
+    # second copy of the task (or the sweeper) does not send it twice.
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_callbackdelivery"  # the table it had before the split into apps
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "callback deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.webhook_id} ({self.status})"
+
+
+class CallbackAttempt(models.Model):
+    """One HTTP try of a delivery."""
+
+    delivery = models.ForeignKey(CallbackDelivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    # The first bytes of the receiver's answer, or the network error.
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "api_callbackattempt"
+        ordering = ["delivery", "number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_number")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}"

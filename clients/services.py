@@ -1,0 +1,66 @@
+"""API keys: how they are made, checked and revoked.
+
+Only a SHA-256 of a key is stored (keys are 190+ random bits, so a fast hash is enough); the
+prefix finds the row and is safe to show.
+"""
+
+import hashlib
+import hmac
+import secrets
+
+from django.db import transaction
+from django.utils import timezone
+
+from .models import ApiClient, ApiKey
+
+KEY_PREFIX = "fda"
+# last_used_at is for operators, not an audit log: written at most once a minute per key.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_create(*, client_name: str) -> tuple[ApiKey, str]:
+    """A new key for the named client (made if missing). Returns the row and the key, which is
+    shown this once and never stored."""
+    prefix = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        client, _ = ApiClient.objects.get_or_create(name=client_name)
+        if not client.is_active:
+            client.is_active = True
+            client.save(update_fields=["is_active"])
+        row = ApiKey.objects.create(client=client, prefix=prefix, key_hash=_hash(key))
+    return row, key
+
+
+def api_key_revoke(*, prefix: str) -> bool:
+    """Revoke one key by its prefix. Returns False if no active key has it."""
+    return bool(ApiKey.objects.filter(prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now()))
+
+
+def api_keys_revoke_all(*, clients) -> int:
+    """Revoke every active key of these clients (a queryset). Returns how many were revoked."""
+    return ApiKey.objects.filter(client__in=clients, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def api_key_check(key: str) -> ApiKey | None:
+    """The active key row for ``key``, or None."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    row = ApiKey.objects.select_related("client").filter(prefix=parts[1]).first()
+    if row is None or not hmac.compare_digest(row.key_hash, _hash(key)):
+        return None
+    if row.revoked_at is not None or not row.client.is_active:
+        return None
+    return row
+
+
+def api_key_touch(*, key: ApiKey) -> None:
+    """Record that the key was just used (at most once a minute)."""
+    now = timezone.now()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
+        ApiKey.objects.filter(id=key.id).update(last_used_at=now)

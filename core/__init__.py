@@ -1,0 +1,1 @@
+"""The shared kernel: what every domain app may use and nothing of the project's own it imports."""

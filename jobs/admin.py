@@ -1,0 +1,113 @@
+"""Operators' view of the jobs: read-only, with the faces and callback deliveries inline and both
+photos shown."""
+
+from django.contrib import admin, messages
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from callbacks.models import CallbackDelivery
+from core.admin import ReadOnlyAdmin, ReadOnlyInline
+from core.errors import DomainError
+from storage import s3 as storage
+
+from .models import Face, Image
+from .services import image_job_redeliver
+
+
+class FaceInline(ReadOnlyInline):
+    model = Face
+    fields = ("index", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks", "detector_version")
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = CallbackDelivery
+    show_change_link = True
+    fields = ("webhook_id", "status", "attempt_count", "last_status_code", "last_error", "next_attempt_at", "created_at", "finished_at")
+
+
+@admin.register(Image)
+class ImageAdmin(ReadOnlyAdmin):
+    list_display = ("request_id", "client", "status", "face_count", "model_version", "callback", "created_at", "finished_at")
+    list_filter = ("status", "model_version", "deliveries__status", "client")
+    search_fields = ("request_id", "=id")
+    date_hierarchy = "created_at"
+    inlines = [FaceInline, DeliveryInline]
+    actions = ["redeliver_callback"]
+    readonly_fields = (
+        "id",
+        "original_thumbnail",
+        "annotated_thumbnail",
+        *[f.name for f in Image._meta.fields if f.name != "id"],
+    )
+    fieldsets = (
+        (None, {"fields": ("id", "client", "request_id", "status", "error_code", "error_message", "attempts")}),
+        ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
+        ("Result", {"fields": ("detector_version", "model_version", "width", "height", "face_count")}),
+        ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
+        ("Callback", {"fields": ("callback_url",)}),
+        ("Queueing", {"fields": ("enqueued_at", "enqueue_count")}),
+        (
+            "Storage",
+            {"fields": ("original_filename", "original_key", "original_content_type", "original_size", "annotated_key")},
+        ),
+    )
+
+    @admin.display(description="Callback")
+    def callback(self, obj: Image) -> str:
+        latest = obj.latest_delivery
+        return latest.status if latest else ("pending" if obj.callback_url else "-")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("client").prefetch_related("deliveries")
+
+    @admin.action(description="Send the callback again")
+    def redeliver_callback(self, request, queryset):
+        sent = 0
+        for image in queryset:
+            try:
+                image_job_redeliver(image_id=image.id)
+                sent += 1
+            except DomainError as exc:
+                self.message_user(request, f"{image.request_id}: {exc.message}", messages.WARNING)
+        if sent:
+            self.message_user(request, f"{sent} callback(s) queued for delivery.", messages.SUCCESS)
+
+    def get_urls(self):
+        # Photos are served through the admin (staff only): the storage server need not be
+        # reachable from the operator's browser.
+        own = [
+            path(
+                "<uuid:image_id>/photo/<str:which>/",
+                self.admin_site.admin_view(self.photo_view),
+                name="jobs_image_photo",
+            )
+        ]
+        return own + super().get_urls()
+
+    def photo_view(self, request, image_id, which):
+        image = get_object_or_404(Image, pk=image_id)
+        key = {"original": image.original_key, "annotated": image.annotated_key}.get(which)
+        if not key:
+            raise Http404("no such photo")
+        try:
+            chunks = storage.storage_stream(key=key)
+        except storage.StorageError as exc:
+            raise Http404(f"photo unavailable: {exc}") from exc
+        content_type = image.original_content_type if which == "original" else "image/jpeg"
+        return StreamingHttpResponse(chunks, content_type=content_type)
+
+    def _thumbnail(self, obj: Image, which: str, present: bool) -> str:
+        if not present:
+            return "-"
+        url = reverse("admin:jobs_image_photo", args=[obj.pk, which])
+        return format_html('<a href="{}"><img src="{}" style="max-width:320px;max-height:320px"></a>', url, url)
+
+    @admin.display(description="Original")
+    def original_thumbnail(self, obj: Image) -> str:
+        return self._thumbnail(obj, "original", bool(obj.original_key))
+
+    @admin.display(description="Annotated")
+    def annotated_thumbnail(self, obj: Image) -> str:
+        return self._thumbnail(obj, "annotated", bool(obj.annotated_key))

@@ -1,0 +1,102 @@
+"""One job, one row: an uploaded image, its detection state and its faces."""
+
+import uuid
+
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+class Image(models.Model):
+    """A detection job. Its status moves queued -> processing -> completed | failed, only
+    through the functions in jobs/services.py, which check the current state first."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey("clients.ApiClient", on_delete=models.PROTECT, related_name="images")
+    request_id = models.CharField(max_length=128, db_index=True)
+    callback_url = models.URLField(max_length=2048, blank=True)
+
+    # Object keys are chosen by the server; the client's filename is kept for operators only.
+    original_filename = models.CharField(max_length=255, blank=True)
+    original_key = models.CharField(max_length=512)
+    original_content_type = models.CharField(max_length=64)
+    original_size = models.PositiveBigIntegerField()
+    # Tells a retried submission (same request_id, same photo) from a conflicting one.
+    original_sha256 = models.CharField(max_length=64)
+    annotated_key = models.CharField(max_length=512, blank=True)
+
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    # How many times a worker started detection on this job (more than one: it was redelivered).
+    attempts = models.PositiveIntegerField(default=0)
+    # When the detect -> deliver chain was last published (null: never, the broker was down) and
+    # how many times; the sweeper re-publishes jobs that are stuck, a bounded number of times.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    enqueue_count = models.PositiveIntegerField(default=0)
+
+    # The version that detects this job, fixed when it is accepted; model_version is its label,
+    # recorded when the faces are.
+    detector_version = models.ForeignKey("registry.DetectorVersion", on_delete=models.PROTECT, related_name="images")
+    model_version = models.CharField(max_length=128, blank=True, db_index=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    face_count = models.PositiveIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "api_image"  # the table it had before the split into apps
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"], name="api_image_status_13103c_idx")]
+        constraints = [
+            # Submission is idempotent per client and request_id.
+            models.UniqueConstraint(fields=["client", "request_id"], name="image_unique_client_request_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def latest_delivery(self) -> "CallbackDelivery | None":
+        """The newest callback delivery; reads prefetched deliveries when they are there."""
+        return max(self.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
+
+
+class Face(models.Model):
+    """One detected face, in the pixel coordinates of the EXIF-oriented image."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="faces")
+    detector_version = models.ForeignKey("registry.DetectorVersion", on_delete=models.PROTECT, related_name="+")
+    # Rank by confidence within the image, 0 first: keeps the order stable across reads.
+    index = models.PositiveSmallIntegerField()
+    box_x = models.PositiveIntegerField()
+    box_y = models.PositiveIntegerField()
+    box_width = models.PositiveIntegerField()
+    box_height = models.PositiveIntegerField()
+    confidence = models.FloatField()
+    # {"left_eye": [x, y], "right_eye": ..., "nose": ..., "mouth_left": ..., "mouth_right": ...}
+    landmarks = models.JSONField(default=dict)
+
+    class Meta:
+        db_table = "api_face"
+        ordering = ["image", "index"]
+        constraints = [models.UniqueConstraint(fields=["image", "index"], name="face_unique_index_per_image")]
+
+    def __str__(self) -> str:
+        return f"face {self.index} of {self.image_id}"

@@ -1,0 +1,83 @@
+"""The one JSON representation of a job: the body of GET /api/v1/images/{id}/ and of its callback.
+
+The API and the callback outbox both build it here, so the two can never drift apart. Absolute
+URLs come from PUBLIC_BASE_URL: the worker has no request to build them from.
+"""
+
+from typing import Any
+
+from django.conf import settings
+
+from callbacks.models import DeliveryStatus
+
+from .models import Image
+
+
+def _url(path: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL}{path}"
+
+
+def image_representation(image: Image) -> dict[str, Any]:
+    """The job as clients see it, in GET responses and in the callback body alike."""
+    faces = [
+        {
+            "box": {"x": f.box_x, "y": f.box_y, "width": f.box_width, "height": f.box_height},
+            "confidence": f.confidence,
+            "landmarks": f.landmarks,
+        }
+        for f in image.faces.all()
+    ]
+    return {
+        **image_submitted_representation(image),
+        "started_at": iso(image.started_at),
+        "finished_at": iso(image.finished_at),
+        "model_version": image.model_version or None,
+        "width": image.width,
+        "height": image.height,
+        "face_count": image.face_count,
+        "faces": faces,
+        "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
+        "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
+        "callback": callback_representation(image),
+    }
+
+
+def image_submitted_representation(image: Image) -> dict[str, Any]:
+    """The 202 answer to a submission (and the first fields of image_representation)."""
+    return {
+        "id": str(image.id),
+        "request_id": image.request_id,
+        "status": image.status,
+        "status_url": _url(f"/api/v1/images/{image.id}/"),
+        "created_at": iso(image.created_at),
+    }
+
+
+def callback_representation(image: Image) -> dict[str, Any]:
+    """The state of the job's latest callback delivery and its attempts."""
+    latest = image.latest_delivery if image.callback_url else None
+    if latest is not None:
+        status = latest.status
+    else:
+        status = "pending" if image.callback_url else "none"  # pending: the job is not finished yet
+    return {
+        "url": image.callback_url or None,
+        "status": status,
+        "webhook_id": latest.webhook_id if latest else None,
+        "attempts": [
+            {
+                "number": a.number,
+                "at": iso(a.started_at),
+                "duration_ms": a.duration_ms,
+                "status_code": a.status_code,
+                "error": a.error or None,
+            }
+            for a in (sorted(latest.attempts.all(), key=lambda a: a.number) if latest else [])
+        ],
+        "delivered_at": iso(latest.finished_at) if status == DeliveryStatus.DELIVERED else None,
+        "next_attempt_at": iso(latest.next_attempt_at) if latest and status == DeliveryStatus.PENDING else None,
+    }
+
+
+def iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

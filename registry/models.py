@@ -1,0 +1,55 @@
+"""The detector versions and the pointer to the active one."""
+
+import hashlib
+
+from django.db import models
+
+
+class DetectorVersion(models.Model):
+    """A registered detector version: an implementation, its weights (by checksum) and its fixed
+    settings. Versions are immutable once registered; they are activated or retired, never edited."""
+
+    id = models.CharField(primary_key=True, max_length=64)  # name@version
+    name = models.CharField(max_length=32)
+    version = models.CharField(max_length=32)
+    implementation = models.CharField(max_length=32)
+    weights = models.JSONField(default=list)  # [{"file": "pnet.pt", "sha256": "..."}]
+    packages = models.JSONField(default=dict)  # {"facenet-pytorch": "2.5.3", "torch": "2.14.1"}
+    settings = models.JSONField(default=dict)
+    settings_hash = models.CharField(max_length=64)
+    code_commit = models.CharField(max_length=64, blank=True)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_detectorversion"  # the table it had before the split into apps
+        ordering = ["name", "created_at"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def weights_digest(self) -> str:
+        lines = sorted(f"{w['file']}:{w['sha256']}" for w in self.weights)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """The data-aware label recorded on jobs and faces, e.g. mtcnn@1.0.0+weights.3f9a2c1b."""
+        return f"{self.id}+weights.{self.weights_digest[:8]}"
+
+
+class ActiveDetector(models.Model):
+    """The pointer to the version new jobs use: one row. Changing it takes effect for the next
+    job submitted; running workers load the new version on first use."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    version = models.ForeignKey(DetectorVersion, on_delete=models.PROTECT)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "api_activedetector"
+
+    def __str__(self) -> str:
+        return f"active: {self.version_id}"
