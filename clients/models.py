@@ -9,6 +9,8 @@ class ApiClient(models.Model):
     name = models.CharField(max_length=100, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     is_active = models.BooleanField(default=True)
+    # Operators manage rollouts (create_api_key NAME --operator); clients only submit and read.
+    is_operator = models.BooleanField(default=False)
 
     # DRF's permission checks read request.user.is_authenticated; an authenticated request's
     # user is the client.

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "clients",
     "registry",
     "storage",
+    "rollouts",
     "jobs",
     "callbacks",
     "workers",

@@ -50,6 +50,16 @@ class Image(models.Model):
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
     face_count = models.PositiveIntegerField(null=True, blank=True)
+    # How long the detector itself took (ms), and whether it was loaded for this job (a cold
+    # start, left out of latency figures).
+    detection_ms = models.PositiveIntegerField(null=True, blank=True)
+    detector_cold = models.BooleanField(default=False)
+
+    # The rollout that routed this job, the side it got, and the cohort key it was routed by
+    # (blank: routed by its client). Null outside a rollout, or when model_version was asked for.
+    rollout = models.ForeignKey("rollouts.Rollout", on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
+    variant = models.CharField(max_length=16, blank=True)
+    cohort = models.CharField(max_length=128, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -59,7 +69,12 @@ class Image(models.Model):
     class Meta:
         db_table = "api_image"  # the table it had before the split into apps
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "created_at"], name="api_image_status_13103c_idx")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="api_image_status_13103c_idx"),
+            # Per-version and per-variant figures over a window (guardrails, stats).
+            models.Index(fields=["detector_version", "finished_at"], name="image_version_finished_idx"),
+            models.Index(fields=["rollout", "variant", "finished_at"], name="image_rollout_finished_idx"),
+        ]
         constraints = [
             # Submission is idempotent per client and request_id.
             models.UniqueConstraint(fields=["client", "request_id"], name="image_unique_client_request_id"),
@@ -100,3 +115,39 @@ class Face(models.Model):
 
     def __str__(self) -> str:
         return f"face {self.index} of {self.image_id}"
+
+
+class ShadowStatus(models.TextChoices):
+    QUEUED = "queued"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ShadowRun(models.Model):
+    """The other version of a rollout run on a job's photo, to compare faces. Its result is
+    stored here only: never returned to the client, never called back."""
+
+    job = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="shadow_runs")
+    rollout = models.ForeignKey("rollouts.Rollout", on_delete=models.PROTECT, related_name="shadow_runs")
+    detector_version = models.ForeignKey("registry.DetectorVersion", on_delete=models.PROTECT, related_name="+")
+    # The side this run plays: "candidate" (shadow mode, on baseline jobs) or "baseline" (a sample
+    # of a canary's candidate jobs, to measure agreement).
+    variant = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=ShadowStatus.choices, default=ShadowStatus.QUEUED)
+    faces = models.JSONField(default=list)  # [{"box": {...}, "confidence": ...}], as the job's
+    face_count = models.PositiveIntegerField(null=True, blank=True)
+    detection_ms = models.PositiveIntegerField(null=True, blank=True)
+    detector_cold = models.BooleanField(default=False)
+    error_code = models.CharField(max_length=64, blank=True)
+    # F1 of the candidate's faces against the baseline's on this photo (IoU >= 0.5), 0 to 1.
+    agreement = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["rollout", "finished_at"], name="shadow_rollout_finished_idx")]
+        constraints = [models.UniqueConstraint(fields=["job", "rollout"], name="shadow_one_per_job_and_rollout")]
+
+    def __str__(self) -> str:
+        return f"shadow {self.variant} {self.detector_version_id} of {self.job_id}"

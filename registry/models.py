@@ -19,6 +19,14 @@ class DetectorVersion(models.Model):
     settings_hash = models.CharField(max_length=64)
     code_commit = models.CharField(max_length=64, blank=True)
     notes = models.TextField(blank=True)
+    # Release records, from the version file: the data it was trained or tuned on ({"tag",
+    # "sha256"}), the build id, and the serving image tag.
+    dataset = models.JSONField(default=dict, blank=True)
+    build = models.CharField(max_length=64, blank=True)
+    image = models.CharField(max_length=255, blank=True)
+    # The latest `detector_evaluate` result on a labelled photo set (not part of the immutable
+    # spec: a version can be evaluated again on other data).
+    evaluation = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     retired_at = models.DateTimeField(null=True, blank=True)
 
@@ -53,3 +61,15 @@ class ActiveDetector(models.Model):
 
     def __str__(self) -> str:
         return f"active: {self.version_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A detection worker process and the detector versions it has loaded, reported every few
+    seconds (workers/signals.py). A rollout counts the live ones holding its candidate."""
+
+    worker = models.CharField(max_length=255, unique=True)  # hostname:pid
+    versions = models.JSONField(default=list)  # version ids loaded in this process
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.worker

@@ -6,6 +6,7 @@ version instead). Activation is a pointer in the database, read when a job is ac
 switch applies to new jobs within the next request and never to jobs already accepted.
 """
 
+import datetime as dt
 import importlib.metadata
 import json
 import logging
@@ -21,7 +22,7 @@ from core.errors import DomainError, Unavailable
 from detection.base import DetectorSpec, settings_hash, weight_checksums
 from detection.weights import WeightsMismatch, verify_weights
 
-from .models import ActiveDetector, DetectorVersion
+from .models import ActiveDetector, DetectorVersion, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,15 @@ def _installed(packages: dict[str, str]) -> dict[str, str]:
     return found
 
 
+def _release_dataset(version_id: str, dataset) -> dict[str, str]:
+    """``{"tag", "sha256"}``: the data set's name and a hash of its contents."""
+    if not dataset:
+        return {}
+    if not isinstance(dataset, dict) or set(dataset) - {"tag", "sha256"} or not isinstance(dataset.get("tag"), str):
+        raise RegistryError(f"{version_id}: dataset must be {{\"tag\": ..., \"sha256\": ...}}")
+    return {key: str(value) for key, value in dataset.items()}
+
+
 def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     """Register the version described by a JSON file. Returns (version, created).
 
@@ -81,8 +91,13 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
         "weights": spec["weights"],
         "settings": spec["settings"],
         "settings_hash": settings_hash(spec["settings"]),
-        "notes": spec.get("notes", ""),
+        # Release records (optional): what the version was trained or tuned on, its build, the
+        # image that serves it. Part of what a version is, so immutable like the rest.
+        "dataset": _release_dataset(version_id, spec.get("dataset", {})),
+        "build": str(spec.get("build", "")),
+        "image": str(spec.get("image", "")),
     }
+    notes = spec.get("notes", "")
     existing = DetectorVersion.objects.filter(id=version_id).first()
     if existing is not None:
         changed = [key for key, value in fields.items() if getattr(existing, key) != value]
@@ -90,11 +105,15 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
             raise RegistryError(
                 f"{version_id} is registered with other {', '.join(changed)}: versions are immutable, make a new one"
             )
+        if existing.notes != notes:
+            # Notes are prose for people, not part of what detects: they may be corrected.
+            existing.notes = notes
+            existing.save(update_fields=["notes"])
         return existing, False
     installed = _installed(spec.get("packages", {}))
     if installed != spec.get("packages", {}):
         logger.warning("%s declares packages %s; installed here: %s", version_id, spec.get("packages"), installed)
-    version = DetectorVersion.objects.create(id=version_id, packages=installed, code_commit=_code_commit(), **fields)
+    version = DetectorVersion.objects.create(id=version_id, packages=installed, code_commit=_code_commit(), notes=notes, **fields)
     logger.info("registered %s", version.label)
     return version, True
 
@@ -173,3 +192,28 @@ def detector_bootstrap() -> DetectorVersion | None:
 def detector_version_verify_weights(version: DetectorVersion) -> None:
     """Raise WeightsMismatch unless the weights on disk match the version (for /readyz)."""
     verify_weights(version.implementation, weight_checksums(version.weights))
+
+
+# --- Which workers have which versions loaded --------------------------------------------------
+
+# A detection worker process reports every WORKER_HEARTBEAT_SECONDS; one silent for longer than
+# this is taken for gone (killed, scaled down).
+WORKER_STALE_SECONDS = 30
+
+
+def worker_heartbeat(*, worker: str, versions: list[str]) -> None:
+    """Record that ``worker`` (hostname:pid) is alive with these version ids loaded."""
+    WorkerHeartbeat.objects.update_or_create(worker=worker, defaults={"versions": sorted(versions), "seen_at": timezone.now()})
+
+
+def worker_heartbeat_forget(*, worker: str) -> None:
+    """A worker process that stops says so, rather than being counted until it goes stale."""
+    WorkerHeartbeat.objects.filter(worker=worker).delete()
+
+
+def workers_warm(*, version_id: str, stale_seconds: float = WORKER_STALE_SECONDS) -> dict[str, int]:
+    """How many live detection worker processes there are, and how many have ``version_id``
+    loaded."""
+    since = timezone.now() - dt.timedelta(seconds=stale_seconds)
+    live = list(WorkerHeartbeat.objects.filter(seen_at__gte=since).values_list("versions", flat=True))
+    return {"live": len(live), "loaded": sum(1 for versions in live if version_id in versions)}

@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # api: HTTP; face_detect_api: the wiring), the domain apps below them, core/detection/storage at
 # the bottom. An empty set: the room imports nothing of the project's.
 ALLOWED = {
-    "face_detect_api": {"api", "jobs", "callbacks", "registry", "clients", "storage", "detection", "core", "workers"},
-    "workers": {"jobs", "callbacks", "registry", "storage", "detection", "core"},
-    "api": {"jobs", "callbacks", "registry", "clients", "storage", "core"},
-    "jobs": {"registry", "callbacks", "clients", "storage", "detection", "core"},
+    "face_detect_api": {"api", "jobs", "rollouts", "callbacks", "registry", "clients", "storage", "detection", "core", "workers"},
+    "workers": {"jobs", "rollouts", "callbacks", "registry", "storage", "detection", "core"},
+    "api": {"jobs", "rollouts", "callbacks", "registry", "clients", "storage", "core"},
+    "jobs": {"rollouts", "registry", "callbacks", "clients", "storage", "detection", "core"},
+    # Rollouts route jobs and judge figures handed to them; they never read the jobs tables.
+    "rollouts": {"registry", "callbacks", "detection", "core"},
     "callbacks": {"storage", "core"},
     "registry": {"detection", "core"},
     "clients": {"core"},
@@ -33,7 +35,7 @@ FORBIDDEN_PACKAGES = {
     "detection": {"django", "rest_framework", "celery"},
     "core": {"rest_framework", "celery"},
     # Only api/ knows HTTP serializers and status codes.
-    **{room: {"rest_framework", "drf_spectacular"} for room in ("jobs", "callbacks", "registry", "clients", "storage", "workers")},
+    **{room: {"rest_framework", "drf_spectacular"} for room in ("jobs", "rollouts", "callbacks", "registry", "clients", "storage", "workers")},
 }
 
 
