@@ -7,7 +7,7 @@ root. That file is read first; variables already set in the process environment 
 from pathlib import Path
 
 import environ
-from kombu import Queue
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -202,18 +202,31 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
 CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
 CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
+# Each queue has a direct exchange of its own, named after it, and is bound to it with its own name
+# as the routing key: a message for one queue can never land in the other. (Releases before this
+# bound both queues to one shared exchange, named after the detect queue, with key "detect"; on
+# such a broker run `manage.py broker_migrate` once: docs/operations.md.)
+# Durable queues and exchanges and persistent messages: queued jobs survive a broker restart.
 CELERY_TASK_DEFAULT_QUEUE = CELERY_QUEUE_DETECT
-# Durable queues and persistent messages: queued jobs survive a broker restart.
-CELERY_TASK_QUEUES = (
-    Queue(CELERY_QUEUE_DETECT, durable=True),
-    Queue(CELERY_QUEUE_DELIVER, durable=True),
+CELERY_TASK_DEFAULT_EXCHANGE = CELERY_QUEUE_DETECT
+CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "direct"
+CELERY_TASK_DEFAULT_ROUTING_KEY = CELERY_QUEUE_DETECT
+CELERY_TASK_QUEUES = tuple(
+    Queue(_name, Exchange(_name, type="direct", durable=True), routing_key=_name, durable=True)
+    for _name in (CELERY_QUEUE_DETECT, CELERY_QUEUE_DELIVER)
 )
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
+
+
+def _route(queue: str) -> dict[str, str]:
+    return {"queue": queue, "exchange": queue, "routing_key": queue}
+
+
 CELERY_TASK_ROUTES = {
-    "workers.tasks.detect_faces": {"queue": CELERY_QUEUE_DETECT},
-    "workers.tasks.deliver_result": {"queue": CELERY_QUEUE_DELIVER},
-    "workers.tasks.deliver_callback": {"queue": CELERY_QUEUE_DELIVER},
-    "workers.tasks.sweep": {"queue": CELERY_QUEUE_DELIVER},
+    "workers.tasks.detect_faces": _route(CELERY_QUEUE_DETECT),
+    "workers.tasks.deliver_result": _route(CELERY_QUEUE_DELIVER),
+    "workers.tasks.deliver_callback": _route(CELERY_QUEUE_DELIVER),
+    "workers.tasks.sweep": _route(CELERY_QUEUE_DELIVER),
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-jobs-and-due-callbacks": {"task": "workers.tasks.sweep", "schedule": SWEEP_INTERVAL},
@@ -243,8 +256,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir / "out"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # Exchange tables and the pidbox (Kombu's default: ./control in the working directory).
+        "control_folder": str(_broker_dir / "control"),
     }
-    for _sub in ("out", "processed"):
+    for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
 
 # --- Logging -----------------------------------------------------------------------------------
