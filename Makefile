@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: install up down test bench clean
+.PHONY: install up down test smoke bench clean
 
 install: $(STAMP)
 
@@ -20,16 +20,22 @@ $(STAMP):
 	touch $(STAMP)
 
 ## Run the API (127.0.0.1:8000), a worker and the bundled S3 server until Ctrl-C.
+## Refuses (and touches nothing) while another `make up` runs from this checkout.
 up: install
 	$(PY) -m devstack up
 
 ## Stop what `make up` started.
 down:
-	@test -x $(PY) && $(PY) -m devstack down || echo "nothing to stop"
+	@if test -x $(PY); then $(PY) -m devstack down; else echo "nothing to stop"; fi
 
 ## Run the whole test suite. With CI=true, a missing service fails the run instead of skipping.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## `make up` with PostgreSQL, RabbitMQ and Redis absent (embedded stand-ins, a temporary var dir,
+## free ports), one photo end to end; the stack is stopped after. About a minute.
+smoke: install
+	$(PY) -m devstack.smoke
 
 ## Print throughput and latency figures of the detector (see docs/benchmarks.md).
 bench: install
