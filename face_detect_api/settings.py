@@ -179,6 +179,16 @@ JOB_UNPUBLISHED_GRACE = env.float("JOB_UNPUBLISHED_GRACE", default=30.0)
 JOB_QUEUED_TIMEOUT = env.float("JOB_QUEUED_TIMEOUT", default=3600.0)
 JOB_MAX_ENQUEUES = env.int("JOB_MAX_ENQUEUES", default=3)
 
+# --- Rollouts ----------------------------------------------------------------------------------
+# How often Celery beat evaluates the live rollout's guardrails and stages (seconds).
+ROLLOUT_EVALUATE_INTERVAL = env.float("ROLLOUT_EVALUATE_INTERVAL", default=15.0)
+# Where an automatic rollback is announced: a POST signed like the callbacks (empty: none). An
+# operator's own URL, so the callbacks' public-address rule does not apply to it.
+ROLLOUT_ALERT_URL = env("ROLLOUT_ALERT_URL", default="")
+# How often each detection worker process loads the live rollout's versions and reports which it
+# holds (the rollout's "workers warm", blue-green's switch).
+WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=5.0)
+
 # --- Callbacks ---------------------------------------------------------------------------------
 CALLBACK_CONNECT_TIMEOUT = env.float("CALLBACK_CONNECT_TIMEOUT", default=3.0)
 CALLBACK_READ_TIMEOUT = env.float("CALLBACK_READ_TIMEOUT", default=10.0)
@@ -227,9 +237,14 @@ CELERY_TASK_ROUTES = {
     "workers.tasks.deliver_result": _route(CELERY_QUEUE_DELIVER),
     "workers.tasks.deliver_callback": _route(CELERY_QUEUE_DELIVER),
     "workers.tasks.sweep": _route(CELERY_QUEUE_DELIVER),
+    # A shadow run needs a detector: detection workers run it, after the client's own jobs.
+    "workers.tasks.shadow_detect": _route(CELERY_QUEUE_DETECT),
+    "workers.tasks.evaluate_rollouts": _route(CELERY_QUEUE_DELIVER),
+    "workers.tasks.send_rollout_alert": _route(CELERY_QUEUE_DELIVER),
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-jobs-and-due-callbacks": {"task": "workers.tasks.sweep", "schedule": SWEEP_INTERVAL},
+    "evaluate-rollout-guardrails": {"task": "workers.tasks.evaluate_rollouts", "schedule": ROLLOUT_EVALUATE_INTERVAL},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"

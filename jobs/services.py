@@ -413,3 +413,16 @@ def image_jobs_sweep() -> dict[str, int]:
     if any(counts.values()):
         logger.warning("sweeper: %s", counts)
     return counts
+
+
+# --- Shadow runs (rollouts) ------------------------------------------------------------------------
+
+
+def shadow_run_detect(*, shadow_run_id: int) -> None:
+    """Not implemented yet in this commit: see the rollouts work in progress."""
+    raise NotImplementedError
+
+
+def shadow_run_fail(*, shadow_run_id: int, code: str) -> None:
+    """Not implemented yet in this commit: see the rollouts work in progress."""
+    raise NotImplementedError

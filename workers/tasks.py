@@ -14,7 +14,10 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from callbacks import services as delivery
-from jobs import services
+from jobs import services, stats
+from registry import services as registry
+from rollouts import alerts, guardrails
+from rollouts import services as rollouts
 from storage.s3 import ObjectNotFound, StorageError
 
 logger = logging.getLogger(__name__)
@@ -94,3 +97,39 @@ def sweep() -> dict:
     for delivery_id in due:
         deliver_callback.delay(delivery_id)
     return {**counts, "deliveries": len(due)}
+
+
+@shared_task(bind=True, max_retries=None)
+def shadow_detect(self, shadow_run_id: int) -> None:
+    """Run the other version of a rollout on a job's photo (a shadow run): stored, compared,
+    never returned or called back. Transient errors retry; anything else fails the run only."""
+    try:
+        services.shadow_run_detect(shadow_run_id=shadow_run_id)
+    except TRANSIENT_ERRORS as exc:
+        if self.request.retries < settings.JOB_MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+        services.shadow_run_fail(shadow_run_id=shadow_run_id, code="dependency_unavailable")
+    except SoftTimeLimitExceeded:
+        services.shadow_run_fail(shadow_run_id=shadow_run_id, code="timeout")
+    except Exception:
+        logger.exception("shadow run %s crashed", shadow_run_id)
+        services.shadow_run_fail(shadow_run_id=shadow_run_id, code="internal_error")
+
+
+@shared_task
+def evaluate_rollouts() -> dict | None:
+    """Periodic (Celery beat): judge the live rollout's guardrails on its window, roll it back on
+    a breach, advance its stages, switch a blue-green one once every worker is warm."""
+    rollout = rollouts.rollout_live()
+    if rollout is None:
+        return None
+    window = rollout.guardrails.get("window_seconds", rollouts.DEFAULT_GUARDRAILS["window_seconds"])
+    figures = stats.rollout_figures(rollout=rollout, window_seconds=window)
+    warm = registry.workers_warm(version_id=rollout.candidate_id)
+    return guardrails.rollout_evaluate(rollout_id=rollout.id, figures=figures, warm=warm)
+
+
+@shared_task
+def send_rollout_alert(event_id: int) -> None:
+    """POST a rollout event (an automatic rollback) to ROLLOUT_ALERT_URL, signed."""
+    alerts.rollout_alert_send(event_id=event_id)

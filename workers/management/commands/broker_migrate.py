@@ -43,7 +43,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the broker")
 
     def handle(self, *args, wait: float, **options):
-        from face_detect_api.celery import app
+        from celery import current_app as app
 
         queues = list(app.amqp.queues.values())
         with app.connection_for_write() as conn:
