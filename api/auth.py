@@ -1,9 +1,10 @@
-"""DRF authentication and throttling with API keys (the keys themselves: clients/services.py)."""
+"""DRF authentication, permissions and throttling with API keys (the keys themselves:
+clients/services.py)."""
 
 import logging
 
 from django.conf import settings
-from rest_framework import authentication, exceptions, throttling
+from rest_framework import authentication, exceptions, permissions, throttling
 
 from clients.services import api_key_check, api_key_touch
 
@@ -36,6 +37,18 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate_header(self, request) -> str:
         # Makes DRF answer 401 (not 403) with WWW-Authenticate when no key is given.
         return self.keyword
+
+
+class IsOperator(permissions.BasePermission):
+    """Only an operator's key (create_api_key NAME --operator) may manage rollouts: 403
+    ``forbidden`` for a client's key. Put it after IsAuthenticated, so that a request with no
+    key still gets 401."""
+
+    message = "This route needs an operator's API key (create_api_key NAME --operator)."
+    code = "forbidden"
+
+    def has_permission(self, request, view) -> bool:
+        return bool(getattr(request.user, "is_authenticated", False) and getattr(request.user, "is_operator", False))
 
 
 class ApiKeyRateThrottle(throttling.SimpleRateThrottle):

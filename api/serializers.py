@@ -9,6 +9,7 @@ from callbacks.models import DeliveryStatus
 from callbacks.urlpolicy import UrlRefused, check_callback_url
 from jobs.models import JobStatus
 from jobs.representation import iso
+from rollouts.models import Variant
 
 CALLBACK_URL_MAX_LENGTH = 2048
 
@@ -41,6 +42,11 @@ class ImageSubmitSerializer(serializers.Serializer):
     model_version = serializers.CharField(
         max_length=64, required=False, allow_blank=True, help_text="A detector version id (see /api/v1/models/); default: the active one."
     )
+    cohort = request_id_field(
+        required=False,
+        help_text="Who the photo is for (a user, device or camera id): during a rollout, jobs of one cohort always get "
+        "the same model version. Default: your API client. Not used when model_version is given.",
+    )
 
     def validate_callback_url(self, value: str) -> str:
         if not value:
@@ -67,6 +73,12 @@ def detector_version_representation(version, *, active_id: str | None) -> dict[s
         "settings_hash": version.settings_hash,
         "code_commit": version.code_commit or None,
         "notes": version.notes,
+        # Release records: what it was trained or tuned on, its build, the image that serves it
+        # (null when the version file names none), and its latest stored evaluation.
+        "dataset": version.dataset or None,
+        "build": version.build or None,
+        "image": version.image or None,
+        "evaluation": version.evaluation,
         "created_at": iso(version.created_at),
     }
 
@@ -127,6 +139,11 @@ class CallbackStateSerializer(serializers.Serializer):
     next_attempt_at = serializers.DateTimeField(allow_null=True)
 
 
+class JobRolloutSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    variant = serializers.ChoiceField(Variant.values)
+
+
 class ImageSubmittedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     request_id = serializers.CharField()
@@ -141,6 +158,9 @@ class ImageSerializer(ImageSubmittedSerializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     model_version = serializers.CharField(allow_null=True)
+    rollout = JobRolloutSerializer(
+        allow_null=True, help_text="The rollout that chose this job's model version, and the side it got; null outside a rollout."
+    )
     width = serializers.IntegerField(allow_null=True)
     height = serializers.IntegerField(allow_null=True)
     face_count = serializers.IntegerField(allow_null=True)
@@ -173,6 +193,11 @@ class WeightFileSerializer(serializers.Serializer):
     sha256 = serializers.CharField()
 
 
+class DatasetSerializer(serializers.Serializer):
+    tag = serializers.CharField()
+    sha256 = serializers.CharField(required=False)
+
+
 class DetectorVersionSerializer(serializers.Serializer):
     id = serializers.CharField(help_text="name@version")
     name = serializers.CharField()
@@ -187,6 +212,12 @@ class DetectorVersionSerializer(serializers.Serializer):
     settings_hash = serializers.CharField()
     code_commit = serializers.CharField(allow_null=True)
     notes = serializers.CharField()
+    dataset = DatasetSerializer(allow_null=True, help_text="The data set it was trained or tuned on; null when not recorded.")
+    build = serializers.CharField(allow_null=True, help_text="The build id; null when not recorded.")
+    image = serializers.CharField(allow_null=True, help_text="The serving image's tag; null when not recorded.")
+    evaluation = serializers.DictField(
+        allow_null=True, help_text="The latest `detector_evaluate` result on a labelled photo set (e.g. f1); null until evaluated."
+    )
     created_at = serializers.DateTimeField()
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import rollouts, views
 
 urlpatterns = [
     path("models/", views.ModelCollectionView.as_view(), name="model-collection"),
@@ -9,4 +9,13 @@ urlpatterns = [
     path("images/<str:image_id>/", views.ImageDetailView.as_view(), name="image-detail"),
     path("images/<str:image_id>/redeliver/", views.ImageRedeliverView.as_view(), name="image-redeliver"),
     path("images/<str:image_id>/annotated/", views.ImageAnnotatedView.as_view(), name="image-annotated"),
+    # Operators only (api.auth.IsOperator).
+    path("rollouts/", rollouts.RolloutCollectionView.as_view(), name="rollout-collection"),
+    path("rollouts/<str:rollout_id>/", rollouts.RolloutDetailView.as_view(), name="rollout-detail"),
+    path("rollouts/<str:rollout_id>/promote/", rollouts.RolloutPromoteView.as_view(), name="rollout-promote"),
+    path("rollouts/<str:rollout_id>/rollback/", rollouts.RolloutRollbackView.as_view(), name="rollout-rollback"),
+    path("rollouts/<str:rollout_id>/pause/", rollouts.RolloutPauseView.as_view(), name="rollout-pause"),
+    path("rollouts/<str:rollout_id>/resume/", rollouts.RolloutResumeView.as_view(), name="rollout-resume"),
+    path("rollouts/<str:rollout_id>/advance/", rollouts.RolloutAdvanceView.as_view(), name="rollout-advance"),
+    path("rollouts/<str:rollout_id>/end/", rollouts.RolloutEndView.as_view(), name="rollout-end"),
 ]

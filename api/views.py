@@ -126,6 +126,7 @@ class ImageCollectionView(APIView):
             callback_url=data.get("callback_url", ""),
             filename=upload.name or "",
             model_version=data.get("model_version", ""),
+            cohort=data.get("cohort", ""),
         )
         body = image_submitted_representation(image)
         # A repeated submission (same request_id and photo) gets the existing job, as 200.

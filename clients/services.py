@@ -22,16 +22,23 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_key_create(*, client_name: str) -> tuple[ApiKey, str]:
+def api_key_create(*, client_name: str, operator: bool = False) -> tuple[ApiKey, str]:
     """A new key for the named client (made if missing). Returns the row and the key, which is
-    shown this once and never stored."""
+    shown this once and never stored. ``operator`` makes the client an operator (its keys may
+    manage rollouts); without it an existing operator stays one (a new key never demotes)."""
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     with transaction.atomic():
         client, _ = ApiClient.objects.get_or_create(name=client_name)
+        changed = []
         if not client.is_active:
             client.is_active = True
-            client.save(update_fields=["is_active"])
+            changed.append("is_active")
+        if operator and not client.is_operator:
+            client.is_operator = True
+            changed.append("is_operator")
+        if changed:
+            client.save(update_fields=changed)
         row = ApiKey.objects.create(client=client, prefix=prefix, key_hash=_hash(key))
     return row, key
 

@@ -45,13 +45,19 @@ load_count = 0
 
 def get_detector(spec: DetectorSpec, *, device: str = "cpu") -> Detector:
     """The loaded detector for ``spec`` on ``device``, loading it on first use here."""
+    return acquire(spec, device=device)[0]
+
+
+def acquire(spec: DetectorSpec, *, device: str = "cpu") -> tuple[Detector, bool]:
+    """(detector, loaded): as get_detector, and whether this very call loaded it (a cold start).
+    Told by the call itself, not by a counter another thread (the pre-warm) may move meanwhile."""
     global load_count
     key = (spec.label, device)
     with _lock:
         detector = _cache.get(key)
         if detector is not None:
             _cache.move_to_end(key)
-            return detector
+            return detector, False
         try:
             factory = IMPLEMENTATIONS[spec.implementation]
         except KeyError:
@@ -62,7 +68,7 @@ def get_detector(spec: DetectorSpec, *, device: str = "cpu") -> Detector:
         while len(_cache) > CACHE_SIZE:
             evicted, _ = _cache.popitem(last=False)
             logger.info("evicted detector %s from the cache", evicted[0])
-        return detector
+        return detector, True
 
 
 def clear_cache() -> None:

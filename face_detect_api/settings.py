@@ -132,6 +132,8 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": ["queued", "processing", "completed", "failed"],
         "CallbackStatusEnum": ["none", "pending", "delivered", "failed"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
+        "RolloutStatusEnum": "rollouts.models.RolloutStatus",
+        "RolloutModeEnum": "rollouts.models.RolloutMode",
     },
 }
 
@@ -244,7 +246,13 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-jobs-and-due-callbacks": {"task": "workers.tasks.sweep", "schedule": SWEEP_INTERVAL},
-    "evaluate-rollout-guardrails": {"task": "workers.tasks.evaluate_rollouts", "schedule": ROLLOUT_EVALUATE_INTERVAL},
+    # Expires: evaluations that piled up while no deliverer ran would judge the same window
+    # back to back and could reach consecutive_breaches in seconds.
+    "evaluate-rollout-guardrails": {
+        "task": "workers.tasks.evaluate_rollouts",
+        "schedule": ROLLOUT_EVALUATE_INTERVAL,
+        "options": {"expires": ROLLOUT_EVALUATE_INTERVAL},
+    },
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"

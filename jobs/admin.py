@@ -12,13 +12,20 @@ from core.admin import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import DomainError
 from storage import s3 as storage
 
-from .models import Face, Image
+from .models import Face, Image, ShadowRun
 from .services import image_job_redeliver
 
 
 class FaceInline(ReadOnlyInline):
     model = Face
     fields = ("index", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks", "detector_version")
+
+
+class ShadowRunInline(ReadOnlyInline):
+    """The other version of a rollout run on this job's photo: never shown to the client."""
+
+    model = ShadowRun
+    fields = ("variant", "detector_version", "status", "face_count", "agreement", "detection_ms", "detector_cold", "error_code", "created_at", "finished_at")
 
 
 class DeliveryInline(ReadOnlyInline):
@@ -29,11 +36,11 @@ class DeliveryInline(ReadOnlyInline):
 
 @admin.register(Image)
 class ImageAdmin(ReadOnlyAdmin):
-    list_display = ("request_id", "client", "status", "face_count", "model_version", "callback", "created_at", "finished_at")
-    list_filter = ("status", "model_version", "deliveries__status", "client")
-    search_fields = ("request_id", "=id")
+    list_display = ("request_id", "client", "status", "face_count", "model_version", "variant", "callback", "created_at", "finished_at")
+    list_filter = ("status", "model_version", "variant", "rollout", "deliveries__status", "client")
+    search_fields = ("request_id", "=id", "cohort")
     date_hierarchy = "created_at"
-    inlines = [FaceInline, DeliveryInline]
+    inlines = [FaceInline, ShadowRunInline, DeliveryInline]
     actions = ["redeliver_callback"]
     readonly_fields = (
         "id",
@@ -44,7 +51,8 @@ class ImageAdmin(ReadOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("id", "client", "request_id", "status", "error_code", "error_message", "attempts")}),
         ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
-        ("Result", {"fields": ("detector_version", "model_version", "width", "height", "face_count")}),
+        ("Result", {"fields": ("detector_version", "model_version", "width", "height", "face_count", "detection_ms", "detector_cold")}),
+        ("Rollout", {"fields": ("rollout", "variant", "cohort")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
         ("Callback", {"fields": ("callback_url",)}),
         ("Queueing", {"fields": ("enqueued_at", "enqueue_count")}),

@@ -20,11 +20,7 @@ def _url(path: str) -> str:
 def image_representation(image: Image) -> dict[str, Any]:
     """The job as clients see it, in GET responses and in the callback body alike."""
     faces = [
-        {
-            "box": {"x": f.box_x, "y": f.box_y, "width": f.box_width, "height": f.box_height},
-            "confidence": f.confidence,
-            "landmarks": f.landmarks,
-        }
+        face_representation(x=f.box_x, y=f.box_y, width=f.box_width, height=f.box_height, confidence=f.confidence, landmarks=f.landmarks)
         for f in image.faces.all()
     ]
     return {
@@ -32,6 +28,8 @@ def image_representation(image: Image) -> dict[str, Any]:
         "started_at": iso(image.started_at),
         "finished_at": iso(image.finished_at),
         "model_version": image.model_version or None,
+        # The rollout that routed the job and the side it got (null: none, or model_version asked for).
+        "rollout": {"id": str(image.rollout_id), "variant": image.variant} if image.rollout_id else None,
         "width": image.width,
         "height": image.height,
         "face_count": image.face_count,
@@ -40,6 +38,12 @@ def image_representation(image: Image) -> dict[str, Any]:
         "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
         "callback": callback_representation(image),
     }
+
+
+def face_representation(*, x: int, y: int, width: int, height: int, confidence: float, landmarks: dict) -> dict[str, Any]:
+    """One face as clients see it; shadow runs store their faces in this same shape, so they
+    compare with the job's (detection.compare.boxes_of reads it)."""
+    return {"box": {"x": x, "y": y, "width": width, "height": height}, "confidence": confidence, "landmarks": landmarks}
 
 
 def image_submitted_representation(image: Image) -> dict[str, Any]:

@@ -22,15 +22,18 @@ from callbacks.models import CallbackDelivery
 from callbacks.services import callback_delivery_create, callback_delivery_enqueue
 from clients.models import ApiClient
 from core.errors import Conflict, DomainError, TooLarge, Unavailable, UnsupportedFormat
-from detection import DetectorUnavailable, UnknownDetector, get_detector
+from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.annotate import annotate_jpeg
+from detection.compare import Box, agreement, boxes_of
 from detection.weights import WeightsMismatch
 from registry.services import detector_spec, detector_version_for_job
+from rollouts.models import Variant
+from rollouts.services import rollout_route, shadow_sampled, shadow_variant
 from storage import s3 as storage
 
 from .imaging import ImageRejected, image_decode_rgb, image_probe
-from .models import TERMINAL_STATUSES, Face, Image, JobStatus
-from .representation import image_representation
+from .models import TERMINAL_STATUSES, Face, Image, JobStatus, ShadowRun, ShadowStatus
+from .representation import face_representation, image_representation
 from .selectors import JOB_PREFETCH
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 # The Celery tasks (workers/tasks.py) that run a job, by name: services never import task modules.
 DETECT_TASK = "workers.tasks.detect_faces"
 DELIVER_RESULT_TASK = "workers.tasks.deliver_result"
+SHADOW_DETECT_TASK = "workers.tasks.shadow_detect"
 
 # A job whose detection was started this many times (redelivered after worker crashes or hard
 # time limits) is failed instead of being tried again: one poisonous photo must not loop forever.
@@ -61,17 +65,25 @@ def image_job_create(
     callback_url: str = "",
     filename: str = "",
     model_version: str = "",
+    cohort: str = "",
 ) -> tuple[Image, bool]:
     """Accept an upload: check the image, store it, record a queued job, and enqueue detection
     once the row is committed. Returns (job, created).
 
-    Submission is idempotent per client and request_id: the same photo and callback_url again return the
-    existing job (created False); a different photo or callback_url under a used request_id is
+    Submission is idempotent per client and request_id: the same photo, callback_url and cohort
+    again return the existing job (created False); a different one under a used request_id is
     a 409. Raises a DomainError (field "image") for an unacceptable file. A refused request leaves no
     row and no object behind. ``model_version`` (a version id) pins the detector; by default the
-    active one is pinned.
+    live rollout routes the job by ``cohort`` (else by its client) to the baseline or the
+    candidate, and outside a rollout the active version is pinned.
     """
-    version = detector_version_for_job(requested=model_version or None)
+    route = None
+    if model_version:
+        # Asked for by name: no rollout decides, and the job counts in no rollout's figures.
+        version = detector_version_for_job(requested=model_version)
+    else:
+        route = rollout_route(client_id=client.id, cohort=cohort)
+        version = route.version if route is not None else detector_version_for_job(requested=None)
     if size > settings.MAX_UPLOAD_BYTES:
         raise TooLarge(
             "file_too_large",
@@ -86,7 +98,7 @@ def image_job_create(
 
     existing = Image.objects.filter(client=client, request_id=request_id).first()
     if existing is not None:
-        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version), False
+        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort), False
 
     image_id = uuid.uuid4()
     key = _object_key("originals", image_id, info.extension)
@@ -113,14 +125,19 @@ def image_job_create(
                 model_version=version.label,
                 width=info.width,
                 height=info.height,
+                rollout=route.rollout if route else None,
+                variant=route.variant if route else "",
+                cohort=cohort,
             )
+            if route is not None:
+                _shadow_run_create(image, route.rollout, served=route.variant)
             # The worker must never see an id whose row is not committed.
             transaction.on_commit(lambda: image_job_enqueue(image_id=image_id))
     except IntegrityError:
         # The same request_id raced in from a concurrent request and won.
         _delete_quietly(key)
         existing = Image.objects.get(client=client, request_id=request_id)
-        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version), False
+        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort), False
     except Exception:
         # No row, so no object either.
         _delete_quietly(key)
@@ -128,15 +145,25 @@ def image_job_create(
     return image, True
 
 
-def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str) -> Image:
+def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str) -> Image:
     other_version = bool(model_version) and model_version != existing.detector_version_id
-    if existing.original_sha256 != sha256 or existing.callback_url != callback_url or other_version:
+    if existing.original_sha256 != sha256 or existing.callback_url != callback_url or other_version or existing.cohort != cohort:
         raise Conflict(
             "request_id_conflict",
-            "This request_id was already used for a different image, callback_url or model_version.",
+            "This request_id was already used for a different image, callback_url, model_version or cohort.",
             field="request_id",
         )
     return existing
+
+
+def _shadow_run_create(image: Image, rollout, *, served: str) -> ShadowRun | None:
+    """The job's shadow run, when the rollout copies jobs served by ``served`` and samples this
+    one: made with the job (same transaction), published once the job is over."""
+    side = shadow_variant(rollout, served)
+    if side is None or not shadow_sampled(rollout, image.id):
+        return None
+    version_id = rollout.candidate_id if side == Variant.CANDIDATE else rollout.baseline_id
+    return ShadowRun.objects.create(job=image, rollout=rollout, detector_version_id=version_id, variant=side)
 
 
 def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
@@ -219,11 +246,19 @@ def _processing_is_stale(image: Image) -> bool:
 
 
 def image_job_complete(
-    *, image_id: uuid.UUID, faces: Sequence[FaceData], model_version: str, width: int, height: int
+    *,
+    image_id: uuid.UUID,
+    faces: Sequence[FaceData],
+    model_version: str,
+    width: int,
+    height: int,
+    detection_ms: int | None = None,
+    detector_cold: bool = False,
 ) -> bool:
     """Record the faces of a processing job (each marked with the job's detector version),
-    replacing any from an earlier attempt, and mark it completed. Returns False (and changes
-    nothing) if the job is not processing."""
+    replacing any from an earlier attempt, and mark it completed, with how long the detector
+    took and whether it was loaded for this job. Returns False (and changes nothing) if the job
+    is not processing."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         if image.status != JobStatus.PROCESSING:
@@ -248,6 +283,7 @@ def image_job_complete(
         image.model_version = model_version
         image.width, image.height = width, height
         image.face_count = len(faces)
+        image.detection_ms, image.detector_cold = detection_ms, detector_cold
         image.error_code = image.error_message = ""
         image.finished_at = timezone.now()
         image.save()
@@ -271,6 +307,27 @@ def image_job_fail(*, image_id: uuid.UUID, code: str, message: str) -> bool:
             return False
         _fail(image, code, message)
         return True
+
+
+def _detector_for(version) -> tuple:
+    """(detector, cold): the version's loaded detector, and whether it was loaded just now for
+    this run (a cold start, which latency figures leave out). Raises WeightsMismatch,
+    UnknownDetector or DetectorUnavailable."""
+    return engines.acquire(detector_spec(version), device=settings.DETECTOR_DEVICE)
+
+
+def _detector_failure(exc: Exception) -> tuple[str, str]:
+    """The error code and message of a detector that could not be had."""
+    if isinstance(exc, WeightsMismatch):
+        return "model_weights_mismatch", str(exc)
+    return "detector_unavailable", f"{type(exc).__name__}: {exc}"
+
+
+def _detect_timed(detector, rgb) -> tuple[list, int]:
+    """The detections and how long the detector took, in whole milliseconds."""
+    started = time.monotonic()
+    detections = detector.detect(rgb)
+    return detections, int(round((time.monotonic() - started) * 1000))
 
 
 def faces_from_detections(detections: Sequence, *, width: int, height: int) -> list[FaceData]:
@@ -310,28 +367,21 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         image_job_fail(image_id=image_id, code=exc.code, message=exc.message)
         return
     try:
-        detector = get_detector(detector_spec(image.detector_version), device=settings.DETECTOR_DEVICE)
-    except WeightsMismatch as exc:
-        image_job_fail(image_id=image_id, code="model_weights_mismatch", message=str(exc))
+        detector, cold = _detector_for(image.detector_version)
+    except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
+        code, message = _detector_failure(exc)
+        image_job_fail(image_id=image_id, code=code, message=message)
         return
-    except (UnknownDetector, DetectorUnavailable) as exc:
-        image_job_fail(image_id=image_id, code="detector_unavailable", message=f"{type(exc).__name__}: {exc}")
-        return
-    started = time.monotonic()
-    detections = detector.detect(rgb)
-    logger.info(
-        "job %s: %d faces with %s in %.0f ms",
-        image_id,
-        len(detections),
-        detector.model_version,
-        (time.monotonic() - started) * 1000,
-    )
+    detections, elapsed_ms = _detect_timed(detector, rgb)
+    logger.info("job %s: %d faces with %s in %d ms%s", image_id, len(detections), detector.model_version, elapsed_ms, " (cold)" if cold else "")
     image_job_complete(
         image_id=image_id,
         faces=faces_from_detections(detections, width=rgb.width, height=rgb.height),
         model_version=detector.model_version,
         width=rgb.width,
         height=rgb.height,
+        detection_ms=elapsed_ms,
+        detector_cold=cold,
     )
 
 
@@ -408,6 +458,8 @@ def image_jobs_sweep() -> dict[str, int]:
         if enqueue_count >= settings.JOB_MAX_ENQUEUES:
             if image_job_fail(image_id=image_id, code="stuck", message=f"Published {enqueue_count} times without finishing."):
                 counts["failed"] += 1
+                # Its detection task will not run again to publish them.
+                image_job_shadows_enqueue(image_id=image_id)
         elif image_job_enqueue(image_id=image_id):
             counts["republished"] += 1
     if any(counts.values()):
@@ -418,11 +470,100 @@ def image_jobs_sweep() -> dict[str, int]:
 # --- Shadow runs (rollouts) ------------------------------------------------------------------------
 
 
+def image_job_shadows_enqueue(*, image_id: uuid.UUID) -> int:
+    """Publish the queued shadow runs of a job whose own detection is over (completed or
+    failed), so that the client's job always goes first. Returns how many were published.
+
+    Called by the detection task after every attempt, a redelivered one too (so a worker that
+    died between finishing the job and publishing loses nothing); a run published twice is
+    detected once (shadow_run_detect checks its state). Never raises: a shadow run must not
+    hold up the job's callback, which is chained after detection.
+    """
+    try:
+        if not Image.objects.filter(id=image_id, status__in=TERMINAL_STATUSES).exists():
+            return 0
+        run_ids = list(ShadowRun.objects.filter(job_id=image_id, status=ShadowStatus.QUEUED).values_list("id", flat=True))
+        for run_id in run_ids:
+            # By name, after commit: the worker must never see a run whose row it cannot read.
+            transaction.on_commit(lambda run_id=run_id: signature(SHADOW_DETECT_TASK, args=(run_id,)).apply_async(), robust=True)
+    except Exception:
+        logger.exception("could not publish the shadow runs of job %s", image_id)
+        return 0
+    return len(run_ids)
+
+
 def shadow_run_detect(*, shadow_run_id: int) -> None:
-    """Not implemented yet in this commit: see the rollouts work in progress."""
-    raise NotImplementedError
+    """Run a shadow run's version on its job's photo and store the faces, in the shape the API
+    shows faces, with the detection time and the agreement with the job's own faces (null when
+    the job failed: there is nothing to compare with). Nothing reaches the client.
+
+    Does nothing unless the run is queued. Permanent problems fail the run; transient ones
+    (storage, database) propagate for the task to retry.
+    """
+    run = ShadowRun.objects.select_related("job", "detector_version").filter(id=shadow_run_id).first()
+    if run is None or run.status != ShadowStatus.QUEUED:
+        logger.info("shadow run %s is not queued; skipping", shadow_run_id)
+        return
+    if run.job.error_code == "too_many_attempts":
+        # Workers died on this photo again and again: another run would only kill one more (and
+        # a redelivered shadow message has no attempt limit of its own).
+        shadow_run_fail(shadow_run_id=shadow_run_id, code="too_many_attempts")
+        return
+    try:
+        data = storage.storage_get(key=run.job.original_key)
+    except storage.ObjectNotFound:
+        shadow_run_fail(shadow_run_id=shadow_run_id, code="original_missing")
+        return
+    try:
+        rgb = image_decode_rgb(data)
+    except ImageRejected as exc:
+        shadow_run_fail(shadow_run_id=shadow_run_id, code=exc.code)
+        return
+    try:
+        detector, cold = _detector_for(run.detector_version)
+    except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
+        code, message = _detector_failure(exc)
+        logger.warning("shadow run %s: %s", shadow_run_id, message)
+        shadow_run_fail(shadow_run_id=shadow_run_id, code=code)
+        return
+    detections, elapsed_ms = _detect_timed(detector, rgb)
+    faces = [
+        face_representation(x=f.x, y=f.y, width=f.width, height=f.height, confidence=f.confidence, landmarks=f.landmarks)
+        for f in faces_from_detections(detections, width=rgb.width, height=rgb.height)
+    ]
+    with transaction.atomic():
+        run = ShadowRun.objects.select_for_update().get(id=shadow_run_id)
+        if run.status != ShadowStatus.QUEUED:  # another copy of the message finished first
+            return
+        job = Image.objects.get(id=run.job_id)
+        score = None
+        if job.status == JobStatus.COMPLETED:
+            job_boxes: list[Box] = [(f.box_x, f.box_y, f.box_width, f.box_height) for f in job.faces.all()]
+            own_boxes = boxes_of(faces)
+            # The candidate's faces against the baseline's, whichever side this run plays.
+            candidate, baseline = (own_boxes, job_boxes) if run.variant == Variant.CANDIDATE else (job_boxes, own_boxes)
+            score = agreement(candidate, baseline)
+        run.status = ShadowStatus.COMPLETED
+        run.faces = faces
+        run.face_count = len(faces)
+        run.detection_ms, run.detector_cold = elapsed_ms, cold
+        run.agreement = score
+        run.error_code = ""
+        run.finished_at = timezone.now()
+        run.save()
+    logger.info("shadow run %s (%s %s) of job %s: %d faces in %d ms, agreement %s", run.id, run.variant, run.detector_version_id, run.job_id, len(faces), elapsed_ms, score)
 
 
-def shadow_run_fail(*, shadow_run_id: int, code: str) -> None:
-    """Not implemented yet in this commit: see the rollouts work in progress."""
-    raise NotImplementedError
+def shadow_run_fail(*, shadow_run_id: int, code: str) -> bool:
+    """Mark a queued shadow run failed (the job itself is untouched). Returns False if the run
+    is gone or was already finished."""
+    with transaction.atomic():
+        run = ShadowRun.objects.select_for_update().filter(id=shadow_run_id).first()
+        if run is None or run.status != ShadowStatus.QUEUED:
+            return False
+        run.status = ShadowStatus.FAILED
+        run.error_code = code[:64]
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "error_code", "finished_at"])
+    logger.warning("shadow run %s failed: %s", shadow_run_id, code)
+    return True

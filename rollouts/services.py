@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from core.errors import Conflict, DomainError, NotFound
 from registry.models import DetectorVersion
-from registry.services import detector_version_activate, detector_version_active
+from registry.services import RegistryError, detector_version_activate, detector_version_active
 
 from .models import LIVE_STATUSES, Rollout, RolloutEvent, RolloutMode, RolloutStatus, Variant
 
@@ -71,6 +71,11 @@ class Route:
 def rollout_live() -> Rollout | None:
     """The running or paused rollout, if there is one."""
     return Rollout.objects.select_related("baseline", "candidate").filter(status__in=LIVE_STATUSES).first()
+
+
+def rollout_list():
+    """Every rollout, newest first (a queryset, for paging)."""
+    return Rollout.objects.select_related("baseline", "candidate").order_by("-created_at", "-id")
 
 
 def rollout_get(*, rollout_id) -> Rollout:
@@ -197,7 +202,10 @@ def validate_guardrails(guardrails: Any) -> dict[str, float]:
 def _candidate(candidate_id: Any) -> DetectorVersion:
     if not isinstance(candidate_id, str) or not candidate_id:
         raise _invalid("candidate", "candidate must be a detector version id (see /api/v1/models/).", code="required")
-    version = DetectorVersion.objects.filter(id=candidate_id).first()
+    id_length = DetectorVersion._meta.get_field("id").max_length
+    # Looked up only when it could be an id: PostgreSQL refuses a NUL in a query parameter
+    # (a server error, not an unknown version).
+    version = None if len(candidate_id) > id_length or "\x00" in candidate_id else DetectorVersion.objects.filter(id=candidate_id).first()
     if version is None:
         raise _invalid("candidate", f"No model version {candidate_id!r}; see /api/v1/models/.", code="unknown_model_version")
     if version.retired_at:
@@ -271,8 +279,14 @@ def rollout_start(
         shadow_sample = 1.0 if mode == RolloutMode.SHADOW else 0.0
     if not _number(shadow_sample) or not 0 <= shadow_sample <= 1:
         raise _invalid("shadow_sample", "shadow_sample must be a number from 0 to 1 (the share of jobs copied).")
+    if mode == RolloutMode.SHADOW and not shadow_sample:
+        # With no copies the candidate never runs: a shadow rollout that measures nothing.
+        raise _invalid("shadow_sample", "A shadow rollout needs shadow_sample above 0 (the share of jobs the candidate also runs).")
     if "agreement_min" in clean_guardrails and mode in (RolloutMode.CANARY, RolloutMode.AB) and not shadow_sample:
         raise _invalid("shadow_sample", "agreement_min needs shadow runs: set shadow_sample above 0.")
+    if "agreement_min" in clean_guardrails and mode == RolloutMode.BLUE_GREEN:
+        # Blue-green makes no shadow runs (shadow_variant), so the guardrail could never judge.
+        raise _invalid("guardrails", "agreement_min needs shadow runs, which a blue_green rollout does not make.")
     figures = {}
     if quality_drop_max is not None:
         if not _number(quality_drop_max) or not 0 <= quality_drop_max <= 1:
@@ -304,7 +318,10 @@ def rollout_start(
 
 
 def _locked_live(rollout_id) -> Rollout:
-    rollout = Rollout.objects.select_for_update().select_related("baseline", "candidate").filter(pk=rollout_get(rollout_id=rollout_id).pk).get()
+    # of=("self",): lock the rollout row only, not the versions joined in (activating one locks
+    # its row itself, and registry commands must not wait on a rollout's transaction).
+    pk = rollout_get(rollout_id=rollout_id).pk
+    rollout = Rollout.objects.select_for_update(of=("self",)).select_related("baseline", "candidate").get(pk=pk)
     if not rollout.is_live:
         raise Conflict("rollout_not_live", f"The rollout is {rollout.status}; nothing more can change it.")
     return rollout
@@ -315,7 +332,12 @@ def rollout_promote(*, rollout_id, actor: str, reason: str = "", figures: dict |
     """Make the candidate the active version and end the rollout."""
     rollout = _locked_live(rollout_id)
     before = (rollout.status, rollout.weight)
-    detector_version_activate(version_id=rollout.candidate_id)
+    try:
+        detector_version_activate(version_id=rollout.candidate_id)
+    except RegistryError as exc:  # the candidate was retired during the rollout
+        raise Conflict(
+            "candidate_not_activatable", f"{rollout.candidate_id} was retired during the rollout and cannot be made active; roll back instead."
+        ) from exc
     rollout.status, rollout.weight, rollout.ended_at = RolloutStatus.PROMOTED, 100, timezone.now()
     rollout.save()
     _event(rollout, action="promote", actor=actor, before=before, reason=reason or "promoted", figures=figures)
@@ -329,8 +351,16 @@ def rollout_rollback(*, rollout_id, actor: str, reason: str = "", figures: dict 
     already accepted keep the version they were routed to (never re-run, never dropped)."""
     rollout = _locked_live(rollout_id)
     before = (rollout.status, rollout.weight)
-    if detector_version_active() is None or detector_version_active().id != rollout.baseline_id:
-        detector_version_activate(version_id=rollout.baseline_id)
+    figures = dict(figures or {})
+    active = detector_version_active()
+    if active is None or active.id != rollout.baseline_id:
+        try:
+            detector_version_activate(version_id=rollout.baseline_id)
+        except RegistryError as exc:
+            # A rollback must always stop the routing (it is the safe way out); if the baseline
+            # was retired meanwhile, the active version stays as it is and the event says so.
+            logger.error("rollout %s rolled back but %s cannot be made active again: %s", rollout.id, rollout.baseline_id, exc)
+            figures["baseline_not_reactivated"] = str(exc)
     rollout.status, rollout.weight, rollout.ended_at = RolloutStatus.ROLLED_BACK, 0, timezone.now()
     rollout.save()
     _event(rollout, action="rollback", actor=actor, before=before, reason=reason or "rolled back", figures=figures)

@@ -12,6 +12,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from callbacks import services as delivery
 from jobs import services, stats
@@ -53,6 +54,8 @@ def detect_faces(self, image_id: str) -> str:
     except Exception as exc:
         logger.exception("job %s: detection crashed", image_id)
         services.image_job_fail(image_id=job_id, code="internal_error", message=f"{type(exc).__name__}: {exc}")
+    # Only now that the job is over do its shadow runs (rollouts) go out: the client's job first.
+    services.image_job_shadows_enqueue(image_id=job_id)
     return image_id
 
 
@@ -124,7 +127,11 @@ def evaluate_rollouts() -> dict | None:
     if rollout is None:
         return None
     window = rollout.guardrails.get("window_seconds", rollouts.DEFAULT_GUARDRAILS["window_seconds"])
-    figures = stats.rollout_figures(rollout=rollout, window_seconds=window)
+    now = timezone.now()
+    figures = stats.rollout_figures(rollout=rollout, window_seconds=window, now=now)
+    # The current stage's candidate jobs and, after a blue-green switch, the baseline's figures
+    # before it: what the verdict needs besides the window (rollouts never read the job rows).
+    figures.update(stats.rollout_evaluation_figures(rollout=rollout, window_seconds=window, now=now))
     warm = registry.workers_warm(version_id=rollout.candidate_id)
     return guardrails.rollout_evaluate(rollout_id=rollout.id, figures=figures, warm=warm)
 

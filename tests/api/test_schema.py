@@ -37,6 +37,9 @@ def test_schema_describes_every_route():
         "/api/v1/images/{image_id}/redeliver/",
         "/api/v1/models/",
         "/api/v1/models/{version_id}/",
+        "/api/v1/rollouts/",
+        "/api/v1/rollouts/{rollout_id}/",
+        *(f"/api/v1/rollouts/{{rollout_id}}/{action}/" for action in ("promote", "rollback", "pause", "resume", "advance", "end")),
     }
     post = schema.raw_schema["paths"]["/api/v1/images/"]["post"]
     assert {"202", "400", "401", "409", "413", "415", "429"} <= set(post["responses"])
