@@ -19,7 +19,7 @@ from django.conf import settings
 from devstack.net import answers
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTDATA = ROOT.parent / "shared" / "testdata"
+TESTDATA = ROOT / "tests" / "data" / "photos"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
