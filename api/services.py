@@ -277,6 +277,17 @@ def faces_from_detections(detections: Sequence, *, width: int, height: int) -> l
     return faces
 
 
+# What a client reads (in the API and the callback) for failures whose cause is the operators'
+# business. Exception text can carry hostnames, paths, SQL or credentials, so it goes to the log
+# with the job id (logger.exception) and the job gets one of these fixed sentences instead.
+JOB_ERROR_MESSAGES = {
+    "internal_error": "An unexpected error stopped detection; the operators have been told.",
+    "dependency_unavailable": "Storage or the database stayed unavailable through every retry; try again later.",
+    "detector_unavailable": "The detector version for this job cannot run on the workers; the operators have been told.",
+    "model_weights_mismatch": "The detector version's weight files do not match their registered checksums; the operators have been told.",
+}
+
+
 def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
     """Run detection for a job: load the photo, orient it, detect, store the faces.
 
@@ -298,11 +309,13 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         return
     try:
         detector = get_detector(detector_spec(image.detector_version))
-    except WeightsMismatch as exc:
-        image_job_fail(image_id=image_id, code="model_weights_mismatch", message=str(exc))
+    except WeightsMismatch:
+        logger.exception("job %s: weights of %s refused", image_id, image.detector_version_id)
+        image_job_fail(image_id=image_id, code="model_weights_mismatch", message=JOB_ERROR_MESSAGES["model_weights_mismatch"])
         return
-    except (UnknownDetector, DetectorUnavailable) as exc:
-        image_job_fail(image_id=image_id, code="detector_unavailable", message=f"{type(exc).__name__}: {exc}")
+    except (UnknownDetector, DetectorUnavailable):
+        logger.exception("job %s: detector %s cannot run here", image_id, image.detector_version_id)
+        image_job_fail(image_id=image_id, code="detector_unavailable", message=JOB_ERROR_MESSAGES["detector_unavailable"])
         return
     started = time.monotonic()
     detections = detector.detect(rgb)
