@@ -24,17 +24,19 @@ from .selectors import JOB_PREFETCH
 logger = logging.getLogger(__name__)
 
 def callback_delivery_create(*, image: Image) -> CallbackDelivery:
-    """A new pending delivery of the job's current representation to its callback_url."""
+    """A new pending delivery of the job's current representation to its callback_url.
+
+    The body's ``callback`` block describes this very delivery as it is made (pending, its own
+    webhook id, no attempts), not the job's previous one: the row is built first, unsaved, and
+    the body rendered from it.
+    """
     from .serializers import image_representation
 
-    body = json.dumps(image_representation(image), separators=(",", ":"), sort_keys=True)
-    return CallbackDelivery.objects.create(
-        image=image,
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        url=image.callback_url,
-        body=body,
-        next_attempt_at=timezone.now(),
-    )
+    outbox_row = CallbackDelivery(image=image, webhook_id=f"msg_{uuid.uuid4().hex}", url=image.callback_url)
+    outbox_row.body = json.dumps(image_representation(image, delivery=outbox_row), separators=(",", ":"), sort_keys=True)
+    outbox_row.next_attempt_at = timezone.now()
+    outbox_row.save(force_insert=True)
+    return outbox_row
 
 
 def callback_delivery_for_job(*, image_id: uuid.UUID) -> CallbackDelivery | None:

@@ -1,27 +1,95 @@
 """Input validation for the API, and the one JSON representation of a job (API and callback)."""
 
+import re
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
+from rest_framework.utils import html
 
-from .models import DeliveryStatus, Image, JobStatus
+from .models import CallbackDelivery, DeliveryStatus, Image, JobStatus
 from .urlpolicy import UrlRefused, check_callback_url
 
 CALLBACK_URL_MAX_LENGTH = 2048
 
 
-def validate_request_id(value: str) -> str:
-    if not value.strip():
-        raise serializers.ValidationError("request_id may not be blank.", code="blank")
-    if not value.isprintable():
-        raise serializers.ValidationError("request_id must be printable characters only.", code="invalid")
-    return value
+# The request_id rule, as one regular expression: the OpenAPI schema publishes it as the field's
+# `pattern` (drf-spectacular copies it from the validator below) and the validator enforces this
+# very compiled pattern, so schema and API cannot drift. It is written for every reader at once:
+# Python's `re` (the server; hypothesis and schemathesis), ECMA-262 with or without the `u` flag
+# (OpenAPI's dialect) and Rust's regex (jsonschema-rs, which schemathesis validates with): only
+# \uXXXX escapes, no \s (whose set differs between them), no length in the pattern (minLength and
+# maxLength count code points; ECMA without `u` counts UTF-16 units). Controls are C0, DEL and C1
+# (category Cc). Bidirectional formatting characters (the Bidi_Control property, a fixed set) are
+# refused too, as they were: they make an id display as another ("abc\u202etxt.exe" shows as
+# "abcexe.txt"; tests/api/test_hostile.py). The whitespace class is exactly the non-control
+# characters for which Python's str.isspace() is true, so "not only whitespace" is the old
+# `value.strip()` test.
+#
+# Why not keep str.isprintable(): it refuses Cf, Co, Cn (unassigned), Zl, Zp and Zs but the space,
+# sets that grow with each Unicode version, so a pattern for it would be thousands of ranges and
+# still disagree with clients on another Unicode version. This rule accepts everything
+# isprintable() accepted (tests/api/test_read.py checks every code point) and adds the rest of
+# Unicode but controls and bidi formatting; nothing accepted before is refused now.
+#
+# Lone surrogates: Rust has none to name (a pattern with \ud800 does not compile there), and none
+# can arrive: the value travels as UTF-8 in a query or a form, which Django decodes with
+# replacement. The validator still refuses a str that cannot be encoded, for a caller in Python.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+_BIDI_CONTROL = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_WHITESPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+REQUEST_ID_PATTERN = rf"^(?![{_WHITESPACE}]*$)[^{_CONTROL}{_BIDI_CONTROL}]+$"
+REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+REQUEST_ID_MAX_LENGTH = 128
+_REFUSED_IN_WORDS = (
+    "control characters (U+0000 to U+001F, U+007F to U+009F) or bidirectional formatting "
+    "characters (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069)"
+)
+REQUEST_ID_HELP = (
+    "Your id for the job, kept exactly as given: 1 to 128 characters, not all whitespace, without "
+    f"{_REFUSED_IN_WORDS}. It travels as UTF-8, so it holds no lone surrogates."
+)
+
+
+class RequestIdValidator(RegexValidator):
+    """REQUEST_ID_RE over the whole value. A RegexValidator, so that drf-spectacular publishes the
+    pattern; fullmatch, not RegexValidator's search, because Python's `$` also matches before a
+    final newline (ECMA's does not)."""
+
+    def __init__(self) -> None:
+        super().__init__(REQUEST_ID_RE)
+
+    def __call__(self, value: str) -> None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise serializers.ValidationError("request_id must be UTF-8 text (no lone surrogates).", code="invalid") from None
+        if self.regex.fullmatch(value) is not None:
+            return
+        if not value.strip():  # the wording only; the pattern decided
+            raise serializers.ValidationError("request_id may not be blank.", code="blank")
+        raise serializers.ValidationError(f"request_id may not contain {_REFUSED_IN_WORDS}.", code="invalid")
+
+
+class RequestIdField(serializers.CharField):
+    def get_value(self, dictionary):
+        # DRF reads an empty value of an optional field in a query or form as "not given"; an
+        # empty ?request_id= is a blank request_id (400), as the schema's minLength says.
+        if html.is_html_input(dictionary) and dictionary.get(self.field_name) == "":
+            return ""
+        return super().get_value(dictionary)
 
 
 def request_id_field(**kwargs) -> serializers.CharField:
-    """The client's id of a job: 1 to 128 printable characters, kept as given."""
-    return serializers.CharField(max_length=128, trim_whitespace=False, validators=[validate_request_id], **kwargs)
+    """The client's id of a job (REQUEST_ID_HELP), kept as given."""
+    return RequestIdField(
+        max_length=REQUEST_ID_MAX_LENGTH,
+        trim_whitespace=False,
+        validators=[RequestIdValidator()],
+        help_text=REQUEST_ID_HELP,
+        **kwargs,
+    )
 
 
 class ImageListQuerySerializer(serializers.Serializer):
@@ -54,8 +122,9 @@ def _url(path: str) -> str:
     return f"{settings.PUBLIC_BASE_URL}{path}"
 
 
-def image_representation(image: Image) -> dict[str, Any]:
-    """The job as clients see it, in GET responses and in the callback body alike."""
+def image_representation(image: Image, *, delivery: CallbackDelivery | None = None) -> dict[str, Any]:
+    """The job as clients see it, in GET responses and in the callback body alike. ``delivery``:
+    the delivery that carries this representation (a callback body); see callback_representation."""
     faces = [
         {
             "box": {"x": f.box_x, "y": f.box_y, "width": f.box_width, "height": f.box_height},
@@ -75,7 +144,7 @@ def image_representation(image: Image) -> dict[str, Any]:
         "faces": faces,
         "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
         "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
-        "callback": callback_representation(image),
+        "callback": callback_representation(image, delivery=delivery),
     }
 
 
@@ -90,9 +159,14 @@ def image_submitted_representation(image: Image) -> dict[str, Any]:
     }
 
 
-def callback_representation(image: Image) -> dict[str, Any]:
-    """The state of the job's latest callback delivery and its attempts."""
-    latest = image.latest_delivery if image.callback_url else None
+def callback_representation(image: Image, *, delivery: CallbackDelivery | None = None) -> dict[str, Any]:
+    """The state of a callback delivery and its attempts.
+
+    Without ``delivery`` (GET): the job's latest delivery, live. With it (a callback body): that
+    delivery, the one carrying the body, as it is when made and before it is saved: pending, its
+    own webhook id (the webhook-id header), no attempts, nothing scheduled yet.
+    """
+    latest = delivery if delivery is not None else (image.latest_delivery if image.callback_url else None)
     if latest is not None:
         status = latest.status
     else:
@@ -109,7 +183,8 @@ def callback_representation(image: Image) -> dict[str, Any]:
                 "status_code": a.status_code,
                 "error": a.error or None,
             }
-            for a in (sorted(latest.attempts.all(), key=lambda a: a.number) if latest else [])
+            # An unsaved delivery (a callback body being made) has no attempts to read yet.
+            for a in (sorted(latest.attempts.all(), key=lambda a: a.number) if latest and latest.pk else [])
         ],
         "delivered_at": _iso(latest.finished_at) if status == DeliveryStatus.DELIVERED else None,
         "next_attempt_at": _iso(latest.next_attempt_at) if latest and status == DeliveryStatus.PENDING else None,
@@ -187,6 +262,10 @@ class CallbackAttemptSerializer(serializers.Serializer):
 
 
 class CallbackStateSerializer(serializers.Serializer):
+    """A callback delivery. In GET responses: the job's latest delivery, as it is now. In a
+    callback body: the delivery carrying that body, as it was made (status pending, webhook_id
+    equal to the webhook-id header, no attempts, delivered_at and next_attempt_at null)."""
+
     url = serializers.URLField(allow_null=True)
     status = serializers.ChoiceField(["none", *DeliveryStatus.values])
     webhook_id = serializers.CharField(allow_null=True)
