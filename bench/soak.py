@@ -229,10 +229,12 @@ def run(args, rng, tmp: Path, s3) -> None:
 
     with app.connection_for_write() as conn:
         for name in (os.environ["CELERY_QUEUE_DETECT"], os.environ["CELERY_QUEUE_DELIVER"]):
-            try:
-                conn.default_channel.queue_delete(name)
-            except Exception:
-                pass
+            # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
+            for delete in (conn.default_channel.queue_delete, conn.default_channel.exchange_delete):
+                try:
+                    delete(name)
+                except Exception:
+                    pass
 
 
 if __name__ == "__main__":
