@@ -1,9 +1,12 @@
 """Input validation for the API, the representation of detector versions, and the serializers
 that document in the schema the shapes jobs/representation.py builds."""
 
+import re
 from typing import Any
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
+from rest_framework.utils import html
 
 from callbacks.models import DeliveryStatus
 from callbacks.urlpolicy import UrlRefused, check_callback_url
@@ -14,17 +17,84 @@ from rollouts.models import Variant
 CALLBACK_URL_MAX_LENGTH = 2048
 
 
-def validate_request_id(value: str) -> str:
-    if not value.strip():
-        raise serializers.ValidationError("request_id may not be blank.", code="blank")
-    if not value.isprintable():
-        raise serializers.ValidationError("request_id must be printable characters only.", code="invalid")
-    return value
+# The request_id rule, as one regular expression: the OpenAPI schema publishes it as the field's
+# `pattern` (drf-spectacular copies it from the validator below) and the validator enforces this
+# very compiled pattern, so schema and API cannot drift. It is written for every reader at once:
+# Python's `re` (the server; hypothesis and schemathesis), ECMA-262 with or without the `u` flag
+# (OpenAPI's dialect) and Rust's regex (jsonschema-rs, which schemathesis validates with): only
+# \uXXXX escapes, no \s (whose set differs between them), no length in the pattern (minLength and
+# maxLength count code points; ECMA without `u` counts UTF-16 units). Controls are C0, DEL and C1
+# (category Cc). Bidirectional formatting characters (the Bidi_Control property, a fixed set) are
+# refused too, as they were: they make an id display as another ("abc\u202etxt.exe" shows as
+# "abcexe.txt"; tests/api/test_hostile.py). The whitespace class is exactly the non-control
+# characters for which Python's str.isspace() is true, so "not only whitespace" is the old
+# `value.strip()` test.
+#
+# Why not keep str.isprintable(): it refuses Cf, Co, Cn (unassigned), Zl, Zp and Zs but the space,
+# sets that grow with each Unicode version, so a pattern for it would be thousands of ranges and
+# still disagree with clients on another Unicode version. This rule accepts everything
+# isprintable() accepted (tests/api/test_read.py checks every code point) and adds the rest of
+# Unicode but controls and bidi formatting; nothing accepted before is refused now.
+#
+# Lone surrogates: Rust has none to name (a pattern with \ud800 does not compile there), and none
+# can arrive: the value travels as UTF-8 in a query or a form, which Django decodes with
+# replacement. The validator still refuses a str that cannot be encoded, for a caller in Python.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+_BIDI_CONTROL = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_WHITESPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+REQUEST_ID_PATTERN = rf"^(?![{_WHITESPACE}]*$)[^{_CONTROL}{_BIDI_CONTROL}]+$"
+REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+REQUEST_ID_MAX_LENGTH = 128
+_REFUSED_IN_WORDS = (
+    "control characters (U+0000 to U+001F, U+007F to U+009F) or bidirectional formatting "
+    "characters (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069)"
+)
+REQUEST_ID_HELP = (
+    "Your id for the job, kept exactly as given: 1 to 128 characters, not all whitespace, without "
+    f"{_REFUSED_IN_WORDS}. It travels as UTF-8, so it holds no lone surrogates."
+)
 
 
-def request_id_field(**kwargs) -> serializers.CharField:
-    """The client's id of a job: 1 to 128 printable characters, kept as given."""
-    return serializers.CharField(max_length=128, trim_whitespace=False, validators=[validate_request_id], **kwargs)
+class RequestIdValidator(RegexValidator):
+    """REQUEST_ID_RE over the whole value. A RegexValidator, so that drf-spectacular publishes the
+    pattern; fullmatch, not RegexValidator's search, because Python's `$` also matches before a
+    final newline (ECMA's does not)."""
+
+    def __init__(self, name: str = "request_id") -> None:
+        super().__init__(REQUEST_ID_RE)
+        self.name = name  # the field the messages name (cohort follows the same rule)
+
+    def __call__(self, value: str) -> None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise serializers.ValidationError(f"{self.name} must be UTF-8 text (no lone surrogates).", code="invalid") from None
+        if self.regex.fullmatch(value) is not None:
+            return
+        if not value.strip():  # the wording only; the pattern decided
+            raise serializers.ValidationError(f"{self.name} may not be blank.", code="blank")
+        raise serializers.ValidationError(f"{self.name} may not contain {_REFUSED_IN_WORDS}.", code="invalid")
+
+
+class RequestIdField(serializers.CharField):
+    def get_value(self, dictionary):
+        # DRF reads an empty value of an optional field in a query or form as "not given"; an
+        # empty ?request_id= is a blank request_id (400), as the schema's minLength says.
+        if html.is_html_input(dictionary) and dictionary.get(self.field_name) == "":
+            return ""
+        return super().get_value(dictionary)
+
+
+def request_id_field(*, name: str = "request_id", help_text: str = REQUEST_ID_HELP, **kwargs) -> serializers.CharField:
+    """The client's id of a job (REQUEST_ID_HELP), kept as given; ``name``: another field with
+    the same rule (cohort)."""
+    return RequestIdField(
+        max_length=REQUEST_ID_MAX_LENGTH,
+        trim_whitespace=False,
+        validators=[RequestIdValidator(name)],
+        help_text=help_text,
+        **kwargs,
+    )
 
 
 class ImageListQuerySerializer(serializers.Serializer):
@@ -43,9 +113,11 @@ class ImageSubmitSerializer(serializers.Serializer):
         max_length=64, required=False, allow_blank=True, help_text="A detector version id (see /api/v1/models/); default: the active one."
     )
     cohort = request_id_field(
+        name="cohort",
         required=False,
         help_text="Who the photo is for (a user, device or camera id): during a rollout, jobs of one cohort always get "
-        "the same model version. Default: your API client. Not used when model_version is given.",
+        "the same model version. Default: your API client. Not used when model_version is given. The same characters "
+        f"as request_id: 1 to 128, not all whitespace, without {_REFUSED_IN_WORDS}.",
     )
 
     def validate_callback_url(self, value: str) -> str:
@@ -131,6 +203,10 @@ class CallbackAttemptSerializer(serializers.Serializer):
 
 
 class CallbackStateSerializer(serializers.Serializer):
+    """A callback delivery. In GET responses: the job's latest delivery, as it is now. In a
+    callback body: the delivery carrying that body, as it was made (status pending, webhook_id
+    equal to the webhook-id header, no attempts, delivered_at and next_attempt_at null)."""
+
     url = serializers.URLField(allow_null=True)
     status = serializers.ChoiceField(["none", *DeliveryStatus.values])
     webhook_id = serializers.CharField(allow_null=True)

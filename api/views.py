@@ -3,9 +3,12 @@
 Every route needs an API key (api.auth); a client sees only its own jobs (others are 404).
 """
 
+import copy
+
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpResponseRedirect, StreamingHttpResponse
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiCallback, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -87,7 +90,11 @@ CALLBACK_DOC = OpenApiCallback(
         description=(
             "Sent once the job is completed or failed, signed per Standard Webhooks (headers "
             "webhook-id, webhook-timestamp, webhook-signature). Answer 2xx. 408, 429, 5xx and "
-            "network errors are retried with backoff; other answers end the delivery."
+            "network errors are retried with backoff; other answers end the delivery. The body is "
+            "the job as GET returns it, except its `callback` block: that describes the delivery "
+            "carrying the body, as it was made (status pending, webhook_id equal to the webhook-id "
+            "header, no attempts); retries send the same bytes. GET the job for the delivery's "
+            "live state."
         ),
         request=ImageSerializer,
         responses={200: OpenApiResponse(description="Received")},
@@ -95,7 +102,38 @@ CALLBACK_DOC = OpenApiCallback(
 )
 
 
+def _job_link(operation_id: str, description: str) -> dict:
+    return {"operationId": operation_id, "parameters": {"image_id": "$response.body#/id"}, "description": description}
+
+
+# OpenAPI links from a submission's answer to what a client does next with the job: a reader (or
+# schemathesis' stateful tests) can follow the id. drf-spectacular has no helper for links.
+SUBMITTED_LINKS = {
+    "GetImage": _job_link("images_retrieve", "The job: its status, faces and callback state."),
+    "GetAnnotatedImage": _job_link("images_annotated", "The annotated JPEG, once the job is completed."),
+    "RedeliverImage": _job_link("images_redeliver", "Send the finished job's callback again."),
+    "ListImagesByRequestId": {
+        "operationId": "images_list",
+        "parameters": {"request_id": "$response.body#/request_id"},
+        "description": "Your jobs with this request_id.",
+    },
+}
+
+
+class _SubmitSchema(AutoSchema):
+    """AutoSchema, plus SUBMITTED_LINKS on the submission's 202 and 200 answers."""
+
+    def get_operation(self, *args, **kwargs):
+        operation = super().get_operation(*args, **kwargs)
+        if operation is not None and self.method == "POST":
+            for code in ("200", "202"):
+                operation["responses"][code]["links"] = copy.deepcopy(SUBMITTED_LINKS)
+        return operation
+
+
 class ImageCollectionView(APIView):
+    schema = _SubmitSchema()
+
     @extend_schema(
         operation_id="images_submit",
         summary="Submit a photo for face detection",

@@ -1,4 +1,4 @@
-"""Detector figures: load time, memory, and per-photo latency on ../shared/testdata.
+"""Detector figures: load time, memory, and per-photo latency on tests/data/photos.
 
 Prints figures; asserts nothing. Run with `make bench` (or `python bench/detector.py --device cuda`).
 """
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--version", default="mtcnn@1.0.0", help="a file in detector_versions/")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--testdata", default=str(ROOT.parent / "shared" / "testdata"))
+    parser.add_argument("--testdata", default=str(ROOT / "tests" / "data" / "photos"))
     args = parser.parse_args()
 
     import django

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+PHOTOS = ROOT / "tests" / "data" / "photos"
 
 RUN = uuid.uuid4().hex[:8]
 
@@ -154,9 +155,9 @@ def run(args, rng, tmp: Path, s3) -> None:
 
     server, callbacks = receiver()
     callback_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    photos = [(p.name, p.read_bytes()) for p in sorted((ROOT.parent / "shared" / "testdata").glob("*.[pj][np]g"))]
+    photos = [(p.name, p.read_bytes()) for p in sorted(PHOTOS.glob("*.[pj][np]g"))]
     # A large photo (16 faces, a couple of seconds to detect) so that kills land mid-detection.
-    photos.append(("tiled-4x4.png", tiled_photo(ROOT.parent / "shared" / "testdata" / "astronaut_1face.png", 4)))
+    photos.append(("tiled-4x4.png", tiled_photo(PHOTOS / "astronaut_1face.png", 4)))
     detectors = [Worker("detect", tmp / "workers.log") for _ in range(args.workers)]
     deliverer = Worker("deliver", tmp / "workers.log")
     kills = 0
@@ -228,10 +229,12 @@ def run(args, rng, tmp: Path, s3) -> None:
 
     with app.connection_for_write() as conn:
         for name in (os.environ["CELERY_QUEUE_DETECT"], os.environ["CELERY_QUEUE_DELIVER"]):
-            try:
-                conn.default_channel.queue_delete(name)
-            except Exception:
-                pass
+            # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
+            for delete in (conn.default_channel.queue_delete, conn.default_channel.exchange_delete):
+                try:
+                    delete(name)
+                except Exception:
+                    pass
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Compare detector versions on ../shared/testdata: detections against the faces a person counted.
+"""Compare detector versions on tests/data/photos: detections against the faces a person counted.
 
     python bench/versions.py mtcnn@1.0.0 mtcnn@1.1.0
 
@@ -30,7 +30,7 @@ def main() -> None:
     from detection.mtcnn import MTCNNDetector
 
     versions = sys.argv[1:] or ["mtcnn@1.0.0", "mtcnn@1.1.0"]
-    testdata = ROOT.parent / "shared" / "testdata"
+    testdata = ROOT / "tests" / "data" / "photos"
     manifest = json.loads((testdata / "manifest.json").read_text())
     cases = [(e["file"], image_decode_rgb((testdata / e["file"]).read_bytes()), e["faces"]) for e in manifest]
     # A 3x3 canvas of the photos with one face each: 9 faces among busy backgrounds.

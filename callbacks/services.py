@@ -33,14 +33,17 @@ def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def callback_delivery_create(*, image_id: uuid.UUID, url: str, render: Callable[[str], dict[str, Any]]) -> CallbackDelivery:
-    """A new pending delivery to ``url`` whose frozen body is ``render(webhook_id)`` as compact
-    JSON: the body is told the webhook id of the delivery that will carry it."""
-    webhook_id = new_webhook_id()
-    body = json.dumps(render(webhook_id), separators=(",", ":"), sort_keys=True)
-    return CallbackDelivery.objects.create(
-        image_id=image_id, webhook_id=webhook_id, url=url, body=body, next_attempt_at=timezone.now()
-    )
+def callback_delivery_create(
+    *, image_id: uuid.UUID, url: str, render: Callable[[CallbackDelivery], dict[str, Any]]
+) -> CallbackDelivery:
+    """A new pending delivery to ``url`` whose frozen body is ``render(delivery)`` as compact
+    JSON. The row is built first, unsaved, and the body rendered from it, so the body can
+    describe the very delivery that carries it (its webhook id, pending, no attempts)."""
+    outbox_row = CallbackDelivery(image_id=image_id, webhook_id=new_webhook_id(), url=url)
+    outbox_row.body = json.dumps(render(outbox_row), separators=(",", ":"), sort_keys=True)
+    outbox_row.next_attempt_at = timezone.now()  # after rendering: the body shows nothing scheduled
+    outbox_row.save(force_insert=True)
+    return outbox_row
 
 
 def callback_delivery_enqueue(*, delivery_id: int) -> None:

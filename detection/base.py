@@ -78,11 +78,36 @@ class Detector(abc.ABC):
         """The label recorded on every job and face (see registry.models.DetectorVersion.label)."""
         return self.spec.label
 
+    @property
+    def min_input_side(self) -> int:
+        """The shortest side, in pixels of the preprocessed input, that this detector can search.
+
+        1 (any image) unless an implementation says otherwise: one whose model cannot look at
+        inputs below some size overrides this (MTCNN: its smallest face size)."""
+        return 1
+
+    def input_size(self, inputs: Any) -> tuple[int, int]:
+        """(width, height) of what ``preprocess`` returned. Handles a PIL image and an HxW[xC]
+        array; an implementation whose inputs are anything else overrides it."""
+        if isinstance(inputs, Image.Image):
+            return inputs.size
+        shape = getattr(inputs, "shape", None)
+        if shape is not None and len(shape) >= 2:
+            return int(shape[1]), int(shape[0])
+        raise NotImplementedError(f"{type(self).__name__} must override input_size() for {type(inputs).__name__} inputs")
+
     def detect(self, image: Image.Image) -> list[Detection]:
         """Faces in an RGB image, most confident first."""
         if image.mode != "RGB":
             raise ValueError(f"detect() takes RGB images, not {image.mode}")
         inputs = self.preprocess(image)
+        # Why: an input smaller than the smallest face this version looks for cannot hold a face,
+        # and models are not obliged to cope with it (MTCNN's image pyramid comes out empty and
+        # facenet-pytorch raises). Such a valid image is a normal "0 faces", for every engine, so
+        # the check is here and not in each implementation. It is made after preprocess, since a
+        # downscale (MTCNN's max_side) can turn a 40x5000 strip into a 16x2048 one.
+        if min(self.input_size(inputs)) < self.min_input_side:
+            return []
         raw = self.predict(inputs)
         return self.postprocess(raw, inputs)
 

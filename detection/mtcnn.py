@@ -5,6 +5,7 @@ They are checked against the version's registered sha256 before loading; a misma
 """
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,20 @@ class MTCNNDetector(Detector):
             nets[net_name] = net.to(self._torch_device).eval()
         self._pnet, self._rnet, self._onet = nets["pnet"], nets["rnet"], nets["onet"]
         logger.info("loaded detector %s on %s", self.model_version, self.device)
+
+    @property
+    def min_input_side(self) -> int:
+        """The shortest side MTCNN can search: facenet-pytorch's pyramid starts at the scale
+        m = 12 / min_face_size and has a first level only if min(h, w) * m >= 12; below that it
+        raises on an empty pyramid. Computed the way detect_face does it, in floats."""
+        m = 12.0 / self.settings["min_face_size"]
+        side = max(1, math.floor(self.settings["min_face_size"]) - 1)
+        while side * m < 12:
+            side += 1
+        return side
+
+    def input_size(self, inputs: dict[str, Any]) -> tuple[int, int]:
+        return super().input_size(inputs["array"])
 
     def preprocess(self, image: Image.Image) -> dict[str, Any]:
         scale = 1.0

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from callbacks.models import DeliveryStatus
+from callbacks.models import CallbackDelivery, DeliveryStatus
 
 from .models import Image
 
@@ -17,8 +17,9 @@ def _url(path: str) -> str:
     return f"{settings.PUBLIC_BASE_URL}{path}"
 
 
-def image_representation(image: Image) -> dict[str, Any]:
-    """The job as clients see it, in GET responses and in the callback body alike."""
+def image_representation(image: Image, *, delivery: CallbackDelivery | None = None) -> dict[str, Any]:
+    """The job as clients see it, in GET responses and in the callback body alike. ``delivery``:
+    the delivery that carries this representation (a callback body); see callback_representation."""
     faces = [
         face_representation(x=f.box_x, y=f.box_y, width=f.box_width, height=f.box_height, confidence=f.confidence, landmarks=f.landmarks)
         for f in image.faces.all()
@@ -36,7 +37,7 @@ def image_representation(image: Image) -> dict[str, Any]:
         "faces": faces,
         "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
         "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
-        "callback": callback_representation(image),
+        "callback": callback_representation(image, delivery=delivery),
     }
 
 
@@ -57,9 +58,14 @@ def image_submitted_representation(image: Image) -> dict[str, Any]:
     }
 
 
-def callback_representation(image: Image) -> dict[str, Any]:
-    """The state of the job's latest callback delivery and its attempts."""
-    latest = image.latest_delivery if image.callback_url else None
+def callback_representation(image: Image, *, delivery: CallbackDelivery | None = None) -> dict[str, Any]:
+    """The state of a callback delivery and its attempts.
+
+    Without ``delivery`` (GET): the job's latest delivery, live. With it (a callback body): that
+    delivery, the one carrying the body, as it is when made and before it is saved: pending, its
+    own webhook id (the webhook-id header), no attempts, nothing scheduled yet.
+    """
+    latest = delivery if delivery is not None else (image.latest_delivery if image.callback_url else None)
     if latest is not None:
         status = latest.status
     else:
@@ -76,7 +82,8 @@ def callback_representation(image: Image) -> dict[str, Any]:
                 "status_code": a.status_code,
                 "error": a.error or None,
             }
-            for a in (sorted(latest.attempts.all(), key=lambda a: a.number) if latest else [])
+            # An unsaved delivery (a callback body being made) has no attempts to read yet.
+            for a in (sorted(latest.attempts.all(), key=lambda a: a.number) if latest and latest.pk else [])
         ],
         "delivered_at": iso(latest.finished_at) if status == DeliveryStatus.DELIVERED else None,
         "next_attempt_at": iso(latest.next_attempt_at) if latest and status == DeliveryStatus.PENDING else None,

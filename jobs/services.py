@@ -316,11 +316,9 @@ def _detector_for(version) -> tuple:
     return engines.acquire(detector_spec(version), device=settings.DETECTOR_DEVICE)
 
 
-def _detector_failure(exc: Exception) -> tuple[str, str]:
-    """The error code and message of a detector that could not be had."""
-    if isinstance(exc, WeightsMismatch):
-        return "model_weights_mismatch", str(exc)
-    return "detector_unavailable", f"{type(exc).__name__}: {exc}"
+def _detector_failure(exc: Exception) -> str:
+    """The error code of a detector that could not be had (its details are for the log)."""
+    return "model_weights_mismatch" if isinstance(exc, WeightsMismatch) else "detector_unavailable"
 
 
 def _detect_timed(detector, rgb) -> tuple[list, int]:
@@ -351,6 +349,17 @@ def faces_from_detections(detections: Sequence, *, width: int, height: int) -> l
     return faces
 
 
+# What a client reads (in the API and the callback) for failures whose cause is the operators'
+# business. Exception text can carry hostnames, paths, SQL or credentials, so it goes to the log
+# with the job id (logger.exception) and the job gets one of these fixed sentences instead.
+JOB_ERROR_MESSAGES = {
+    "internal_error": "An unexpected error stopped detection; the operators have been told.",
+    "dependency_unavailable": "Storage or the database stayed unavailable through every retry; try again later.",
+    "detector_unavailable": "The detector version for this job cannot run on the workers; the operators have been told.",
+    "model_weights_mismatch": "The detector version's weight files do not match their registered checksums; the operators have been told.",
+}
+
+
 def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
     """Run detection for a job: load the photo, orient it, detect, store the faces.
 
@@ -369,8 +378,9 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
     try:
         detector, cold = _detector_for(image.detector_version)
     except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
-        code, message = _detector_failure(exc)
-        image_job_fail(image_id=image_id, code=code, message=message)
+        code = _detector_failure(exc)
+        logger.exception("job %s: detector %s cannot run here (%s)", image_id, image.detector_version_id, code)
+        image_job_fail(image_id=image_id, code=code, message=JOB_ERROR_MESSAGES[code])
         return
     detections, elapsed_ms = _detect_timed(detector, rgb)
     logger.info("job %s: %d faces with %s in %d ms%s", image_id, len(detections), detector.model_version, elapsed_ms, " (cold)" if cold else "")
@@ -428,7 +438,9 @@ def image_job_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
 
 def _callback_delivery_create(*, image_id: uuid.UUID) -> CallbackDelivery:
     image = Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id)
-    return callback_delivery_create(image_id=image.id, url=image.callback_url, render=lambda webhook_id: image_representation(image))
+    return callback_delivery_create(
+        image_id=image.id, url=image.callback_url, render=lambda delivery: image_representation(image, delivery=delivery)
+    )
 
 
 def image_job_requeue(*, image_id: uuid.UUID) -> None:
@@ -522,9 +534,8 @@ def shadow_run_detect(*, shadow_run_id: int) -> None:
     try:
         detector, cold = _detector_for(run.detector_version)
     except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
-        code, message = _detector_failure(exc)
-        logger.warning("shadow run %s: %s", shadow_run_id, message)
-        shadow_run_fail(shadow_run_id=shadow_run_id, code=code)
+        logger.warning("shadow run %s: detector %s cannot run here", shadow_run_id, run.detector_version_id, exc_info=True)
+        shadow_run_fail(shadow_run_id=shadow_run_id, code=_detector_failure(exc))
         return
     detections, elapsed_ms = _detect_timed(detector, rgb)
     faces = [

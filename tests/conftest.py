@@ -19,7 +19,7 @@ from django.conf import settings
 from devstack.net import answers
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTDATA = ROOT.parent / "shared" / "testdata"
+TESTDATA = ROOT / "tests" / "data" / "photos"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -267,10 +267,12 @@ def _delete_test_queues() -> None:
     with app.connection_for_write() as conn:
         channel = conn.default_channel
         for name in (settings.CELERY_QUEUE_DETECT, settings.CELERY_QUEUE_DELIVER):
-            try:
-                channel.queue_delete(name)
-            except Exception:
-                pass
+            # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
+            for delete in (channel.queue_delete, channel.exchange_delete):
+                try:
+                    delete(name)
+                except Exception:
+                    pass
 
 
 # --- The model registry ---------------------------------------------------------------------------

@@ -44,16 +44,20 @@ def detect_faces(self, image_id: str) -> str:
         services.image_job_fail(image_id=job_id, code="original_missing", message="The uploaded image is gone from storage.")
     except TRANSIENT_ERRORS as exc:
         if self.request.retries >= settings.JOB_MAX_RETRIES:
-            services.image_job_fail(image_id=job_id, code="dependency_unavailable", message=f"Gave up after retries: {exc}")
+            logger.exception("job %s: transient error persisted through %d retries; failing it", image_id, self.request.retries)
+            services.image_job_fail(
+                image_id=job_id, code="dependency_unavailable", message=services.JOB_ERROR_MESSAGES["dependency_unavailable"]
+            )
         else:
             logger.warning("job %s: transient error, retry %d: %s", image_id, self.request.retries + 1, exc)
             services.image_job_requeue(image_id=job_id)
             raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     except SoftTimeLimitExceeded:
         services.image_job_fail(image_id=job_id, code="timeout", message="Detection took longer than the time limit.")
-    except Exception as exc:
+    except Exception:
+        # The traceback is for the operators; the client gets a fixed sentence (no exception text).
         logger.exception("job %s: detection crashed", image_id)
-        services.image_job_fail(image_id=job_id, code="internal_error", message=f"{type(exc).__name__}: {exc}")
+        services.image_job_fail(image_id=job_id, code="internal_error", message=services.JOB_ERROR_MESSAGES["internal_error"])
     # Only now that the job is over do its shadow runs (rollouts) go out: the client's job first.
     services.image_job_shadows_enqueue(image_id=job_id)
     return image_id

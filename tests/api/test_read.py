@@ -98,8 +98,54 @@ def test_readyz_names_what_is_down(api_client, s3, settings):
     assert body["checks"]["database"]["ok"] is True
 
 
-@pytest.mark.parametrize("request_id", ["a\x00b", "x" * 129, "tab\t"])
+@pytest.mark.parametrize("request_id", ["a\x00b", "x" * 129, "tab\t", "del\x7f", "c1\x85", "", " ", "\u00a0\u3000", "abc\u202etxt.exe"])
 def test_a_bad_request_id_filter_is_a_400_not_a_500(api_client, request_id):
-    """Found by schemathesis: a NUL in the filter reached PostgreSQL."""
+    """Found by schemathesis: a NUL in the filter reached PostgreSQL; an empty ?request_id= was
+    read as no filter at all (200 with every job) though the schema says minLength 1."""
     response = api_client.get("/api/v1/images/", {"request_id": request_id})
     assert response.status_code == 400 and response.json()["error"]["field"] == "request_id"
+    if not request_id.strip():
+        assert response.json()["error"]["code"] == "blank"
+
+
+@pytest.mark.parametrize("request_id", ["read", "nbsp\u00a0inside", "zero\u200bwidth", "private\ue000", "unassigned\U000e0080", "line\u2028sep", "😀"])
+def test_a_request_id_filter_takes_any_characters_but_controls(api_client, request_id):
+    """Found by schemathesis: "printable only" (str.isprintable) was stricter than the schema
+    said. The rule is now the schema's pattern, which accepts these."""
+    response = api_client.get("/api/v1/images/", {"request_id": request_id})
+    assert response.status_code == 200 and response.json()["count"] == 0
+
+
+# The Bidi_Control characters: the three marks, embeddings and overrides, isolates.
+BIDI_CONTROLS = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+
+
+def test_the_request_id_rule_only_adds_to_what_was_accepted():
+    """Every code point, alone and inside an id: what the old rule (str.isprintable, not blank)
+    accepted is accepted; controls (C0, DEL, C1), bidi formatting characters and whitespace-only
+    ids are refused."""
+    import unicodedata
+
+    from api.serializers import REQUEST_ID_RE
+
+    for code in range(0x110000):
+        c = chr(code)
+        accepted_alone = REQUEST_ID_RE.fullmatch(c) is not None
+        accepted_inside = REQUEST_ID_RE.fullmatch(f"a{c}b") is not None
+        if unicodedata.bidirectional(c) in {"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"}:
+            assert c in BIDI_CONTROLS, hex(code)  # every explicit formatting character is named
+        if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS:
+            assert not accepted_alone and not accepted_inside, hex(code)
+            continue
+        assert accepted_inside, hex(code)
+        assert accepted_alone == (not c.isspace()), hex(code)
+        if c.isprintable() and c.strip():
+            assert accepted_alone, hex(code)
+
+
+def test_a_lone_surrogate_is_refused_not_a_500():
+    """Cannot arrive over HTTP (UTF-8), but a str from elsewhere must not reach the database."""
+    from api.serializers import ImageListQuerySerializer
+
+    query = ImageListQuerySerializer(data={"request_id": "a\ud800b"})
+    assert not query.is_valid() and query.errors["request_id"][0].code == "invalid"

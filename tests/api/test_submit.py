@@ -65,11 +65,23 @@ def test_missing_request_id_is_a_400_naming_request_id(api_client, s3):
     assert_nothing_left()
 
 
-@pytest.mark.parametrize("request_id", ["", "   ", "a" * 129, "tab\there", "new\nline", "nul\x00"])
+@pytest.mark.parametrize(
+    "request_id", ["", "   ", "\u00a0\u3000", "a" * 129, "tab\there", "new\nline", "nul\x00", "del\x7f", "c1\x85", "rlm\u200f"]
+)
 def test_bad_request_id_is_a_400(api_client, s3, request_id):
-    """request_id: 1 to 128 printable characters."""
+    """request_id: 1 to 128 characters, not all whitespace, no control or bidi formatting characters."""
     assert_error(upload(api_client, photo_bytes("coffee.png"), request_id=request_id), 400, "request_id")
     assert_nothing_left()
+
+
+@pytest.mark.parametrize("request_id", ["é-ü", "😀" * 128, " padded ", "nbsp\u00a0inside", "zero\u200bwidth", "unassigned\U000e0080"])
+def test_any_characters_but_controls_make_a_request_id(api_client, s3, monkeypatch, request_id):
+    """Kept exactly as given; characters str.isprintable() refused (other spaces, format
+    characters, unassigned code points) are accepted now, as the schema's pattern says."""
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    response = upload(api_client, photo_bytes("coffee.png"), request_id=request_id)
+    assert response.status_code == 202, response.content
+    assert response.json()["request_id"] == request_id == Image.objects.get().request_id
 
 
 @pytest.mark.parametrize(

@@ -160,3 +160,41 @@ def test_a_callback_url_refused_at_delivery_time_fails_without_retries(finished_
     assert delivery.callback_delivery_attempt(delivery_id=outbox.id) is None
     outbox.refresh_from_db()
     assert outbox.status == "failed" and outbox.attempt_count == 1 and outbox.last_error.startswith("refused")
+
+
+def test_a_first_delivery_body_describes_itself(finished_job, receiver):
+    """The body's callback block is the delivery carrying it, as made: the webhook-id header's id,
+    pending, no attempts; not the job's state from before the delivery existed."""
+    outbox = services.image_job_callback_delivery(image_id=finished_job.id)
+    run_until_done(outbox.id)
+    (request,) = receiver.wait(1, timeout=5)
+    callback = json.loads(request["body"])["callback"]
+    assert callback == {
+        "url": finished_job.callback_url,
+        "status": "pending",
+        "webhook_id": request["headers"]["webhook-id"],
+        "attempts": [],
+        "delivered_at": None,
+        "next_attempt_at": None,
+    }
+    assert request["headers"]["webhook-id"] == outbox.webhook_id
+
+
+def test_a_redelivery_body_names_its_own_webhook_id(finished_job, api_client, receiver, django_capture_on_commit_callbacks):
+    """A redelivery's body names the redelivery, not the delivered one before it; GET shows the
+    latest delivery's live state."""
+    first = services.image_job_callback_delivery(image_id=finished_job.id)
+    run_until_done(first.id)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = api_client.post(f"/api/v1/images/{finished_job.id}/redeliver/")
+    again = CallbackDelivery.objects.get(webhook_id=response.json()["webhook_id"])
+    run_until_done(again.id)
+    first_request, again_request = receiver.wait(2, timeout=5)
+    body = json.loads(again_request["body"])
+    assert again_request["headers"]["webhook-id"] == again.webhook_id != first.webhook_id
+    assert body["callback"]["webhook_id"] == again.webhook_id
+    assert body["callback"]["status"] == "pending" and body["callback"]["attempts"] == []
+    assert json.loads(first_request["body"])["callback"]["webhook_id"] == first.webhook_id
+    live = api_client.get(f"/api/v1/images/{finished_job.id}/").json()["callback"]
+    assert live["webhook_id"] == again.webhook_id and live["status"] == "delivered"
+    assert [a["status_code"] for a in live["attempts"]] == [200]

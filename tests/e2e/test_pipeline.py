@@ -24,7 +24,7 @@ def _is_number(value) -> bool:
 
 
 def test_every_test_photo_is_detected_annotated_and_called_back(api_client, worker, receiver, s3, manifest):
-    """Each photo in shared/testdata ends completed, with MTCNN's faces, an annotated JPEG and a callback."""
+    """Each photo in tests/data/photos ends completed, with MTCNN's faces, an annotated JPEG and a callback."""
     submitted = {}
     for entry in manifest:
         response = upload(

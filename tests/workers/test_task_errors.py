@@ -1,0 +1,98 @@
+"""Exception text never reaches clients: a failed job carries a fixed sentence, the log the rest.
+
+The detection task runs in-process (Task.apply) with the stub detector and no broker.
+"""
+
+import logging
+import traceback
+
+import pytest
+
+from callbacks import services as delivery
+from jobs import services
+from jobs.models import Image
+from storage.s3 import StorageError
+from tests.conftest import photo_bytes, upload
+from detection.mtcnn import DetectorUnavailable
+from workers.tasks import detect_faces
+
+pytestmark = [pytest.mark.django_db]
+
+SECRET = "postgres://admin:hunter2@db.internal:5432 /srv/app/secret.key"
+
+
+@pytest.fixture
+def job(api_client, s3, monkeypatch, stub_detector):
+    """A queued job whose chain was not published (the tests run its task by hand)."""
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    response = upload(
+        api_client, photo_bytes("astronaut_1face.png"), request_id="errors", callback_url="http://127.0.0.1:9/hook"
+    )
+    assert response.status_code == 202, response.content
+    return Image.objects.get(id=response.json()["id"])
+
+
+def run_task(job) -> None:
+    result = detect_faces.apply(args=[str(job.id)])
+    assert result.successful(), result.traceback
+
+
+def assert_fixed_message(api_client, job, code: str) -> None:
+    """The API and the callback body show the code and its fixed sentence, nothing of SECRET."""
+    response = api_client.get(f"/api/v1/images/{job.id}/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "failed"
+    assert body["error"] == {"code": code, "message": services.JOB_ERROR_MESSAGES[code]}
+    callback = services.image_job_callback_delivery(image_id=job.id)
+    for text in (response.content.decode(), callback.body):
+        for part in ("hunter2", "db.internal", "secret.key", "Traceback", "Error:"):
+            assert part not in text, (part, text)
+
+
+def assert_logged_with_traceback(caplog, job) -> None:
+    """The operators get the job id, the exception and its traceback."""
+    records = [r for r in caplog.records if str(job.id) in r.getMessage() and r.exc_info]
+    assert records, [r.getMessage() for r in caplog.records]
+    logged = "".join(traceback.format_exception(*records[0].exc_info))
+    assert "hunter2" in logged and "Traceback" in logged
+
+
+def test_an_unexpected_error_fails_the_job_with_a_fixed_message(job, api_client, monkeypatch, caplog):
+    def boom(self, inputs):
+        raise RuntimeError(f"could not reach {SECRET}")
+
+    monkeypatch.setattr("detection.stub.StubDetector.predict", boom)
+    with caplog.at_level(logging.INFO):
+        run_task(job)
+    job.refresh_from_db()
+    assert job.error_code == "internal_error"
+    assert_fixed_message(api_client, job, "internal_error")
+    assert_logged_with_traceback(caplog, job)
+
+
+def test_giving_up_on_a_dependency_fails_the_job_with_a_fixed_message(job, api_client, monkeypatch, caplog, settings):
+    def unavailable(*, image_id, redelivered=False):
+        raise StorageError(f"EndpointConnectionError: {SECRET}")
+
+    settings.JOB_MAX_RETRIES = 0  # the first transient error is the last one allowed
+    monkeypatch.setattr("jobs.services.image_job_detect", unavailable)
+    with caplog.at_level(logging.INFO):
+        run_task(job)
+    job.refresh_from_db()
+    assert job.error_code == "dependency_unavailable"
+    assert_fixed_message(api_client, job, "dependency_unavailable")
+    assert_logged_with_traceback(caplog, job)
+
+
+def test_a_detector_that_cannot_run_fails_the_job_with_a_fixed_message(job, api_client, monkeypatch, caplog):
+    def cannot_run(spec, *, device):
+        raise DetectorUnavailable(f"DETECTOR_DEVICE=cuda but {SECRET}")
+
+    monkeypatch.setattr("detection.engines.acquire", cannot_run)
+    with caplog.at_level(logging.INFO):
+        run_task(job)
+    job.refresh_from_db()
+    assert job.error_code == "detector_unavailable"
+    assert_fixed_message(api_client, job, "detector_unavailable")
+    assert_logged_with_traceback(caplog, job)
