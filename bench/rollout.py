@@ -1,0 +1,615 @@
+"""A canary of a truly slower candidate through a running service, until its guardrail rolls it back.
+
+    python bench/rollout.py [--url http://127.0.0.1:8000] [--key fda_...]   # a service already running
+    python bench/rollout.py --start-stack                                   # its own stack, stopped after
+
+It registers tests/data/versions/mtcnn-slow@1.0.0.json (mtcnn@1.0.0's weights with min_face_size
+4: several times slower per photo) with `manage.py detector_register`, starts a canary of it over
+HTTP at 50 % with stages it never leaves by itself and a p95 latency guardrail, uploads the photos
+of tests/data/photos under distinct cohorts at a steady rate (bounded in count and time), and
+polls the rollout until the guardrails roll it back. Then it uploads a few more photos (they must
+go to the baseline, outside the rollout), waits for every job to finish (jobs in flight keep the
+version they were routed to), and prints a report; its LAST line is the benchmark figure: the
+seconds from the first breach event of the streak to the rollback event (the events' `at`), and
+how many jobs the candidate served between them, and in all.
+
+Without --start-stack it starts nothing and talks to --url (loopback only). `manage.py` runs with
+this process's environment, which must be the service's (the version is registered in the
+service's database); without --key it creates an operator key (`create_api_key bench-rollout
+--operator`) and revokes it at the end. It refuses to start while another rollout is live, and it
+leaves the service as it found it: the rollout ended (rolled back by the guardrails, or by this
+script if anything goes wrong) and the baseline active. The registered version stays registered
+(versions are never deleted), inactive.
+
+With --start-stack it runs `python -m devstack up` as devstack/smoke.py does: a temporary var dir
+(FDA_VAR_DIR), free API and S3 ports, its own bucket and queues, its own PostgreSQL database when
+PostgreSQL answers (dropped after) or the embedded stand-ins (--embedded forces them), and
+ROLLOUT_EVALUATE_INTERVAL=5 for a quick verdict. It also receives the signed rollback alert
+(ROLLOUT_ALERT_URL on loopback) and checks its signature. The stack is always stopped.
+
+Prints figures; asserts nothing about them. Exit status 1 when no automatic rollback came or the
+service could not be left as found.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devstack.__main__ import embedded_fallbacks, load_env  # noqa: E402
+from devstack.net import answers, isolated_env  # noqa: E402
+from devstack.smoke import SmokeFailed, Stack, free_port, refusing_port, wait_ready  # noqa: E402
+
+PHOTOS = ROOT / "tests" / "data" / "photos"
+CANDIDATE_FILE = ROOT / "tests" / "data" / "versions" / "mtcnn-slow@1.0.0.json"
+# One stage the canary never leaves by itself: only the guardrails end it.
+STAGES = [{"weight": 50, "min_seconds": 3600, "min_jobs": 100000}]
+GUARDRAILS = {"p95_latency_ratio_max": 2.0, "window_seconds": 120, "min_jobs": 5, "consecutive_breaches": 2}
+EVALUATE_INTERVAL = "5"  # seconds, the stack's ROLLOUT_EVALUATE_INTERVAL (the default is 15)
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+TERMINAL = {"completed", "failed"}
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+ACTOR_NAME = "bench-rollout"
+
+
+class BenchFailed(Exception):
+    pass
+
+
+def parse_at(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def jobs_n(count: int) -> str:
+    return f"{count} job" + ("" if count == 1 else "s")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- manage.py, with the service's environment ----------------------------------------------------
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """Run `manage.py ARGS` with ``env`` (the service's); its stdout, or BenchFailed."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchFailed(f"manage.py {' '.join(args)} still running after {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        raise BenchFailed(f"manage.py {' '.join(args)} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
+# --- HTTP ------------------------------------------------------------------------------------------
+
+
+class Api:
+    """The service's API with one key; 429 answers are waited out (Retry-After), within a bound."""
+
+    def __init__(self, base: str, key: str) -> None:
+        self.base = base.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False  # loopback only: no proxy from the environment
+        self.session.headers["X-API-Key"] = key
+
+    def call(self, method: str, path: str, *, expect: tuple[int, ...] = (200,), patience: float = 60, **kwargs) -> requests.Response:
+        deadline = time.monotonic() + patience
+        while True:
+            response = self.session.request(method, f"{self.base}{path}", timeout=30, **kwargs)
+            if response.status_code == 429 and time.monotonic() < deadline:
+                time.sleep(min(float(response.headers.get("Retry-After") or 1), 10))
+                continue
+            if response.status_code not in expect:
+                raise BenchFailed(f"{method} {path} answered {response.status_code}: {response.text[:400]}")
+            return response
+
+    def rollout(self, rollout_id: str) -> dict:
+        return self.call("GET", f"/api/v1/rollouts/{rollout_id}/").json()
+
+    def live_rollouts(self) -> list[dict]:
+        page = self.call("GET", "/api/v1/rollouts/", params={"page_size": 20}).json()
+        return [r for r in page["results"] if r["status"] in ("running", "paused")]
+
+    def active_version(self) -> str | None:
+        page, number = {"next": True}, 1
+        while page.get("next") and number <= 20:
+            page = self.call("GET", "/api/v1/models/", params={"page_size": 200, "page": number}).json()
+            for version in page["results"]:
+                if version["active"]:
+                    return version["id"]
+            number += 1
+        return None
+
+    def jobs(self, ids: set[str]) -> dict[str, dict]:
+        """Our jobs by id, from the newest-first list (a few pages), then one by one for any not
+        found there (a --key whose client has many other jobs)."""
+        found: dict[str, dict] = {}
+        page, number = {"next": True}, 1
+        while page.get("next") and number <= 10 and len(found) < len(ids):
+            page = self.call("GET", "/api/v1/images/", params={"page_size": 200, "page": number}).json()
+            found.update({job["id"]: job for job in page["results"] if job["id"] in ids})
+            number += 1
+        for missing in ids - set(found):
+            found[missing] = self.call("GET", f"/api/v1/images/{missing}/").json()
+        return found
+
+
+# --- Uploads at a steady rate ----------------------------------------------------------------------
+
+
+class Uploader(threading.Thread):
+    """Uploads the photos in turn, one every 1/rate seconds, each under a cohort of its own, until
+    ``count`` jobs or ``seconds`` have passed or it is stopped."""
+
+    def __init__(self, api: Api, run: str, photos: list[Path], *, rate: float, count: int, seconds: float, phase: str, first: int = 0) -> None:
+        super().__init__(name=f"uploader-{phase}", daemon=True)
+        self.api, self.run_id, self.photos = api, run, photos
+        self.rate, self.count, self.seconds, self.phase, self.first = rate, count, seconds, phase, first
+        self.stop = threading.Event()
+        self.jobs: list[dict] = []
+        self.refused: list[str] = []
+        self.started_at = self.ended_at = 0.0
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        interval, due = 1 / self.rate, self.started_at
+        for n in range(self.first, self.first + self.count):
+            if self.stop.is_set() or time.monotonic() - self.started_at > self.seconds:
+                break
+            photo = self.photos[n % len(self.photos)]
+            cohort = f"bench-{self.run_id}-{n}"
+            try:
+                with open(photo, "rb") as fh:
+                    response = self.api.call(
+                        "POST",
+                        "/api/v1/images/",
+                        expect=(202,),
+                        patience=15,
+                        data={"request_id": f"bench-rollout-{self.run_id}-{n}", "cohort": cohort},
+                        files={"image": (photo.name, fh, CONTENT_TYPES[photo.suffix.lower()])},
+                    )
+                self.jobs.append({"id": response.json()["id"], "cohort": cohort, "photo": photo.name, "phase": self.phase})
+            except (BenchFailed, requests.RequestException) as exc:
+                self.refused.append(str(exc)[:200])
+            # A steady pace, never a burst to catch up after a slow answer.
+            due = max(due + interval, time.monotonic())
+            self.stop.wait(max(0.0, due - time.monotonic()))
+        self.ended_at = time.monotonic()
+
+
+# --- The rollback alert (--start-stack) -----------------------------------------------------------
+
+
+class AlertReceiver:
+    """A loopback HTTP server that keeps what it is sent (ROLLOUT_ALERT_URL of the stack)."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append({"headers": dict(self.headers.items()), "body": body, "at": dt.datetime.now(dt.timezone.utc)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/rollout-alert"
+        threading.Thread(target=self.server.serve_forever, name="alert-receiver", daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- The stack (--start-stack) ---------------------------------------------------------------------
+
+
+class OwnStack:
+    """`python -m devstack up` on free ports in a temporary var dir (devstack/smoke.py's Stack), with
+    its own queues, bucket and database; cleaned up by close()."""
+
+    def __init__(self, *, embedded: bool, alert_url: str, ready_timeout: float) -> None:
+        load_env()  # env.env under the environment (which wins), as `devstack up` reads it
+        self.var = Path(tempfile.mkdtemp(prefix="fda-bench-rollout-"))
+        self.dead = refusing_port() if embedded else None
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.database: str | None = None
+        env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "FDA_RUN")}
+        env.update(isolated_env("fda-bench-rollout"))  # its own S3 ports, bucket and queue names
+        env.update(
+            FDA_VAR_DIR=str(self.var),
+            API_BIND=f"127.0.0.1:{self.port}",
+            PUBLIC_BASE_URL=self.base,
+            DETECTOR_DEVICE="cpu",
+            ROLLOUT_EVALUATE_INTERVAL=EVALUATE_INTERVAL,
+            ROLLOUT_ALERT_URL=alert_url,
+            PYTHONUNBUFFERED="1",
+        )
+        if self.dead is not None:
+            dead = self.dead.getsockname()[1]
+            env.update(
+                DATABASE_URL=f"postgres://postgres@127.0.0.1:{dead}/face_detect_api",
+                CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{dead}//",
+                CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{dead}/0",
+                CACHE_URL=f"redis://127.0.0.1:{dead}/1",
+            )
+        elif env["DATABASE_URL"].startswith("postgres") and answers(env["DATABASE_URL"]):
+            # A database of its own (`devstack up` creates it): a developer's rollouts, versions
+            # and keys are never touched, and the whole of it is dropped after.
+            self.database = f"fda_bench_rollout_{env['FDA_RUN']}"
+            parts = urlsplit(env["DATABASE_URL"])
+            env["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{self.database}"))
+        else:
+            env["DATABASE_URL"] = f"sqlite:///{self.var / 'db.sqlite3'}"
+        self.env = env
+        # What `devstack up` gives its children (the stand-ins for what does not answer), for manage.py.
+        self.service_env = {**env, **embedded_fallbacks(env)}
+        replaced = sorted(k for k in self.service_env if self.service_env[k] != env.get(k))
+        self.description = (
+            f"own stack on {self.base}: "
+            + (f"embedded stand-ins for {', '.join(replaced)}; " if replaced else "")
+            + f"database {self.database or self.service_env['DATABASE_URL'].split('://')[0]}, "
+            f"queues {env['CELERY_QUEUE_DETECT']}/{env['CELERY_QUEUE_DELIVER']}, bucket {env['S3_BUCKET']}, "
+            f"ROLLOUT_EVALUATE_INTERVAL={EVALUATE_INTERVAL}, var dir {self.var}"
+        )
+        self.stack = Stack(env, self.var / "devstack.log")
+        wait_ready(self.stack, self.base, ready_timeout)
+
+    def close(self, *, keep: bool) -> list[str]:
+        """Stop the stack, then remove what it made outside its var dir: its queues and its
+        database. Returns the problems met (none: an empty list)."""
+        problems = []
+        rc = self.stack.stop()
+        if rc != 0:
+            problems.append(f"`devstack up` did not stop cleanly on SIGTERM (exit {rc})")
+        if self.dead is not None:
+            self.dead.close()
+        broker = self.service_env["CELERY_BROKER_URL"]
+        if broker.startswith("amqp"):
+            from kombu import Connection
+
+            try:
+                with Connection(broker, connect_timeout=5) as conn:
+                    channel = conn.default_channel
+                    for name in (self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"]):
+                        # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
+                        channel.queue_delete(name)
+                        channel.exchange_delete(name)
+            except Exception as exc:
+                problems.append(f"could not delete the queues: {type(exc).__name__}: {exc}")
+        if self.database:
+            problems += drop_database(self.service_env["DATABASE_URL"], self.database)
+        if keep or problems:
+            say(f"stack: state kept in {self.var} (log: {self.var / 'devstack.log'})")
+        else:
+            shutil.rmtree(self.var, ignore_errors=True)
+        return problems
+
+
+def drop_database(url: str, name: str) -> list[str]:
+    import psycopg2
+    from psycopg2 import sql
+
+    parts = urlsplit(url)
+    try:
+        conn = psycopg2.connect(
+            dbname="postgres", host=parts.hostname, port=parts.port or 5432, user=parts.username, password=parts.password
+        )
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            # FORCE: a connection the stopped processes left half-closed must not keep it alive.
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.close()
+    except Exception as exc:
+        return [f"could not drop database {name}: {type(exc).__name__}: {exc}"]
+    return []
+
+
+# --- The run ---------------------------------------------------------------------------------------
+
+
+def event_line(event: dict, start: dt.datetime) -> str:
+    offset = (parse_at(event["at"]) - start).total_seconds()
+    weights = f"{event['from_weight']} -> {event['to_weight']} %" if event["from_weight"] != event["to_weight"] else f"{event['to_weight']} %"
+    return f"  +{offset:6.1f} s  {event['action']:8} by {event['actor']} ({event['to_status']}, {weights}): {event['reason']}"
+
+
+def wait_warm(api: Api, rollout_id: str, timeout: float) -> tuple[dict, float]:
+    """Wait (bounded) until every live detection worker reports the candidate loaded (pre-warm):
+    the first candidate jobs then pay no model load."""
+    started = time.monotonic()
+    warm = {"live": 0, "loaded": 0}
+    while time.monotonic() - started < timeout:
+        warm = api.rollout(rollout_id)["workers_warm"]
+        if warm["live"] > 0 and warm["loaded"] == warm["live"]:
+            break
+        time.sleep(1)
+    return warm, time.monotonic() - started
+
+
+def run(args, api: Api, env: dict[str, str], alerts: AlertReceiver | None, created_key: bool, interval: str | None) -> int:
+    run_id = uuid.uuid4().hex[:6]
+    photos = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in CONTENT_TYPES)
+    if not photos:
+        raise BenchFailed(f"no photos in {PHOTOS}")
+    candidate = "{name}@{version}".format(**json.loads(CANDIDATE_FILE.read_text()))
+
+    live = api.live_rollouts()
+    if live:
+        raise BenchFailed(f"rollout {live[0]['id']} is {live[0]['status']}: this bench starts none while another is live")
+    baseline = api.active_version()
+    if baseline is None:
+        raise BenchFailed("no detector version is active")
+    if baseline == candidate:
+        raise BenchFailed(f"{candidate} is the active version already: nothing to roll out")
+    say(f"register: {manage(env, 'detector_register', str(CANDIDATE_FILE.relative_to(ROOT))).strip()}")
+
+    rollout = api.call(
+        "POST",
+        "/api/v1/rollouts/",
+        expect=(201,),
+        json={"candidate": candidate, "mode": "canary", "stages": STAGES, "guardrails": GUARDRAILS},
+    ).json()
+    rollout_id = rollout["id"]
+    started_at = parse_at(rollout["created_at"])
+    say(f"rollout {rollout_id}: canary of {candidate} from {baseline} at {rollout['weight']} %, guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}")
+    uploader = after = None
+    outcome = "none"
+    try:
+        warm, warm_s = wait_warm(api, rollout_id, args.warm_timeout)
+        say(f"pre-warm: {warm['loaded']} of {warm['live']} live detection workers had {candidate} loaded after {warm_s:.1f} s")
+
+        uploader = Uploader(api, run_id, photos, rate=args.rate, count=args.jobs, seconds=args.upload_seconds, phase="rollout")
+        uploader.start()
+        say(f"uploading up to {args.jobs} photos at {args.rate:g}/s for at most {args.upload_seconds:.0f} s, one cohort each")
+        deadline = time.monotonic() + args.timeout
+        shown = 1  # the start event
+        while time.monotonic() < deadline:
+            rollout = api.rollout(rollout_id)
+            for event in rollout["events"][shown:]:
+                say(event_line(event, started_at))
+            shown = len(rollout["events"])
+            if rollout["status"] not in ("running", "paused"):
+                outcome = rollout["status"]
+                break
+            time.sleep(args.poll)
+        uploader.stop.set()
+        uploader.join(timeout=60)
+        if outcome == "none":
+            say(f"no verdict within {args.timeout:.0f} s")
+        elif outcome == "rolled_back":
+            # New jobs after the rollback: the baseline, outside any rollout.
+            after = Uploader(api, run_id, photos, rate=args.rate, count=args.after, seconds=60, phase="after", first=10_000)
+            after.start()
+            after.join(timeout=120)
+    finally:
+        if uploader is not None:
+            uploader.stop.set()
+        # Leave the service as it was found: whatever happened, no rollout stays live.
+        try:
+            state = api.rollout(rollout_id)
+            if state["status"] in ("running", "paused"):
+                api.call("POST", f"/api/v1/rollouts/{rollout_id}/rollback/", json={"reason": "bench/rollout.py ended without a verdict"}, expect=(200, 409))
+                say("rolled back by bench/rollout.py (no automatic verdict)")
+        except (BenchFailed, requests.RequestException) as exc:
+            say(f"COULD NOT END rollout {rollout_id}: {exc}; end it by hand: manage.py rollout rollback {rollout_id}")
+
+    ours = (uploader.jobs if uploader else []) + (after.jobs if after else [])
+    ids = {job["id"] for job in ours}
+    drain_deadline = time.monotonic() + args.drain_timeout
+    jobs = api.jobs(ids) if ids else {}
+    while any(job["status"] not in TERMINAL for job in jobs.values()) and time.monotonic() < drain_deadline:
+        time.sleep(3)
+        jobs = api.jobs(ids)
+    rollout = api.rollout(rollout_id)
+    active_after = api.active_version()
+    still_live = api.live_rollouts()
+    status_text = manage(env, "rollout", "status", rollout_id)
+    if args.save:
+        args.save.write_text(json.dumps(rollout, indent=2) + "\n")
+    return report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, alerts, env, active_after, still_live, status_text, created_key, interval)
+
+
+def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, alerts, env, active_after, still_live, status_text, created_key, interval) -> int:
+    events = rollout["events"]
+    started_at = parse_at(rollout["created_at"])
+    during = [job for job in ours if job["phase"] == "rollout"]
+    after = [job for job in ours if job["phase"] == "after"]
+    variant = {job["id"]: (jobs[job["id"]].get("rollout") or {}).get("variant") for job in ours}
+    on_candidate = [jobs[job["id"]] for job in during if variant[job["id"]] == "candidate"]
+    on_baseline = [jobs[job["id"]] for job in during if variant[job["id"]] == "baseline"]
+    upload_s = (uploader.ended_at - uploader.started_at) if uploader and uploader.ended_at else 0.0
+
+    say("")
+    say(f"== bench/rollout.py report ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}) ==")
+    say(f"canary {rollout['id']}: {candidate} from {baseline}, weight {STAGES[0]['weight']} %, "
+        f"guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}")
+    say(f"uploads: {len(during)} accepted over {upload_s:.0f} s at {args.rate:g}/s ({len(uploader.refused) if uploader else 0} refused), "
+        f"one cohort each: {len(on_candidate)} routed to the candidate, {len(on_baseline)} to the baseline"
+        + (f", {len(during) - len(on_candidate) - len(on_baseline)} accepted after the rollback (outside it)" if len(during) > len(on_candidate) + len(on_baseline) else ""))
+    say("events:")
+    for event in events:
+        say(event_line(event, started_at))
+
+    rollback = next((e for e in events if e["action"] == "rollback"), None)
+    breaches = [e for e in events if e["action"] == "breach"]
+    needed = int(rollout["guardrails"].get("consecutive_breaches", 1))
+    ok = outcome == "rolled_back" and rollback is not None and rollback["actor"] == "system:guardrails" and len(breaches) >= needed
+    if rollback is not None:
+        checks = ((rollback["figures"].get("verdict") or {}).get("checks")) or []
+        for check in checks:
+            say(f"verdict at the rollback: {check['detail']}")
+        window = rollback["figures"].get("window") or {}  # none on a rollback by hand
+        for side in ("baseline", "candidate") if window else ():
+            f = window[side]
+            say(f"  window {side:9}: {f.get('jobs')} jobs, {f.get('latency_samples')} warm samples, "
+                f"p50 {f.get('p50_detection_ms')} ms, p95 {f.get('p95_detection_ms')} ms, failed {f.get('failed')}")
+
+    def finished(job):
+        return parse_at(job["finished_at"]) if job.get("finished_at") else None
+
+    pending = [job for job in jobs.values() if job["status"] not in TERMINAL]
+    if rollback is not None:
+        rollback_at = parse_at(rollback["at"])
+        in_flight = [job for job in on_candidate if not finished(job) or finished(job) > rollback_at]
+        kept = [job for job in in_flight if job["status"] == "completed" and (job["model_version"] or "").startswith(candidate + "+")]
+        say(f"in flight on the candidate at the rollback: {jobs_n(len(in_flight))}; afterwards {len(kept)} completed on {candidate}, "
+            f"{sum(1 for j in in_flight if j['status'] == 'failed')} failed, {sum(1 for j in in_flight if j['status'] not in TERMINAL)} unfinished "
+            f"(each keeps the version it was routed to)")
+        after_jobs = [jobs[job["id"]] for job in after]
+        on_base = [j for j in after_jobs if j.get("rollout") is None and (j.get("model_version") or "").startswith(baseline + "+")]
+        if after_jobs:
+            say(f"after the rollback: {jobs_n(len(after_jobs))} submitted, {len(on_base)} of them on {baseline} outside any rollout"
+                + ("" if len(on_base) == len(after_jobs) else f" (the others: {[j['status'] for j in after_jobs if j not in on_base]})"))
+        ok = ok and len(on_base) == len(after_jobs)
+    if pending:
+        say(f"{jobs_n(len(pending))} still unfinished after the {args.drain_timeout:.0f} s drain")
+
+    if alerts is not None:
+        # Sent by a delivery worker after the rollback commits: give it a bounded while to arrive.
+        deadline = time.monotonic() + 30
+        while rollback is not None and rollback["actor"] == "system:guardrails" and not alerts.received and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if alerts.received:
+            from callbacks.signing import WebhookVerificationError, verify_webhook
+
+            alert = alerts.received[0]
+            try:
+                verify_webhook(env["CALLBACK_SIGNING_SECRET"], alert["headers"], alert["body"])
+                verified = "signature verified"
+            except WebhookVerificationError as exc:
+                verified, ok = f"signature NOT verified: {exc}", False
+            body = json.loads(alert["body"])
+            late = (alert["at"] - parse_at(rollback["at"])).total_seconds() if rollback else float("nan")
+            say(f"alert: {body['type']} POSTed to ROLLOUT_ALERT_URL {late:.1f} s after the rollback event, "
+                f"webhook-id {alert['headers'].get('webhook-id') or alert['headers'].get('Webhook-Id')}, {verified}")
+        else:
+            say("alert: none received at ROLLOUT_ALERT_URL")
+            ok = ok and outcome != "rolled_back"
+
+    left = f"no rollout live, {active_after} active" if not still_live and active_after == baseline else (
+        f"NOT as found: live {[r['id'] for r in still_live]}, active {active_after} (was {baseline})"
+    )
+    ok = ok and not still_live and active_after == baseline
+    say(f"service left: {left}; {candidate} stays registered, inactive" + ("; the bench's operator key is revoked" if created_key else ""))
+    say(f"manage.py rollout status {rollout['id']}:")
+    for line in status_text.rstrip().splitlines():
+        say(f"  | {line}")
+
+    if rollback is None or len(breaches) < needed:
+        say(f"RESULT: no automatic rollback (status {rollout['status']}): no breach-to-rollback figure")
+        return 1
+    streak = breaches[-needed:]  # the breaches in a row that made the rollback
+    first_at, rollback_at = parse_at(streak[0]["at"]), parse_at(rollback["at"])
+    between = [j for j in on_candidate if finished(j) and first_at < finished(j) <= rollback_at]
+    served_while_live = [j for j in on_candidate if finished(j) and finished(j) <= rollback_at]
+    served_all = [j for j in on_candidate if j["status"] in TERMINAL]
+    earlier = f"; {len(breaches) - needed} earlier breaches did not make a streak" if len(breaches) > needed else ""
+    say(
+        f"RESULT: {(rollback_at - first_at).total_seconds():.1f} s from the first breach to the rollback "
+        f"({streak[0]['at']} -> {rollback['at']}, {needed} breaches in a row"
+        + (f", evaluated every {interval} s" if interval else "")
+        + f"){earlier}; the candidate served {jobs_n(len(between))} between them, "
+        f"{len(served_while_live)} before the rollback and {len(served_all)} in all (with the jobs in flight), "
+        f"{(rollback_at - started_at).total_seconds():.0f} s after the start"
+    )
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python bench/rollout.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service (loopback only)")
+    parser.add_argument("--key", help="an operator's API key (default: create one with create_api_key bench-rollout --operator)")
+    parser.add_argument("--start-stack", action="store_true", help="start a stack of its own (devstack) and stop it after")
+    parser.add_argument("--embedded", action="store_true", help="with --start-stack: use the embedded stand-ins even where the services answer")
+    parser.add_argument("--keep", action="store_true", help="with --start-stack: keep the temporary var dir")
+    parser.add_argument("--rate", type=float, default=0.5, help="uploads per second (default 0.5)")
+    parser.add_argument("--jobs", type=int, default=120, help="most uploads during the canary (default 120)")
+    parser.add_argument("--upload-seconds", type=float, default=300, help="most seconds of uploads (default 300)")
+    parser.add_argument("--after", type=int, default=3, help="uploads after the rollback, to see them go to the baseline (default 3)")
+    parser.add_argument("--timeout", type=float, default=600, help="most seconds to wait for the verdict (default 600)")
+    parser.add_argument("--drain-timeout", type=float, default=300, help="most seconds to wait for the jobs in flight (default 300)")
+    parser.add_argument("--warm-timeout", type=float, default=60, help="most seconds to wait for the workers' pre-warm (default 60)")
+    parser.add_argument("--poll", type=float, default=2, help="seconds between reads of the rollout (default 2)")
+    parser.add_argument("--save", type=Path, metavar="FILE", help="write the rollout's last GET /api/v1/rollouts/{id}/ body here (JSON)")
+    parser.add_argument("--ready-timeout", type=float, default=300, help="with --start-stack: most seconds until /readyz (default 300)")
+    args = parser.parse_args()
+    if not 0 < args.rate <= 20 or not 0 < args.jobs <= 1000 or not 0 <= args.after <= 50:
+        parser.error("--rate must be in (0, 20], --jobs in 1..1000, --after in 0..50")
+    if not args.start_stack and urlsplit(args.url).hostname not in LOOPBACK:
+        parser.error("--url must be a loopback address (this bench loads and steers the service it talks to)")
+
+    stack = alerts = None
+    key_prefix = None
+    rc = 1
+    started = time.monotonic()
+    try:
+        if args.start_stack:
+            alerts = AlertReceiver()
+            say("stack: starting `python -m devstack up` ...")
+            stack = OwnStack(embedded=args.embedded, alert_url=alerts.url, ready_timeout=args.ready_timeout)
+            say(f"stack: ready in {time.monotonic() - started:.0f} s: {stack.description}")
+            env, base = stack.service_env, stack.base
+        else:
+            env, base = dict(os.environ), args.url
+        key = args.key
+        if not key:
+            key = manage(env, "create_api_key", ACTOR_NAME, "--operator").strip().splitlines()[-1]
+            key_prefix = key.split("_")[1]
+        api = Api(base, key)
+        probe = api.call("GET", "/api/v1/rollouts/", expect=(200, 401, 403), params={"page_size": 1})
+        if probe.status_code != 200:
+            raise BenchFailed(f"the key is refused on /api/v1/rollouts/ ({probe.status_code}): an operator's key is needed")
+        rc = run(args, api, env, alerts, created_key=key_prefix is not None and stack is None, interval=EVALUATE_INTERVAL if stack else None)
+    except (BenchFailed, SmokeFailed) as exc:  # SmokeFailed: the stack died or never got ready
+        say(f"bench/rollout.py: FAILED: {exc}")
+    except KeyboardInterrupt:
+        say("bench/rollout.py: interrupted")
+    except Exception as exc:  # a network error, an unexpected answer: a failure all the same
+        say(f"bench/rollout.py: FAILED: {type(exc).__name__}: {exc}")
+    finally:
+        if key_prefix and stack is None:
+            try:
+                manage(env, "revoke_api_key", key_prefix)
+            except BenchFailed as exc:
+                say(f"could not revoke the bench's key {key_prefix}: {exc}")
+        if stack is not None:
+            problems = stack.close(keep=args.keep or rc != 0)
+            for problem in problems:
+                say(f"stack: {problem}")
+            if problems:
+                rc = 1
+            if rc != 0:
+                say("stack: last lines of its output:\n" + "\n".join(stack.stack.log().splitlines()[-40:]))
+        if alerts is not None:
+            alerts.close()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
