@@ -113,7 +113,7 @@ class RolloutStageSerializer(serializers.Serializer):
         min_value=0, max_value=rollouts.MAX_STAGE_SECONDS, required=False, help_text="Least time at this stage before it advances."
     )
     min_jobs = serializers.IntegerField(
-        min_value=0, max_value=1_000_000, required=False, help_text="Candidate jobs that must finish in this stage before it advances before it advances."
+        min_value=0, max_value=1_000_000, required=False, help_text="Candidate jobs that must finish in this stage before it advances."
     )
 
 
