@@ -22,4 +22,5 @@ RUN DJANGO_SECRET_KEY=build S3_ENDPOINT=x:1 S3_ACCESS_KEY=x S3_SECRET_KEY=x \
 USER app
 
 EXPOSE 8000
-CMD ["gunicorn", "face_detect_api.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]
+# Logs in LOG_FORMAT (json by default), one access line per request from the app itself.
+CMD ["gunicorn", "face_detect_api.wsgi", "--config", "python:face_detect_api.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2"]

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: install up down test smoke bench clean
+.PHONY: install up down test smoke bench flower clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ smoke: install
 ## Print throughput and latency figures of the detector (see docs/benchmarks.md).
 bench: install
 	$(PY) bench/detector.py
+
+## Flower, the Celery monitor, on http://127.0.0.1:5555 (loopback only), behind basic auth:
+##   FLOWER_BASIC_AUTH=admin:a-long-password make flower
+## It reads the broker of env.env (or the environment), like the workers.
+flower: install
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "make flower: set FLOWER_BASIC_AUTH=user:password (Flower is not served without a login)" >&2; exit 1; }
+	$(VENV)/bin/celery -A face_detect_api flower --address=127.0.0.1 --port=5555 --basic-auth="$$FLOWER_BASIC_AUTH"
 
 clean:
 	rm -rf var staticfiles .pytest_cache

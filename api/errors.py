@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge, Unavailable, UnsupportedFormat
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,23 @@ def _first_field_error(detail: Any) -> tuple[str | None, Any]:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    response = _error_response(exc, context)
+    _count_refused_upload(context, response)
+    return response
+
+
+def _count_refused_upload(context: dict, response: Response | None) -> None:
+    # Uploads only: why clients' photos are turned away (size, format, key, rate) is the figure
+    # operators watch; a 4xx elsewhere is a client's own business.
+    request = context.get("request")
+    if response is None or request is None or request.method != "POST" or not 400 <= response.status_code < 500:
+        return
+    match = getattr(request, "resolver_match", None)
+    if match is not None and match.url_name == "image-collection":
+        metrics.upload_refused(reason=response.data["error"]["code"])
+
+
+def _error_response(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.field), status=domain_error_status(exc))
     if isinstance(exc, RequestDataTooBig):

@@ -1,10 +1,11 @@
 from django.urls import path
 
-from . import rollouts, views
+from . import rollouts, stats, views
 
 urlpatterns = [
     path("models/", views.ModelCollectionView.as_view(), name="model-collection"),
     path("models/<str:version_id>/", views.ModelDetailView.as_view(), name="model-detail"),
+    path("models/<str:version_id>/stats/", stats.VersionStatsView.as_view(), name="model-stats"),  # operators only
     path("images/", views.ImageCollectionView.as_view(), name="image-collection"),
     path("images/<str:image_id>/", views.ImageDetailView.as_view(), name="image-detail"),
     path("images/<str:image_id>/redeliver/", views.ImageRedeliverView.as_view(), name="image-redeliver"),

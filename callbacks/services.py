@@ -20,6 +20,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core import metrics
+
 from .http import post_signed
 from .models import CallbackAttempt, CallbackDelivery, DeliveryStatus
 
@@ -125,6 +127,7 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
         else:
             delivery.next_attempt_at = timezone.now() + dt.timedelta(seconds=next_delay)
         delivery.save()
+    _attempt_counted(delivery, refused=result.refused, retried=next_delay is not None)
 
     logger.log(
         logging.INFO if delivered else logging.WARNING,
@@ -137,6 +140,20 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
         f" (next in {next_delay:.1f}s)" if next_delay is not None else "",
     )
     return next_delay
+
+
+def _attempt_counted(delivery: CallbackDelivery, *, refused: bool, retried: bool) -> None:
+    """The attempt's outcome in the metrics; a job's first delivered callback also adds the
+    job's whole time (accepted to delivered). A redelivery an operator asks for days later is
+    not the job's time, so it is left out."""
+    if refused:
+        outcome = "refused"
+    elif retried:
+        outcome = "retry"
+    else:
+        outcome = "delivered" if delivery.status == DeliveryStatus.DELIVERED else "failed"
+    first = outcome == "delivered" and not CallbackDelivery.objects.filter(image_id=delivery.image_id, id__lt=delivery.id).exists()
+    metrics.callback_attempted(outcome=outcome, job=delivery.image if first else None, delivered_at=delivery.finished_at)
 
 
 def callback_deliveries_due(*, grace: float = 5.0, limit: int = 500) -> list[int]:

@@ -13,6 +13,7 @@ devstack/smoke.py, runs a second stack there without touching a developer's var/
 import argparse
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,14 @@ def ensure_postgres_database(url: str) -> None:
     print(f"devstack: created database {name}")
 
 
+def metrics_dir_reset(var: Path) -> Path:
+    """<var>/metrics, emptied (Prometheus multi-process files of an earlier run)."""
+    path = var / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def manage(*args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True)
 
@@ -194,6 +203,9 @@ def up() -> int:
             replaced = [name for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL") if name in overrides]
             print(f"devstack: {', '.join(replaced)} not answering; using embedded defaults under {var} (SQLite, filesystem broker, file results, in-memory cache)")
         os.environ.update(overrides)
+        # One metrics directory for the API's and the workers' processes, so that GET /metrics
+        # shows them all; emptied, since counters left by an earlier run would be counted again.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir_reset(var))
         # The Procfile's commands (gunicorn, celery) live next to this interpreter, in the venv.
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         if os.environ["DATABASE_URL"].startswith("postgres"):

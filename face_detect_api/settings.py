@@ -4,10 +4,14 @@ Every variable is documented, with a safe development default, in ``env.env`` at
 root. That file is read first; variables already set in the process environment win over it.
 """
 
+import logging
+import os
 from pathlib import Path
 
 import environ
 from kombu import Exchange, Queue
+
+from core.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -41,9 +45,14 @@ INSTALLED_APPS = [
     "jobs",
     "callbacks",
     "workers",
+    # The staff dashboard (/dashboard/): reads jobs, rollouts and registry; nothing imports it.
+    "dashboard",
 ]
 
 MIDDLEWARE = [
+    # First: every answer gets X-Request-ID (the others' redirects and errors too), and every log
+    # line of the request its http_request_id; it writes the access log.
+    "api.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -120,7 +129,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Asynchronous face detection. Upload a photo; get 202 at once; receive the faces at your "
         "callback_url (signed per Standard Webhooks) or poll the job. Every route needs an API key: "
-        "`Authorization: Api-Key <key>` or `X-API-Key: <key>`."
+        "`Authorization: Api-Key <key>` or `X-API-Key: <key>`. Every answer carries `X-Request-ID`: "
+        "send your own (up to 128 printable ASCII characters) or keep the one made up for you, and "
+        "quote it when you ask about a request."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -285,16 +296,33 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
 
+# --- Metrics (Prometheus; docs/observability.md) ------------------------------------------------
+# The directory where every process of this host (gunicorn workers, Celery pool processes)
+# writes its metrics for one scrape to add up; unset: single-process mode. Read by
+# prometheus_client itself when first imported, which takes the variable's mere presence for a
+# directory: an empty one is removed here, before anything imports it.
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if not PROMETHEUS_MULTIPROC_DIR:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+# CIDR ranges whose addresses may read GET /metrics (comma separated); empty: everyone.
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+# A Celery worker serves its pool processes' metrics on this port (all interfaces); 0: off.
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
+
 # --- Logging -----------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# json (the default): every line one JSON object, for log collectors: time (ISO 8601, UTC),
+# level, logger, process, message, exc_info, and the request or job in hand (http_request_id,
+# job_id, request_id, model_version, cohort, rollout, variant, task, task_id: docs/observability.md).
+# text: the same lines for a person at a terminal, the fields as key=value at the end.
+LOG_FORMAT = env("LOG_FORMAT", default="json").strip().lower()
+# One handler on the root logger for every process (API, workers, beat); core/logging.py has the
+# formatters and the context. gunicorn's own lines use the same (face_detect_api/gunicorn_conf.py),
+# and the access log is one line per request from api.middleware.RequestIdMiddleware.
+LOGGING = logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL)
+# Python's warnings (a library's UserWarning, a deprecation) become log records of the logger
+# "py.warnings", so they are JSON lines too instead of bare text on stderr.
+logging.captureWarnings(True)
 
 # --- Production guard --------------------------------------------------------------------------
 # DJANGO_ENV=production refuses to start on the development defaults above.

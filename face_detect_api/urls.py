@@ -7,6 +7,8 @@ from rest_framework.permissions import AllowAny
 
 from api.errors import error_body
 from api.health import healthz, readyz
+from api.metrics import metrics_view
+from dashboard.views import dashboard
 
 urlpatterns = [
     # The schema and its UI need no key: they describe the API, they do not reach data.
@@ -19,9 +21,13 @@ urlpatterns = [
     path("api/v1/", include("api.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    # Prometheus: no API key, limited by METRICS_ALLOWED_NETWORKS (api/metrics.py).
+    path("metrics", metrics_view, name="metrics"),
     # Admin pages kept their addresses' shape when the models moved out of the `api` app:
     # /admin/api/image/... now lives at /admin/jobs/image/... (bookmarks keep working).
     re_path(r"^admin/api/(?P<model>[a-z]+)/(?P<rest>.*)$", lambda request, model, rest: _moved_admin_page(request, model, rest)),
+    # Staff only, through the admin's login (dashboard/views.py).
+    path("dashboard/", dashboard, name="dashboard"),
     path("admin/", admin.site.urls),
 ]
 

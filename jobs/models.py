@@ -22,6 +22,10 @@ class Image(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     client = models.ForeignKey("clients.ApiClient", on_delete=models.PROTECT, related_name="images")
     request_id = models.CharField(max_length=128, db_index=True)
+    # The X-Request-ID of the HTTP request that made the job (api.middleware), so that the
+    # workers' log lines about the job carry it (http_request_id). Null: not made over HTTP, or
+    # made before it was recorded.
+    http_request_id = models.CharField(max_length=128, null=True, blank=True)
     callback_url = models.URLField(max_length=2048, blank=True)
 
     # Object keys are chosen by the server; the client's filename is kept for operators only.
@@ -54,6 +58,10 @@ class Image(models.Model):
     # start, left out of latency figures).
     detection_ms = models.PositiveIntegerField(null=True, blank=True)
     detector_cold = models.BooleanField(default=False)
+    # The CPU time the detector took (ms of time.process_time: every thread of the worker
+    # process), for what detections cost (CPU-seconds per 1,000 on the dashboard). Null for jobs
+    # detected before it was recorded.
+    detection_cpu_ms = models.PositiveIntegerField(null=True, blank=True)
 
     # The rollout that routed this job, the side it got, and the cohort key it was routed by
     # (blank: routed by its client). Null outside a rollout, or when model_version was asked for.

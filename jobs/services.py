@@ -21,7 +21,9 @@ from django.utils import timezone
 from callbacks.models import CallbackDelivery
 from callbacks.services import callback_delivery_create, callback_delivery_enqueue
 from clients.models import ApiClient
+from core import metrics
 from core.errors import Conflict, DomainError, TooLarge, Unavailable, UnsupportedFormat
+from core.logging import log_context_get
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.annotate import annotate_jpeg
 from detection.compare import Box, agreement, boxes_of
@@ -114,6 +116,9 @@ def image_job_create(
                 id=image_id,
                 client=client,
                 request_id=request_id,
+                # The X-Request-ID of the request making it (api.middleware): the workers' log
+                # lines about this job carry it too.
+                http_request_id=log_context_get("http_request_id"),
                 callback_url=callback_url,
                 # For operators' eyes only; control characters would garble the admin and logs.
                 original_filename="".join(ch for ch in filename if ch.isprintable())[:255],
@@ -236,6 +241,7 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False) -> Image 
         image.attempts += 1
         image.started_at = timezone.now()
         image.save(update_fields=["status", "attempts", "started_at", "updated_at"])
+        metrics.job_started(image)
         return image
 
 
@@ -254,6 +260,7 @@ def image_job_complete(
     height: int,
     detection_ms: int | None = None,
     detector_cold: bool = False,
+    detection_cpu_ms: int | None = None,
 ) -> bool:
     """Record the faces of a processing job (each marked with the job's detector version),
     replacing any from an earlier attempt, and mark it completed, with how long the detector
@@ -284,9 +291,11 @@ def image_job_complete(
         image.width, image.height = width, height
         image.face_count = len(faces)
         image.detection_ms, image.detector_cold = detection_ms, detector_cold
+        image.detection_cpu_ms = detection_cpu_ms
         image.error_code = image.error_message = ""
         image.finished_at = timezone.now()
         image.save()
+        transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
         return True
 
 
@@ -296,6 +305,7 @@ def _fail(image: Image, code: str, message: str) -> None:
     image.error_message = message[:2000]
     image.finished_at = timezone.now()
     image.save(update_fields=["status", "error_code", "error_message", "finished_at", "updated_at"])
+    transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
     logger.warning("job %s failed: %s: %s", image.id, code, message)
 
 
@@ -321,11 +331,12 @@ def _detector_failure(exc: Exception) -> str:
     return "model_weights_mismatch" if isinstance(exc, WeightsMismatch) else "detector_unavailable"
 
 
-def _detect_timed(detector, rgb) -> tuple[list, int]:
-    """The detections and how long the detector took, in whole milliseconds."""
-    started = time.monotonic()
+def _detect_timed(detector, rgb) -> tuple[list, int, int]:
+    """The detections, how long the detector took and the CPU time it used (process_time counts
+    every thread of this process: torch's too), in whole milliseconds."""
+    started, cpu_started = time.monotonic(), time.process_time()
     detections = detector.detect(rgb)
-    return detections, int(round((time.monotonic() - started) * 1000))
+    return detections, int(round((time.monotonic() - started) * 1000)), int(round((time.process_time() - cpu_started) * 1000))
 
 
 def faces_from_detections(detections: Sequence, *, width: int, height: int) -> list[FaceData]:
@@ -382,7 +393,8 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         logger.exception("job %s: detector %s cannot run here (%s)", image_id, image.detector_version_id, code)
         image_job_fail(image_id=image_id, code=code, message=JOB_ERROR_MESSAGES[code])
         return
-    detections, elapsed_ms = _detect_timed(detector, rgb)
+    with metrics.detection_timed(model_version=image.detector_version_id, variant=image.variant):
+        detections, elapsed_ms, cpu_ms = _detect_timed(detector, rgb)
     logger.info("job %s: %d faces with %s in %d ms%s", image_id, len(detections), detector.model_version, elapsed_ms, " (cold)" if cold else "")
     image_job_complete(
         image_id=image_id,
@@ -392,6 +404,7 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         height=rgb.height,
         detection_ms=elapsed_ms,
         detector_cold=cold,
+        detection_cpu_ms=cpu_ms,
     )
 
 
@@ -537,7 +550,8 @@ def shadow_run_detect(*, shadow_run_id: int) -> None:
         logger.warning("shadow run %s: detector %s cannot run here", shadow_run_id, run.detector_version_id, exc_info=True)
         shadow_run_fail(shadow_run_id=shadow_run_id, code=_detector_failure(exc))
         return
-    detections, elapsed_ms = _detect_timed(detector, rgb)
+    with metrics.detection_timed(model_version=run.detector_version_id, variant=run.variant):
+        detections, elapsed_ms, _cpu_ms = _detect_timed(detector, rgb)
     faces = [
         face_representation(x=f.x, y=f.y, width=f.width, height=f.height, confidence=f.confidence, landmarks=f.landmarks)
         for f in faces_from_detections(detections, width=rgb.width, height=rgb.height)

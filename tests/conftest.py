@@ -241,6 +241,8 @@ def worker_env(django_db_setup, django_db_blocker, s3_server) -> dict[str, str]:
         DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         DETECTOR_TORCH_THREADS="1",
         PYTHONUNBUFFERED="1",
+        # Tests read the worker's log as JSON lines, whatever the developer's shell prefers.
+        LOG_FORMAT="json",
     )
     return env
 

@@ -1,14 +1,27 @@
 """Worker process lifecycle: import torch once in the parent, load the detector once per child,
-and keep the live rollout's versions loaded (pre-warm), reporting them in a heartbeat."""
+and keep the live rollout's versions loaded (pre-warm), reporting them in a heartbeat. Also the
+logs: Celery's own handlers in LOG_FORMAT, and each task's log context (its request id)."""
 
 import logging
 import os
 import socket
 import threading
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    before_task_publish,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from django.conf import settings
 from django.db import close_old_connections
+
+from core import metrics
+from core.logging import adopt_handlers, log_context_close, log_context_get, log_context_open
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +141,7 @@ def prewarm_once(*, worker: str) -> list[str]:
             continue
         loaded.append(version.id)
     worker_heartbeat(worker=worker, versions=loaded)
+    metrics.detector_versions_loaded(len(loaded))
     return loaded
 
 
@@ -150,3 +164,103 @@ def _prewarm_stop(**_: object) -> None:
         logger.exception("process %d could not withdraw its heartbeat", os.getpid())
     finally:
         close_old_connections()
+
+
+# --- Metrics (multi-process mode: core/metrics.py) --------------------------------------------------
+
+
+@worker_init.connect
+def _metrics_server_start(**_: object) -> None:
+    """In the worker's parent process, with WORKER_METRICS_PORT set: serve the metrics of all its
+    pool processes (the files they write in PROMETHEUS_MULTIPROC_DIR), so that each worker
+    container is a scrape target of its own."""
+    if not settings.WORKER_METRICS_PORT:
+        return
+    if not metrics.multiprocess_dir():
+        logger.warning("WORKER_METRICS_PORT without PROMETHEUS_MULTIPROC_DIR: the pool processes' metrics will not show")
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(settings.WORKER_METRICS_PORT, registry=metrics.scrape_registry())
+    except OSError:
+        # A taken port must not stop the worker from taking jobs.
+        logger.exception("could not serve metrics on port %s", settings.WORKER_METRICS_PORT)
+        return
+    logger.info("worker metrics on :%s/metrics", settings.WORKER_METRICS_PORT)
+
+
+@worker_process_init.connect
+def _metrics_reap_dead(**_: object) -> None:
+    """A new pool process often replaces one that was killed (SIGKILL, the OOM killer, a hard
+    time limit) and could not say so: drop the live series of every process that is gone."""
+    metrics.dead_processes_reap()
+
+
+@worker_process_shutdown.connect
+def _metrics_process_exit(**_: object) -> None:
+    """A pool process that exits drops its live series (its counts stay)."""
+    metrics.process_dead(os.getpid())
+
+
+# --- Logs: Celery's handlers and each task's context (core/logging.py) ------------------------------
+
+# The message header that carries the id of the HTTP request behind a task (api.middleware).
+HTTP_REQUEST_ID_HEADER = "http_request_id"
+
+
+@after_setup_logger.connect
+def _celery_handlers_formatted(logger=None, **_: object) -> None:
+    """Celery keeps the root handler of settings.LOGGING (CELERY_WORKER_HIJACK_ROOT_LOGGER is
+    False) but gives the multiprocessing logger one of its own: same format for it."""
+    from celery.utils.log import get_multiprocessing_logger
+
+    for target in (logger, get_multiprocessing_logger()):
+        if target is not None:
+            adopt_handlers(target, settings.LOG_FORMAT)
+
+
+@after_setup_task_logger.connect
+def _celery_task_handler_formatted(logger=None, **_: object) -> None:
+    """Celery's task logger (celery.task, get_task_logger) has a handler and a format of its own
+    (worker_task_log_format): same format for it, with the task in the context instead."""
+    if logger is not None:
+        adopt_handlers(logger, settings.LOG_FORMAT)
+
+
+@before_task_publish.connect
+def _request_id_header(headers=None, **_: object) -> None:
+    """Every task published while a request or a task is in hand carries its request id: the
+    detect -> deliver chain and the callbacks from the API, the chain's next step, shadow runs,
+    callback retries from the workers. A header set by the publisher itself is kept (a retry
+    copies its task's headers)."""
+    request_id = log_context_get("http_request_id")
+    if request_id and headers is not None:
+        headers.setdefault(HTTP_REQUEST_ID_HEADER, request_id)
+
+
+@task_prerun.connect
+def _task_log_scope_open(task=None, task_id=None, **_: object) -> None:
+    """A fresh log scope per task: the task and its id, and the request id of its header. The
+    task adds its job's fields (jobs.logcontext) once it knows the job; task_postrun closes the
+    scope, so nothing of one task is left on the lines of the next."""
+    if task is None:
+        return
+    request = task.request
+    header = getattr(request, HTTP_REQUEST_ID_HEADER, None) or (request.headers or {}).get(HTTP_REQUEST_ID_HEADER)
+    request._log_scope = log_context_open(
+        task=task.name, task_id=task_id, http_request_id=str(header)[:128] if header else None
+    )
+
+
+@task_postrun.connect
+def _task_log_scope_close(task=None, **_: object) -> None:
+    token = getattr(task.request, "_log_scope", None) if task is not None else None
+    if token is None:
+        return
+    task.request._log_scope = None
+    try:
+        log_context_close(token)
+    except ValueError:
+        # Opened in another context (a pool that runs prerun and postrun apart): nothing of
+        # this scope is in the current one to clear.
+        logger.debug("task %s: its log scope was opened in another context", task.name)

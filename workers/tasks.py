@@ -15,7 +15,9 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from callbacks import services as delivery
+from core.logging import log_context_add
 from jobs import services, stats
+from jobs.logcontext import job_log_context_for
 from registry import services as registry
 from rollouts import alerts, guardrails
 from rollouts import services as rollouts
@@ -37,6 +39,9 @@ def detect_faces(self, image_id: str) -> str:
     """Detect the faces of one job. Returns normally once the job is terminal, so the chained
     delivery runs for failed jobs too."""
     job_id = uuid.UUID(image_id)
+    # The job's fields on this task's log lines (its scope: workers/signals.py); the header's
+    # request id, when there is one, wins over the row's.
+    log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     try:
         services.image_job_detect(image_id=job_id, redelivered=redelivered)
@@ -67,6 +72,7 @@ def detect_faces(self, image_id: str) -> str:
 def deliver_result(self, image_id: str) -> str:
     """Annotate a finished job's photo, then make its callback delivery and try it."""
     job_id = uuid.UUID(image_id)
+    log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
     try:
         services.image_job_annotate(image_id=job_id)
     except TRANSIENT_ERRORS as exc:
@@ -86,6 +92,7 @@ def deliver_result(self, image_id: str) -> str:
 @shared_task
 def deliver_callback(delivery_id: int) -> None:
     """Try one callback delivery (a retry, or a redelivery asked for by an operator)."""
+    log_context_add(keep_existing=True, **job_log_context_for(delivery_id=delivery_id))
     _attempt(delivery_id)
 
 
@@ -110,6 +117,7 @@ def sweep() -> dict:
 def shadow_detect(self, shadow_run_id: int) -> None:
     """Run the other version of a rollout on a job's photo (a shadow run): stored, compared,
     never returned or called back. Transient errors retry; anything else fails the run only."""
+    log_context_add(keep_existing=True, **job_log_context_for(shadow_run_id=shadow_run_id))
     try:
         services.shadow_run_detect(shadow_run_id=shadow_run_id)
     except TRANSIENT_ERRORS as exc:

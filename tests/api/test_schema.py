@@ -62,6 +62,7 @@ def test_schema_describes_every_route():
         "/api/v1/images/{image_id}/redeliver/",
         "/api/v1/models/",
         "/api/v1/models/{version_id}/",
+        "/api/v1/models/{version_id}/stats/",
         "/api/v1/rollouts/",
         "/api/v1/rollouts/{rollout_id}/",
         *(f"/api/v1/rollouts/{{rollout_id}}/{action}/" for action in ("promote", "rollback", "pause", "resume", "advance", "end")),

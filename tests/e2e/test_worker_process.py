@@ -1,6 +1,6 @@
 """The detector is loaded once per worker process, never per task, and never in the web process."""
 
-import re
+import json
 import subprocess
 import sys
 
@@ -22,9 +22,20 @@ def test_each_worker_process_loads_the_detector_once(api_client, worker_env, s3,
         log = worker.log()
     finally:
         worker.stop()
-    loads = re.findall(r"\[(\d+)\] loaded detector mtcnn@", log)
+    loads = [line["process"] for line in _json_lines(log) if line["message"].startswith("loaded detector mtcnn@")]
     assert len(children) == 2
     assert sorted(int(pid) for pid in loads) == sorted(children)
+
+
+def _json_lines(log: str) -> list[dict]:
+    """The worker's log lines (JSON, LOG_FORMAT=json); Celery's banner before them is not."""
+    lines = []
+    for text in log.splitlines():
+        try:
+            lines.append(json.loads(text))
+        except ValueError:
+            continue
+    return [line for line in lines if isinstance(line, dict) and "message" in line]
 
 
 def test_the_web_process_never_imports_torch():

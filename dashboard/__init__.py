@@ -1,0 +1,1 @@
+"""The staff dashboard (/dashboard/): figures per detector version, drawn on the server."""
