@@ -8,11 +8,12 @@ WORKDIR /app
 # torch from PyPI is a CUDA build (several GB). For CPU-only hosts, build with
 #   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX=
-COPY requirements.txt .
+COPY requirements.txt requirements-nodeps.txt ./
 RUN if [ -n "$TORCH_INDEX" ]; then \
         pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1; \
     fi \
- && pip install -r requirements.txt
+ && pip install -r requirements.txt \
+ && pip install --no-deps -r requirements-nodeps.txt
 
 COPY . .
 RUN DJANGO_SECRET_KEY=build S3_ENDPOINT=x:1 S3_ACCESS_KEY=x S3_SECRET_KEY=x \

@@ -53,7 +53,10 @@ def spec_from_file(path: Path) -> DetectorSpec:
 
 @dataclass(frozen=True)
 class Detection:
-    """One face in the pixel coordinates of the image given to ``detect``."""
+    """One detected object in the pixel coordinates of the image given to ``detect``.
+
+    ``label`` is what it is: "face" for face models, the class name otherwise (e.g. "person").
+    ``landmarks`` holds only the points the model really has, by name (none invented)."""
 
     x1: float
     y1: float
@@ -61,6 +64,7 @@ class Detection:
     y2: float
     confidence: float
     landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    label: str = "face"
 
 
 class Detector(abc.ABC):

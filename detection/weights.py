@@ -13,13 +13,24 @@ class WeightsMismatch(RuntimeError):
     """A weight file is missing or its sha256 differs from the registered one."""
 
 
+# Where each implementation's weight files ship: (importable package, folder inside it). This
+# table is the registration of weight locations; an implementation absent from it has no weight
+# files (the stub). Engines of the same model share a row's files (MTCNN's torch and ONNX engines
+# both read facenet-pytorch's).
+WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
+    "mtcnn": ("facenet_pytorch", "data"),
+}
+
+
 def weights_dir(implementation: str) -> Path | None:
-    if implementation == "mtcnn":
-        spec = importlib.util.find_spec("facenet_pytorch")
-        if spec is None or not spec.submodule_search_locations:
-            raise WeightsMismatch("facenet-pytorch is not installed")
-        return Path(list(spec.submodule_search_locations)[0]) / "data"
-    return None  # implementations without weight files (the stub)
+    located = WEIGHT_PACKAGES.get(implementation)
+    if located is None:
+        return None  # implementations without weight files (the stub)
+    package, folder = located
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsMismatch(f"{package} (the package that ships {implementation}'s weights) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / folder
 
 
 def sha256_file(path: Path) -> str:
