@@ -16,12 +16,27 @@ from .base import Detector, DetectorSpec
 logger = logging.getLogger(__name__)
 
 CACHE_SIZE = 3
+# CPU threads for one detection, for engines that take a count (OpenVINO, LiteRT); 0 lets each
+# runtime choose (all cores). The worker sets it from DETECTOR_THREADS before loading any.
+threads = 0
 
 
 def _mtcnn(spec: DetectorSpec, device: str) -> Detector:
     from .mtcnn import MTCNNDetector
 
-    return MTCNNDetector(spec=spec, device=device)
+    return MTCNNDetector(spec=spec, device=device, threads=threads)
+
+
+def _mtcnn_openvino(spec: DetectorSpec, device: str) -> Detector:
+    from .mtcnn_openvino import MTCNNOpenVINODetector
+
+    return MTCNNOpenVINODetector(spec=spec, device=device, threads=threads)
+
+
+def _blazeface(spec: DetectorSpec, device: str) -> Detector:
+    from .blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(spec=spec, device=device, threads=threads)
 
 
 def _stub(spec: DetectorSpec, device: str) -> Detector:
@@ -30,7 +45,24 @@ def _stub(spec: DetectorSpec, device: str) -> Detector:
     return StubDetector(spec=spec, device=device)
 
 
-IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "stub": _stub}
+IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface}
+
+
+# The modules each implementation runs on, for a worker to import in its parent process before
+# forking its pool: the children then start with them in memory (shared, copy-on-write) instead
+# of each importing them. Imports only: no model is loaded and no thread started.
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "mtcnn": ("torch", "facenet_pytorch.models.mtcnn"),
+    "mtcnn-openvino": ("openvino", "onnx", "cv2"),
+    "blazeface": ("ai_edge_litert.interpreter",),
+}
+
+
+def preload(implementation: str) -> None:
+    import importlib
+
+    for module in PRELOAD.get(implementation, ()):
+        importlib.import_module(module)
 
 
 class UnknownDetector(LookupError):

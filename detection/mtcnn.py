@@ -32,9 +32,10 @@ DEFAULT_SETTINGS = {
 class MTCNNDetector(Detector):
     name = "mtcnn"
 
-    def __init__(self, *, spec: DetectorSpec, device: str = "cpu") -> None:
+    def __init__(self, *, spec: DetectorSpec, device: str = "cpu", threads: int = 0) -> None:
         super().__init__(spec=spec, device=device)
         self.settings = {**DEFAULT_SETTINGS, **spec.settings}
+        self.threads = threads  # CPU threads per detection; 0: the engine's default (all cores)
         self._load()
 
     def _load(self) -> None:
@@ -46,6 +47,8 @@ class MTCNNDetector(Detector):
             raise DetectorUnavailable(f"DETECTOR_DEVICE={self.device} but CUDA is not available")
         self._torch = torch
         self._torch_device = torch.device(self.device)
+        if self.threads:
+            torch.set_num_threads(self.threads)  # process-wide: torch has no per-model setting
 
         # The files are checked against the registered checksums before torch reads them.
         paths = verify_weights("mtcnn", self.spec.weights)

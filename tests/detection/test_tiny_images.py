@@ -20,7 +20,9 @@ VERSIONS = ROOT / "detector_versions"
 # implementation -> the specs it is tested with.
 SPECS = {
     "mtcnn": [spec_from_file(VERSIONS / "mtcnn@1.0.0.json"), spec_from_file(VERSIONS / "mtcnn@1.1.0.json")],
+    "mtcnn-openvino": [spec_from_file(VERSIONS / "mtcnn@1.2.0.json")],
     "stub": [DetectorSpec(id="stub@0.0.0", label="stub@0.0.0", implementation="stub", settings={}, weights={})],
+    "blazeface": [spec_from_file(VERSIONS / "blazeface@1.0.0.json")],
 }
 CASES = [spec for implementation in sorted(SPECS) for spec in SPECS[implementation]]
 
