@@ -1,9 +1,17 @@
-"""Detector figures: load time, memory, and per-photo latency on tests/data/photos.
+"""Detector figures: each engine against facenet-pytorch's own `MTCNN.detect` loop, on the same
+photos with the same threads; start time and memory of a process serving each; and throughput of
+N processes x T threads on this machine's cores.
 
-Prints figures; asserts nothing. Run with `make bench` (or `python bench/detector.py --device cuda`).
+    python bench/detector.py                      # CPU: facenet loop, mtcnn@1.1.0 (torch), mtcnn@1.2.0 (OpenVINO)
+    python bench/detector.py --device cuda        # the torch engine on a GPU, next to the CPU loop
+    python bench/detector.py --engines mtcnn@1.2.0 blazeface@1.0.0 --repeat 3
+
+Every figure comes from fresh processes (spawned, so none inherits another's threads or loaded
+modules). Prints figures; asserts nothing. docs/benchmarks.md shows its output.
 """
 
 import argparse
+import multiprocessing as mp
 import os
 import resource
 import statistics
@@ -13,59 +21,143 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "face_detect_api.settings")
+
+FACENET = "facenet-loop"  # facenet_pytorch.MTCNN(...).detect(image, landmarks=True), its defaults
 
 
-def rss_mb() -> float:
+def _images(testdata: str, distinct: bool):
+    """The photos as RGB images. ``distinct``: each also at two other sizes, so that no size
+    repeats (engines that specialise per input shape pay for each new one)."""
+    from PIL import Image
+
+    images = []
+    for path in sorted(Path(testdata).glob("*.[pj][np]g")):
+        image = Image.open(path)
+        image.load()
+        image = image.convert("RGB")
+        images.append((path.name, image))
+        if distinct:
+            for factor in (0.83, 1.21):
+                size = (round(image.width * factor), round(image.height * factor))
+                images.append((f"{path.name}@{factor}", image.resize(size, Image.Resampling.BILINEAR)))
+    return images
+
+
+def _load(engine: str, device: str, threads: int):
+    """(detect function, what it is) in this process, with ``threads`` CPU threads."""
+    if engine == FACENET:
+        import torch
+        from facenet_pytorch import MTCNN
+
+        if threads:
+            torch.set_num_threads(threads)
+        mtcnn = MTCNN(device=device)
+        return (lambda image: mtcnn.detect(image, landmarks=True)), f"facenet-pytorch MTCNN.detect, torch {torch.__version__}"
+    from detection import engines
+    from detection.base import spec_from_file
+
+    spec = spec_from_file(ROOT / "detector_versions" / f"{engine}.json")
+    if spec.implementation == "mtcnn" and threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    engines.threads = threads
+    detector = engines.get_detector(spec, device=device)
+    return detector.detect, spec.implementation
+
+
+def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _worker(engine, device, threads, testdata, distinct, repeat, start_barrier, results):
+    """One process: load, warm up (unless distinct), then detect every photo ``repeat`` times."""
+    started = time.perf_counter()
+    detect, what = _load(engine, device, threads)
+    ready_s = time.perf_counter() - started
+    images = _images(testdata, distinct)
+    if not distinct:
+        for _, image in images:
+            detect(image)  # warm-up: first calls allocate, and per-shape engines specialise
+    if start_barrier is not None:
+        start_barrier.wait()
+    per_photo = {name: [] for name, _ in images}
+    faces = {}
+    began = time.perf_counter()
+    for _ in range(repeat):
+        for name, image in images:
+            t = time.perf_counter()
+            out = detect(image)
+            per_photo[name].append((time.perf_counter() - t) * 1000)
+            faces[name] = len(out[0]) if engine == FACENET and out[0] is not None else (0 if engine == FACENET else len(out))
+    elapsed = time.perf_counter() - began
+    results.put({"what": what, "ready_s": ready_s, "rss_mb": _rss_mb(), "per_photo": per_photo, "faces": faces,
+                 "elapsed": elapsed, "count": repeat * len(images)})
+
+
+def run(engine, device, processes, threads, args, distinct=False):
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    barrier = ctx.Barrier(processes) if processes > 1 else None
+    procs = [ctx.Process(target=_worker, args=(engine, device, threads, args.testdata, distinct, args.repeat, barrier, results))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    out = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    # Throughput of the layout: all photos of all processes over the slowest process's time.
+    return {**out[0], "photos_per_s": sum(o["count"] for o in out) / max(o["elapsed"] for o in out),
+            "rss_mb": max(o["rss_mb"] for o in out), "ready_s": max(o["ready_s"] for o in out)}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--version", default="mtcnn@1.0.0", help="a file in detector_versions/")
+    parser.add_argument("--engines", nargs="*", help=f"{FACENET} and/or files in detector_versions/ (name@version)")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--testdata", default=str(ROOT / "tests" / "data" / "photos"))
     args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    engines = args.engines or ([FACENET, "mtcnn@1.1.0", "mtcnn@1.2.0"] if args.device == "cpu" else [FACENET, "mtcnn@1.1.0"])
+    print(f"# bench/detector.py, {time.strftime('%Y-%m-%d')}: device={args.device}, {cores} cores, "
+          f"photos {Path(args.testdata).relative_to(ROOT) if Path(args.testdata).is_relative_to(ROOT) else args.testdata}, "
+          f"{args.repeat} runs each after a warm-up\n")
 
-    import django
+    # 1. Latency per photo, one process with every core, and its start and memory.
+    single = {engine: run(engine, args.device, 1, cores, args) for engine in engines}
+    base = single[engines[0]]
+    names = list(base["per_photo"])
+    print(f"## One process, {cores} threads: median ms per photo (faces found)\n")
+    print("| photo | " + " | ".join(engines) + " |")
+    print("|---|" + "---|" * len(engines))
+    for name in names:
+        cells = [f"{statistics.median(single[e]['per_photo'][name]):.0f} ({single[e]['faces'][name]})" for e in engines]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| photos/s | " + " | ".join(f"{single[e]['photos_per_s']:.2f}" for e in engines) + " |")
+    print("| speed vs " + engines[0] + " | " + " | ".join(f"{single[e]['photos_per_s'] / base['photos_per_s']:.2f}x" for e in engines) + " |")
+    print("| ready after start (import + load) | " + " | ".join(f"{single[e]['ready_s']:.1f} s" for e in engines) + " |")
+    print("| peak RSS of the process | " + " | ".join(f"{single[e]['rss_mb']:.0f} MB" for e in engines) + " |")
+    print("\nEngines: " + "; ".join(f"{e}: {single[e]['what']}" for e in engines) + "\n")
 
-    django.setup()
-    started = time.perf_counter()
-    import torch
+    if args.device != "cpu":
+        return
+    # 2. Layouts on these cores: N processes x T threads, throughput of all together.
+    layouts = [(1, 1), (1, cores)] + ([(cores, 1)] if cores > 1 else [])
+    print(f"## Throughput, photos/s, of processes x threads on {cores} cores (warm, photos repeated)\n")
+    print("| engine | " + " | ".join(f"{p} x {t}" for p, t in layouts) + " |")
+    print("|---|" + "---|" * len(layouts))
+    for engine in engines:
+        figures = [run(engine, "cpu", p, t, args)["photos_per_s"] for p, t in layouts]
+        print(f"| {engine} | " + " | ".join(f"{f:.2f}" for f in figures) + " |")
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from jobs.imaging import image_decode_rgb
-    from detection.base import spec_from_file
-    from detection.mtcnn import MTCNNDetector
-
-    imported = time.perf_counter()
-    detector = MTCNNDetector(spec=spec_from_file(ROOT / "detector_versions" / f"{args.version}.json"), device=args.device)
-    loaded = time.perf_counter()
-    print(f"version={args.version} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} cpus={os.cpu_count()}")
-    print(f"import torch+facenet: {imported - started:.2f} s; load MTCNN: {(loaded - imported) * 1000:.0f} ms; "
-          f"peak RSS after load: {rss_mb():.0f} MB")
-
-    photos = sorted(Path(args.testdata).glob("*.[pj][np]g"))
-    images = [(p.name, image_decode_rgb(p.read_bytes())) for p in photos]
-    detector.detect(images[0][1])  # warm-up
-    all_ms = []
-    print(f"{'photo':32} {'size':>10} {'faces':>5} {'median ms':>10} {'min ms':>8}")
-    for name, image in images:
-        times = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            faces = detector.detect(image)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t) * 1000)
-        all_ms.extend(times)
-        print(f"{name:32} {image.width:>4}x{image.height:<5} {len(faces):>5} {statistics.median(times):>10.1f} {min(times):>8.1f}")
-    total_s = sum(all_ms) / 1000
-    print(f"overall: {len(all_ms)} detections, median {statistics.median(all_ms):.1f} ms, "
-          f"{len(all_ms) / total_s:.1f} photos/s in one process; peak RSS {rss_mb():.0f} MB")
+    # 3. Photos of sizes never seen before (no warm-up for them): per-shape specialisation costs.
+    print(f"\n## Every photo a new size (each photo at 3 sizes, 1 process x {cores} threads, no warm-up)\n")
+    print("| engine | photos/s |")
+    print("|---|---|")
+    distinct_args = argparse.Namespace(**{**vars(args), "repeat": 1})
+    for engine in engines:
+        print(f"| {engine} | {run(engine, 'cpu', 1, cores, distinct_args, distinct=True)['photos_per_s']:.2f} |")
 
 
 if __name__ == "__main__":

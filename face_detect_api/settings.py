@@ -176,8 +176,11 @@ MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
 DETECTOR_MODEL = env("DETECTOR_MODEL", default="mtcnn@1.0.0")
 # "cpu" (default), "cuda" or "cuda:N". CUDA must be asked for: a worker never picks it silently.
 DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")
-# Threads torch may use per worker process; 0 keeps torch's default (one per core).
+# CPU threads one detection may use, per worker process, for every engine (torch, OpenVINO,
+# LiteRT). 0 (default): the cores divided among the worker's pool processes (2 cores, 2 processes:
+# 1 each), measured best here (docs/benchmarks.md). DETECTOR_TORCH_THREADS is its older name.
 DETECTOR_TORCH_THREADS = env.int("DETECTOR_TORCH_THREADS", default=0)
+DETECTOR_THREADS = env.int("DETECTOR_THREADS", default=DETECTOR_TORCH_THREADS)
 
 # --- Jobs -------------------------------------------------------------------------------------
 # Transient errors (storage, database) are retried with exponential backoff and full jitter.

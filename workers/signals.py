@@ -1,4 +1,5 @@
-"""Worker process lifecycle: import torch once in the parent, load the detector once per child,
+"""Worker process lifecycle: import the active engine's runtime once in the parent, load the
+detector once per child with its share of the cores,
 and keep the live rollout's versions loaded (pre-warm), reporting them in a heartbeat. Also the
 logs: Celery's own handlers in LOG_FORMAT, and each task's log context (its request id)."""
 
@@ -28,19 +29,47 @@ logger = logging.getLogger(__name__)
 # Set in the parent worker process, inherited by its forked children: whether this worker takes
 # detection jobs. A worker on the delivery queue alone never loads torch.
 _detects = False
+# The worker's pool size (--concurrency), for the default thread count of each process.
+_pool_size = 1
 
 
 @worker_init.connect
-def _import_torch_before_fork(sender=None, **_: object) -> None:
-    global _detects
+def _import_before_fork(sender=None, **_: object) -> None:
+    global _detects, _pool_size
     queues = set(sender.app.amqp.queues.consume_from or sender.app.amqp.queues) if sender is not None else set()
     _detects = settings.CELERY_QUEUE_DETECT in queues
     if not _detects:
         return
-    # Importing torch takes seconds; doing it once in the parent lets every forked child start
-    # with it already in memory. No model is loaded and no thread started here.
-    import facenet_pytorch.models.mtcnn  # noqa: F401
-    import torch  # noqa: F401
+    try:
+        _pool_size = max(1, int(getattr(sender, "concurrency", 1) or 1))
+    except (TypeError, ValueError):  # "auto": Celery sizes the pool after this signal, from the cores
+        _pool_size = os.cpu_count() or 1
+    # Importing an engine's runtime takes seconds (torch: about 3); doing it once in the parent
+    # lets every forked child start with it in memory. Only the active version's engine: a
+    # worker serving mtcnn@1.2.0 (OpenVINO) never pays for torch. No model is loaded, no thread
+    # started here.
+    from detection import engines
+    from registry.services import detector_version_active
+
+    try:
+        version = detector_version_active()
+    except Exception:
+        logger.exception("could not read the active detector version before forking")
+        version = None
+    finally:
+        from django.db import connections
+
+        connections.close_all()  # children must not inherit the parent's connection
+    if version is not None:
+        engines.preload(version.implementation)
+
+
+def detector_threads(pool_size: int) -> int:
+    """DETECTOR_THREADS, or when 0, this machine's cores shared among the pool's processes."""
+    if settings.DETECTOR_THREADS:
+        return settings.DETECTOR_THREADS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, pool_size))
 
 
 @worker_process_init.connect
@@ -52,10 +81,9 @@ def _load_detector(**_: object) -> None:
     from detection import get_detector
     from registry.services import detector_spec, detector_version_active
 
-    if settings.DETECTOR_TORCH_THREADS:
-        import torch
+    from detection import engines
 
-        torch.set_num_threads(settings.DETECTOR_TORCH_THREADS)
+    engines.threads = detector_threads(_pool_size)
     try:
         # The active version now; jobs pinned to others load theirs on first use.
         version = detector_version_active()
