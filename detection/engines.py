@@ -39,13 +39,19 @@ def _blazeface(spec: DetectorSpec, device: str) -> Detector:
     return BlazeFaceDetector(spec=spec, device=device, threads=threads)
 
 
+def _cascade(spec: DetectorSpec, device: str) -> Detector:
+    from .cascade import CascadeDetector
+
+    return CascadeDetector(spec=spec, device=device, threads=threads)
+
+
 def _stub(spec: DetectorSpec, device: str) -> Detector:
     from .stub import StubDetector
 
     return StubDetector(spec=spec, device=device)
 
 
-IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface}
+IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface, "cascade": _cascade}
 
 
 # The modules each implementation runs on, for a worker to import in its parent process before
@@ -55,6 +61,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "mtcnn": ("torch", "facenet_pytorch.models.mtcnn"),
     "mtcnn-openvino": ("openvino", "onnx", "cv2"),
     "blazeface": ("ai_edge_litert.interpreter",),
+    "cascade": ("cv2",),
 }
 
 

