@@ -12,6 +12,7 @@ from callbacks.models import DeliveryStatus
 from callbacks.urlpolicy import UrlRefused, check_callback_url
 from jobs.models import JobStatus
 from jobs.representation import iso
+from jobs.services import LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS
 from rollouts.models import Variant
 
 CALLBACK_URL_MAX_LENGTH = 2048
@@ -97,6 +98,38 @@ def request_id_field(*, name: str = "request_id", help_text: str = REQUEST_ID_HE
     )
 
 
+# The upload's `labels`: label names (detection.labels.LABEL_PATTERN) separated by commas, no
+# spaces; empty (allow_blank: the schema's other branch) is "every label". Published as the
+# field's pattern (ECMA and Rust read it too: a non-capturing group is all it adds) and enforced
+# by the validator below, as for request_id.
+_LABEL = LABEL_PATTERN.removeprefix("^").removesuffix("$")
+LABELS_PATTERN = rf"^{_LABEL}(?:,{_LABEL})*$"
+LABELS_RE = re.compile(LABELS_PATTERN)
+LABELS_MAX_LENGTH = MAX_LABELS * (LABEL_MAX_LENGTH + 1) - 1  # MAX_LABELS of the longest names
+LABELS_HELP = (
+    "Keep only detections with these labels: label names separated by commas, without spaces (e.g. "
+    f"`person,cat`), each lower-case ASCII letters, digits and underscores, starting with a letter, 1 to "
+    f"{LABEL_MAX_LENGTH} characters; repeats are dropped; at most {MAX_LABELS}. Each must be a label the job's "
+    "model version returns (its `labels` in /api/v1/models/). Default: every label."
+)
+
+
+class LabelsValidator(RegexValidator):
+    """LABELS_RE over the whole value (fullmatch: Python's `$` also matches before a final
+    newline, ECMA's does not). A RegexValidator, so that drf-spectacular publishes the pattern."""
+
+    def __init__(self) -> None:
+        super().__init__(LABELS_RE)
+
+    def __call__(self, value: str) -> None:
+        if self.regex.fullmatch(value) is None:
+            raise serializers.ValidationError(
+                "labels must be label names separated by commas, without spaces (e.g. person,cat): each lower-case "
+                f"ASCII letters, digits and underscores, starting with a letter, at most {LABEL_MAX_LENGTH} characters.",
+                code="invalid",
+            )
+
+
 class ImageListQuerySerializer(serializers.Serializer):
     """The query of GET /api/v1/images/."""
 
@@ -119,6 +152,21 @@ class ImageSubmitSerializer(serializers.Serializer):
         "the same model version. Default: your API client. Not used when model_version is given. The same characters "
         f"as request_id: 1 to 128, not all whitespace, without {_REFUSED_IN_WORDS}.",
     )
+    labels = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=LABELS_MAX_LENGTH,
+        validators=[LabelsValidator()],
+        help_text=LABELS_HELP,
+    )
+
+    def validate_labels(self, value: str) -> list[str]:
+        """The label names, without repeats (first one first)."""
+        labels = list(dict.fromkeys(value.split(","))) if value else []
+        if len(labels) > MAX_LABELS:
+            raise serializers.ValidationError(f"At most {MAX_LABELS} labels; {len(labels)} were given.", code="too_many_labels")
+        return labels
 
     def validate_callback_url(self, value: str) -> str:
         if not value:
@@ -150,6 +198,8 @@ def detector_version_representation(version, *, active_id: str | None) -> dict[s
         "dataset": version.dataset or None,
         "build": version.build or None,
         "image": version.image or None,
+        # The labels it can return ("face" for face models): what an upload's `labels` may ask for.
+        "labels": list(version.labels),
         "evaluation": version.evaluation,
         "created_at": iso(version.created_at),
     }
@@ -175,18 +225,39 @@ class BoxSerializer(serializers.Serializer):
     height = serializers.IntegerField(min_value=0)
 
 
+def _point(help_text: str):
+    return serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2, required=False, help_text=help_text)
+
+
 class LandmarksSerializer(serializers.Serializer):
-    left_eye = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
-    right_eye = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
-    nose = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
-    mouth_left = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
-    mouth_right = serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2)
+    """The points the face model has, by name, [x, y] in the photo's pixels; "left" is the
+    image's left. MTCNN gives the first five, BlazeFace left_eye, right_eye, nose, mouth and the
+    ears. A point a model does not have is absent, never invented."""
+
+    left_eye = _point("MTCNN, BlazeFace")
+    right_eye = _point("MTCNN, BlazeFace")
+    nose = _point("MTCNN, BlazeFace")
+    mouth_left = _point("MTCNN")
+    mouth_right = _point("MTCNN")
+    mouth = _point("BlazeFace: the mouth's centre")
+    left_ear = _point("BlazeFace: the ear tragion on the image's left")
+    right_ear = _point("BlazeFace: the ear tragion on the image's right")
 
 
 class FaceSerializer(serializers.Serializer):
     box = BoxSerializer()
     confidence = serializers.FloatField(min_value=0, max_value=1)
     landmarks = LandmarksSerializer()
+
+
+class DetectionSerializer(serializers.Serializer):
+    """One detection of any label: a face's fields plus its label; landmarks are the points the
+    model has, by name (the five of a face for face models; usually none for other objects)."""
+
+    label = serializers.CharField(help_text='What was detected: "face" for face models, the class name otherwise (e.g. "cat").')
+    box = BoxSerializer()
+    confidence = serializers.FloatField(min_value=0, max_value=1)
+    landmarks = serializers.DictField(child=serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2))
 
 
 class JobErrorSerializer(serializers.Serializer):
@@ -239,8 +310,15 @@ class ImageSerializer(ImageSubmittedSerializer):
     )
     width = serializers.IntegerField(allow_null=True)
     height = serializers.IntegerField(allow_null=True)
-    face_count = serializers.IntegerField(allow_null=True)
-    faces = FaceSerializer(many=True)
+    face_count = serializers.IntegerField(allow_null=True, help_text='How many detections are faces (label "face"); null until completed.')
+    faces = FaceSerializer(many=True, help_text='The detections labelled "face", most confident first.')
+    detection_count = serializers.IntegerField(allow_null=True, help_text="How many detections of any label; null until completed.")
+    detections = DetectionSerializer(many=True, help_text="Every detection, of any label, most confident first.")
+    labels = serializers.ListField(
+        child=serializers.CharField(),
+        allow_null=True,
+        help_text="The labels the submission asked to keep (detections of others were dropped); null: every label.",
+    )
     error = JobErrorSerializer(allow_null=True)
     output_image_url = serializers.URLField(allow_null=True)
     callback = CallbackStateSerializer()
@@ -291,6 +369,10 @@ class DetectorVersionSerializer(serializers.Serializer):
     dataset = DatasetSerializer(allow_null=True, help_text="The data set it was trained or tuned on; null when not recorded.")
     build = serializers.CharField(allow_null=True, help_text="The build id; null when not recorded.")
     image = serializers.CharField(allow_null=True, help_text="The serving image's tag; null when not recorded.")
+    labels = serializers.ListField(
+        child=serializers.CharField(),
+        help_text='The labels its detections can have ("face" for face models; class names otherwise): what a submission\'s `labels` may ask for.',
+    )
     evaluation = serializers.DictField(
         allow_null=True, help_text="The latest `detector_evaluate` result on a labelled photo set (e.g. f1); null until evaluated."
     )

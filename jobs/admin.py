@@ -1,5 +1,5 @@
-"""Operators' view of the jobs: read-only, with the faces and callback deliveries inline and both
-photos shown."""
+"""Operators' view of the jobs: read-only, with the detections (faces and other labels) and
+callback deliveries inline and both photos shown."""
 
 from django.contrib import admin, messages
 from django.http import Http404, StreamingHttpResponse
@@ -17,8 +17,11 @@ from .services import image_job_redeliver
 
 
 class FaceInline(ReadOnlyInline):
+    """The job's detections: faces, or other objects (label)."""
+
     model = Face
-    fields = ("index", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks", "detector_version")
+    verbose_name, verbose_name_plural = "detection", "detections"
+    fields = ("index", "label", "box_x", "box_y", "box_width", "box_height", "confidence", "landmarks", "detector_version")
 
 
 class ShadowRunInline(ReadOnlyInline):
@@ -51,7 +54,7 @@ class ImageAdmin(ReadOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("id", "client", "request_id", "status", "error_code", "error_message", "attempts")}),
         ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
-        ("Result", {"fields": ("detector_version", "model_version", "width", "height", "face_count", "detection_ms", "detector_cold")}),
+        ("Result", {"fields": ("detector_version", "model_version", "labels", "width", "height", "face_count", "detection_ms", "detector_cold")}),
         ("Rollout", {"fields": ("rollout", "variant", "cohort")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
         ("Callback", {"fields": ("callback_url",)}),

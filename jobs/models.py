@@ -1,4 +1,5 @@
-"""One job, one row: an uploaded image, its detection state and its faces."""
+"""One job, one row: an uploaded image, its detection state and its detections (faces, or
+other objects for models with other labels)."""
 
 import uuid
 
@@ -53,6 +54,7 @@ class Image(models.Model):
     model_version = models.CharField(max_length=128, blank=True, db_index=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
+    # How many of its detections are faces (label "face"); the rows hold every detection kept.
     face_count = models.PositiveIntegerField(null=True, blank=True)
     # How long the detector itself took (ms), and whether it was loaded for this job (a cold
     # start, left out of latency figures).
@@ -68,6 +70,9 @@ class Image(models.Model):
     rollout = models.ForeignKey("rollouts.Rollout", on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
     variant = models.CharField(max_length=16, blank=True)
     cohort = models.CharField(max_length=128, blank=True)
+    # The labels the upload asked to keep (deduplicated, in the order asked): detections with
+    # other labels are dropped before they are stored. Empty: keep every label.
+    labels = models.JSONField(default=list, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -102,7 +107,9 @@ class Image(models.Model):
 
 
 class Face(models.Model):
-    """One detected face, in the pixel coordinates of the EXIF-oriented image."""
+    """One detection, in the pixel coordinates of the EXIF-oriented image: a face (label "face"),
+    or another object for a model with other labels ("cat", "person"). It keeps the name Face and
+    the table api_face from when every detection was a face."""
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="faces")
     detector_version = models.ForeignKey("registry.DetectorVersion", on_delete=models.PROTECT, related_name="+")
@@ -114,7 +121,10 @@ class Face(models.Model):
     box_height = models.PositiveIntegerField()
     confidence = models.FloatField()
     # {"left_eye": [x, y], "right_eye": ..., "nose": ..., "mouth_left": ..., "mouth_right": ...}
+    # (the points the model has: none for most objects)
     landmarks = models.JSONField(default=dict)
+    # What was detected: "face" for face models, the class name otherwise.
+    label = models.CharField(max_length=64, default="face", db_index=True)
 
     class Meta:
         db_table = "api_face"
@@ -122,7 +132,7 @@ class Face(models.Model):
         constraints = [models.UniqueConstraint(fields=["image", "index"], name="face_unique_index_per_image")]
 
     def __str__(self) -> str:
-        return f"face {self.index} of {self.image_id}"
+        return f"{self.label} {self.index} of {self.image_id}"
 
 
 class ShadowStatus(models.TextChoices):
@@ -142,8 +152,11 @@ class ShadowRun(models.Model):
     # of a canary's candidate jobs, to measure agreement).
     variant = models.CharField(max_length=16)
     status = models.CharField(max_length=16, choices=ShadowStatus.choices, default=ShadowStatus.QUEUED)
-    faces = models.JSONField(default=list)  # [{"box": {...}, "confidence": ...}], as the job's
-    face_count = models.PositiveIntegerField(null=True, blank=True)
+    # Every detection kept (the job's labels apply), in the shape of the job's "detections":
+    # [{"label", "box": {...}, "confidence", "landmarks"}]; runs made before labels have no "label"
+    # (faces).
+    faces = models.JSONField(default=list)
+    face_count = models.PositiveIntegerField(null=True, blank=True)  # those labelled "face"
     detection_ms = models.PositiveIntegerField(null=True, blank=True)
     detector_cold = models.BooleanField(default=False)
     error_code = models.CharField(max_length=64, blank=True)

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from callbacks.models import CallbackDelivery, DeliveryStatus
+from detection.labels import FACE
 
 from .models import Image
 
@@ -20,9 +21,19 @@ def _url(path: str) -> str:
 def image_representation(image: Image, *, delivery: CallbackDelivery | None = None) -> dict[str, Any]:
     """The job as clients see it, in GET responses and in the callback body alike. ``delivery``:
     the delivery that carries this representation (a callback body); see callback_representation."""
+    # Every detection, most confident first (the rows' index); "faces" are those labelled "face",
+    # in the shape they always had, so a client of a face model sees what it always saw.
+    rows = list(image.faces.all())
     faces = [
         face_representation(x=f.box_x, y=f.box_y, width=f.box_width, height=f.box_height, confidence=f.confidence, landmarks=f.landmarks)
-        for f in image.faces.all()
+        for f in rows
+        if f.label == FACE
+    ]
+    detections = [
+        detection_representation(
+            label=f.label, x=f.box_x, y=f.box_y, width=f.box_width, height=f.box_height, confidence=f.confidence, landmarks=f.landmarks
+        )
+        for f in rows
     ]
     return {
         **image_submitted_representation(image),
@@ -35,6 +46,11 @@ def image_representation(image: Image, *, delivery: CallbackDelivery | None = No
         "height": image.height,
         "face_count": image.face_count,
         "faces": faces,
+        # Null until the job is completed, as face_count.
+        "detection_count": len(detections) if image.face_count is not None else None,
+        "detections": detections,
+        # The labels the upload asked to keep (null: every label).
+        "labels": list(image.labels) or None,
         "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
         "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
         "callback": callback_representation(image, delivery=delivery),
@@ -42,9 +58,17 @@ def image_representation(image: Image, *, delivery: CallbackDelivery | None = No
 
 
 def face_representation(*, x: int, y: int, width: int, height: int, confidence: float, landmarks: dict) -> dict[str, Any]:
-    """One face as clients see it; shadow runs store their faces in this same shape, so they
-    compare with the job's (detection.compare.boxes_of reads it)."""
+    """One face as clients see it in "faces" (no label: they are all faces)."""
     return {"box": {"x": x, "y": y, "width": width, "height": height}, "confidence": confidence, "landmarks": landmarks}
+
+
+def detection_representation(
+    *, label: str, x: int, y: int, width: int, height: int, confidence: float, landmarks: dict
+) -> dict[str, Any]:
+    """One detection as clients see it in "detections": a face's shape plus its label. Shadow
+    runs store their detections in this same shape, so they compare with the job's
+    (detection.compare.boxes_of and labels_of read it)."""
+    return {"label": label, **face_representation(x=x, y=y, width=width, height=height, confidence=confidence, landmarks=landmarks)}
 
 
 def image_submitted_representation(image: Image) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import IO
 
 from celery import signature
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -26,7 +26,9 @@ from core.errors import Conflict, DomainError, TooLarge, Unavailable, Unsupporte
 from core.logging import log_context_get
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.annotate import annotate_jpeg
-from detection.compare import Box, agreement, boxes_of
+from detection.compare import agreement, boxes_of, labels_of
+# The label rule; api/serializers.py reads it from here (api does not import detection).
+from detection.labels import FACE, LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS, label_valid, labels_unique
 from detection.weights import WeightsMismatch
 from registry.services import detector_spec, detector_version_for_job
 from rollouts.models import Variant
@@ -35,7 +37,7 @@ from storage import s3 as storage
 
 from .imaging import ImageRejected, image_decode_rgb, image_probe
 from .models import TERMINAL_STATUSES, Face, Image, JobStatus, ShadowRun, ShadowStatus
-from .representation import face_representation, image_representation
+from .representation import detection_representation, image_representation
 from .selectors import JOB_PREFETCH
 
 logger = logging.getLogger(__name__)
@@ -68,17 +70,21 @@ def image_job_create(
     filename: str = "",
     model_version: str = "",
     cohort: str = "",
+    labels: Sequence[str] = (),
 ) -> tuple[Image, bool]:
     """Accept an upload: check the image, store it, record a queued job, and enqueue detection
     once the row is committed. Returns (job, created).
 
-    Submission is idempotent per client and request_id: the same photo, callback_url and cohort
-    again return the existing job (created False); a different one under a used request_id is
-    a 409. Raises a DomainError (field "image") for an unacceptable file. A refused request leaves no
-    row and no object behind. ``model_version`` (a version id) pins the detector; by default the
-    live rollout routes the job by ``cohort`` (else by its client) to the baseline or the
-    candidate, and outside a rollout the active version is pinned.
+    Submission is idempotent per client and request_id: the same photo, callback_url, cohort and
+    labels again return the existing job (created False); a different one under a used
+    request_id is a 409. Raises a DomainError (field "image") for an unacceptable file. A refused
+    request leaves no row and no object behind. ``model_version`` (a version id) pins the
+    detector; by default the live rollout routes the job by ``cohort`` (else by its client) to the
+    baseline or the candidate, and outside a rollout the active version is pinned. ``labels``:
+    keep only detections with these labels (empty: all); each must be one the pinned version can
+    return (field "labels").
     """
+    labels = _labels_asked(labels)
     route = None
     if model_version:
         # Asked for by name: no rollout decides, and the job counts in no rollout's figures.
@@ -98,9 +104,15 @@ def image_job_create(
         kind = {"image_too_large": TooLarge, "unsupported_image_format": UnsupportedFormat}.get(exc.code, DomainError)
         raise kind(exc.code, exc.message, field="image") from exc
 
-    existing = Image.objects.filter(client=client, request_id=request_id).first()
+    # Most uploads are new: a query without columns first, the whole row only for a repeat.
+    repeat = Image.objects.filter(client=client, request_id=request_id)
+    existing = repeat.first() if repeat.exists() else None
     if existing is not None:
-        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort), False
+        return _same_submission(
+            existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
+        ), False
+    # Checked against the version chosen above (asked for, routed, or active): the one that runs.
+    _labels_check(version, labels)
 
     image_id = uuid.uuid4()
     key = _object_key("originals", image_id, info.extension)
@@ -133,6 +145,7 @@ def image_job_create(
                 rollout=route.rollout if route else None,
                 variant=route.variant if route else "",
                 cohort=cohort,
+                labels=labels,
             )
             if route is not None:
                 _shadow_run_create(image, route.rollout, served=route.variant)
@@ -142,7 +155,9 @@ def image_job_create(
         # The same request_id raced in from a concurrent request and won.
         _delete_quietly(key)
         existing = Image.objects.get(client=client, request_id=request_id)
-        return _same_submission(existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort), False
+        return _same_submission(
+            existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
+        ), False
     except Exception:
         # No row, so no object either.
         _delete_quietly(key)
@@ -150,15 +165,48 @@ def image_job_create(
     return image, True
 
 
-def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str) -> Image:
+def _same_submission(
+    existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str, labels: Sequence[str]
+) -> Image:
     other_version = bool(model_version) and model_version != existing.detector_version_id
-    if existing.original_sha256 != sha256 or existing.callback_url != callback_url or other_version or existing.cohort != cohort:
+    # The same labels in any order; none asked is "every label", a choice of its own.
+    other_labels = set(labels) != set(existing.labels)
+    if (
+        existing.original_sha256 != sha256
+        or existing.callback_url != callback_url
+        or other_version
+        or existing.cohort != cohort
+        or other_labels
+    ):
         raise Conflict(
             "request_id_conflict",
-            "This request_id was already used for a different image, callback_url, model_version or cohort.",
+            "This request_id was already used for a different image, callback_url, model_version, cohort or labels.",
             field="request_id",
         )
     return existing
+
+
+def _labels_asked(labels: Sequence[str]) -> list[str]:
+    """The labels an upload asks to keep: label names, without repeats (first one first), at
+    most MAX_LABELS."""
+    labels = labels_unique(labels)
+    bad = [label for label in labels if not label_valid(label)]
+    if bad:
+        raise DomainError("invalid", f"{bad[0]!r} is not a label name ({LABEL_PATTERN}).", field="labels")
+    if len(labels) > MAX_LABELS:
+        raise DomainError("too_many_labels", f"At most {MAX_LABELS} labels may be asked for; {len(labels)} were.", field="labels")
+    return labels
+
+
+def _labels_check(version, labels: Sequence[str]) -> None:
+    """Refuse labels the job's version cannot return: asking for them would always come back empty."""
+    unknown = [label for label in labels if label not in version.labels]
+    if unknown:
+        raise DomainError(
+            "unsupported_label",
+            f"{version.id} does not detect {', '.join(unknown)}; it returns {', '.join(version.labels)}.",
+            field="labels",
+        )
 
 
 def _shadow_run_create(image: Image, rollout, *, served: str) -> ShadowRun | None:
@@ -179,17 +227,32 @@ def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
     except Exception:
         logger.exception("could not enqueue job %s; the sweeper will retry", image_id)
         return False
-    Image.objects.filter(id=image_id).update(
-        enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1, updated_at=timezone.now()
-    )
+    with transaction.atomic():
+        _commit_without_flush()
+        Image.objects.filter(id=image_id).update(
+            enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1, updated_at=timezone.now()
+        )
     return True
+
+
+def _commit_without_flush() -> None:
+    """Let the transaction begun just now commit without waiting for its write-ahead log to reach
+    the disk (PostgreSQL; the next flush, a fraction of a second later, takes it). For records a
+    crash may lose at no cost, such as the publish record above: without it the sweeper publishes
+    the job again and its worker skips the copy. An upload waits for one disk flush (its job's),
+    not two. Does nothing inside an outer transaction, whose own commit must wait."""
+    if connection.vendor == "postgresql" and connection.in_atomic_block and not connection.savepoint_ids:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def _publish_chain(image_id: uuid.UUID) -> None:
     """detect -> deliver for one job, published by task name (routed to their queues by
     CELERY_TASK_ROUTES)."""
     job = str(image_id)
-    (signature(DETECT_TASK, args=(job,), immutable=True) | signature(DELIVER_RESULT_TASK, args=(job,), immutable=True)).apply_async()
+    # ignore_result: nothing reads detect_faces' return value (the job lives in the database), and
+    # without it the result backend (Redis) subscribes to every published task and unsubscribes again.
+    (signature(DETECT_TASK, args=(job,), immutable=True) | signature(DELIVER_RESULT_TASK, args=(job,), immutable=True)).apply_async(ignore_result=True)
 
 
 def _delete_quietly(key: str) -> None:
@@ -204,7 +267,8 @@ def _delete_quietly(key: str) -> None:
 
 @dataclass(frozen=True)
 class FaceData:
-    """A face in integer pixel coordinates, ready to store."""
+    """A detection (a face, or another object: ``label``) in integer pixel coordinates, ready to
+    store."""
 
     x: int
     y: int
@@ -212,6 +276,7 @@ class FaceData:
     height: int
     confidence: float
     landmarks: dict[str, list[float]]
+    label: str = FACE
 
 
 def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False) -> Image | None:
@@ -262,10 +327,10 @@ def image_job_complete(
     detector_cold: bool = False,
     detection_cpu_ms: int | None = None,
 ) -> bool:
-    """Record the faces of a processing job (each marked with the job's detector version),
-    replacing any from an earlier attempt, and mark it completed, with how long the detector
-    took and whether it was loaded for this job. Returns False (and changes nothing) if the job
-    is not processing."""
+    """Record the detections of a processing job (each marked with the job's detector version
+    and its label), replacing any from an earlier attempt, and mark it completed, with how many
+    are faces, how long the detector took and whether it was loaded for this job. Returns False
+    (and changes nothing) if the job is not processing."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         if image.status != JobStatus.PROCESSING:
@@ -283,13 +348,14 @@ def image_job_complete(
                 box_height=face.height,
                 confidence=face.confidence,
                 landmarks=face.landmarks,
+                label=face.label,
             )
             for index, face in enumerate(faces)
         )
         image.status = JobStatus.COMPLETED
         image.model_version = model_version
         image.width, image.height = width, height
-        image.face_count = len(faces)
+        image.face_count = sum(1 for face in faces if face.label == FACE)
         image.detection_ms, image.detector_cold = detection_ms, detector_cold
         image.detection_cpu_ms = detection_cpu_ms
         image.error_code = image.error_message = ""
@@ -339,10 +405,18 @@ def _detect_timed(detector, rgb) -> tuple[list, int, int]:
     return detections, int(round((time.monotonic() - started) * 1000)), int(round((time.process_time() - cpu_started) * 1000))
 
 
+def detections_kept(detections: Sequence, labels: Sequence[str]) -> list:
+    """The detections whose label is one of ``labels`` (empty: all of them)."""
+    if not labels:
+        return list(detections)
+    return [det for det in detections if det.label in labels]
+
+
 def faces_from_detections(detections: Sequence, *, width: int, height: int) -> list[FaceData]:
-    """Round detector output to whole pixels inside the image; landmarks keep one decimal."""
+    """Round detector output to whole pixels inside the image, most confident first (a stable
+    sort: ties keep the detector's order); landmarks keep one decimal."""
     faces = []
-    for det in detections:
+    for det in sorted(detections, key=lambda det: -det.confidence):
         x1 = min(max(int(round(det.x1)), 0), width)
         y1 = min(max(int(round(det.y1)), 0), height)
         x2 = min(max(int(round(det.x2)), 0), width)
@@ -355,6 +429,7 @@ def faces_from_detections(detections: Sequence, *, width: int, height: int) -> l
                 height=y2 - y1,
                 confidence=round(float(det.confidence), 6),
                 landmarks={name: [round(px, 1), round(py, 1)] for name, (px, py) in det.landmarks.items()},
+                label=det.label,
             )
         )
     return faces
@@ -395,7 +470,12 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
         return
     with metrics.detection_timed(model_version=image.detector_version_id, variant=image.variant):
         detections, elapsed_ms, cpu_ms = _detect_timed(detector, rgb)
-    logger.info("job %s: %d faces with %s in %d ms%s", image_id, len(detections), detector.model_version, elapsed_ms, " (cold)" if cold else "")
+    found = len(detections)
+    detections = detections_kept(detections, image.labels)
+    logger.info(
+        "job %s: %d detections (%d kept) with %s in %d ms%s",
+        image_id, found, len(detections), detector.model_version, elapsed_ms, " (cold)" if cold else "",
+    )
     image_job_complete(
         image_id=image_id,
         faces=faces_from_detections(detections, width=rgb.width, height=rgb.height),
@@ -552,9 +632,12 @@ def shadow_run_detect(*, shadow_run_id: int) -> None:
         return
     with metrics.detection_timed(model_version=run.detector_version_id, variant=run.variant):
         detections, elapsed_ms, _cpu_ms = _detect_timed(detector, rgb)
+    # The job's labels apply to its shadow too: the two answer the same question.
     faces = [
-        face_representation(x=f.x, y=f.y, width=f.width, height=f.height, confidence=f.confidence, landmarks=f.landmarks)
-        for f in faces_from_detections(detections, width=rgb.width, height=rgb.height)
+        detection_representation(
+            label=f.label, x=f.x, y=f.y, width=f.width, height=f.height, confidence=f.confidence, landmarks=f.landmarks
+        )
+        for f in faces_from_detections(detections_kept(detections, run.job.labels), width=rgb.width, height=rgb.height)
     ]
     with transaction.atomic():
         run = ShadowRun.objects.select_for_update().get(id=shadow_run_id)
@@ -563,14 +646,18 @@ def shadow_run_detect(*, shadow_run_id: int) -> None:
         job = Image.objects.get(id=run.job_id)
         score = None
         if job.status == JobStatus.COMPLETED:
-            job_boxes: list[Box] = [(f.box_x, f.box_y, f.box_width, f.box_height) for f in job.faces.all()]
-            own_boxes = boxes_of(faces)
-            # The candidate's faces against the baseline's, whichever side this run plays.
-            candidate, baseline = (own_boxes, job_boxes) if run.variant == Variant.CANDIDATE else (job_boxes, own_boxes)
-            score = agreement(candidate, baseline)
+            job_rows = list(job.faces.all())
+            job_side = ([(f.box_x, f.box_y, f.box_width, f.box_height) for f in job_rows], [f.label for f in job_rows])
+            own_side = (boxes_of(faces), labels_of(faces))
+            # The candidate's detections against the baseline's, whichever side this run plays; a
+            # detection matches only one of its own label.
+            (candidate, candidate_labels), (baseline, baseline_labels) = (
+                (own_side, job_side) if run.variant == Variant.CANDIDATE else (job_side, own_side)
+            )
+            score = agreement(candidate, baseline, candidate_labels=candidate_labels, baseline_labels=baseline_labels)
         run.status = ShadowStatus.COMPLETED
         run.faces = faces
-        run.face_count = len(faces)
+        run.face_count = sum(1 for face in faces if face["label"] == FACE)
         run.detection_ms, run.detector_cold = elapsed_ms, cold
         run.agreement = score
         run.error_code = ""

@@ -9,7 +9,7 @@ from .services import RegistryError, detector_version_activate, detector_version
 
 @admin.register(DetectorVersion)
 class DetectorVersionAdmin(ReadOnlyAdmin):
-    list_display = ("id", "label", "is_active", "retired_at", "created_at")
+    list_display = ("id", "label", "labels", "is_active", "retired_at", "created_at")
     readonly_fields = [f.name for f in DetectorVersion._meta.fields] + ["label"]
     actions = ["activate", "retire"]
 

@@ -4,6 +4,14 @@ import hashlib
 
 from django.db import models
 
+from detection.labels import DEFAULT_LABELS
+
+
+def default_labels() -> list[str]:
+    """The labels of a version whose file declares none (and of versions registered before
+    labels were recorded): a face detector's."""
+    return list(DEFAULT_LABELS)
+
 
 class DetectorVersion(models.Model):
     """A registered detector version: an implementation, its weights (by checksum) and its fixed
@@ -24,6 +32,9 @@ class DetectorVersion(models.Model):
     dataset = models.JSONField(default=dict, blank=True)
     build = models.CharField(max_length=64, blank=True)
     image = models.CharField(max_length=255, blank=True)
+    # The labels this version can return (the version file's "labels"; ["face"] when it declares
+    # none). Part of the immutable record; an upload may only ask to keep labels from it.
+    labels = models.JSONField(default=default_labels)
     # The latest `detector_evaluate` result on a labelled photo set (not part of the immutable
     # spec: a version can be evaluated again on other data).
     evaluation = models.JSONField(null=True, blank=True)

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from core.errors import DomainError, Unavailable
 from detection.base import DetectorSpec, settings_hash, weight_checksums
+from detection.labels import DEFAULT_LABELS, LABEL_PATTERN, label_valid
 from detection.weights import WeightsMismatch, verify_weights
 
 from .models import ActiveDetector, DetectorVersion, WorkerHeartbeat
@@ -64,6 +65,21 @@ def _release_dataset(version_id: str, dataset) -> dict[str, str]:
     return {key: str(value) for key, value in dataset.items()}
 
 
+def _labels(version_id: str, labels) -> list[str]:
+    """The labels a version can return: a non-empty list of distinct label names, in the file's
+    order; ["face"] when the file has no "labels"."""
+    if labels is None:
+        return list(DEFAULT_LABELS)
+    if not isinstance(labels, list) or not labels:
+        raise RegistryError(f"{version_id}: labels must be a non-empty list of label names")
+    bad = [label for label in labels if not label_valid(label)]
+    if bad:
+        raise RegistryError(f"{version_id}: labels {bad!r} do not match {LABEL_PATTERN}")
+    if len(set(labels)) != len(labels):
+        raise RegistryError(f"{version_id}: labels are listed more than once")
+    return list(labels)
+
+
 def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     """Register the version described by a JSON file. Returns (version, created).
 
@@ -96,6 +112,9 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
         "dataset": _release_dataset(version_id, spec.get("dataset", {})),
         "build": str(spec.get("build", "")),
         "image": str(spec.get("image", "")),
+        # The labels it can return ("face" for face models; class names otherwise): what a
+        # version detects, so immutable too. Files without the key are face detectors.
+        "labels": _labels(version_id, spec.get("labels")),
     }
     notes = spec.get("notes", "")
     existing = DetectorVersion.objects.filter(id=version_id).first()

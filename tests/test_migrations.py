@@ -101,6 +101,10 @@ def test_every_row_survives_the_split_and_still_works(old_database):
     assert image.request_id == "before-the-split" and image.client.name == "old-client"
     assert image.detector_version_id == "mtcnn@0.9.0" and image.face_count == 2
     assert [f.box_x for f in Face.objects.filter(image=image)] == [0, 10]
+    # Labels came later: every old detection is a face, every old version a face detector, and
+    # an old job asked for every label.
+    assert {f.label for f in Face.objects.filter(image=image)} == {"face"} and image.labels == []
+    assert DetectorVersion.objects.get(id="mtcnn@0.9.0").labels == ["face"]
     delivery = CallbackDelivery.objects.get(image=image)
     assert delivery.webhook_id == "msg_old" and image.latest_delivery == delivery
     assert CallbackAttempt.objects.get(delivery=delivery).status_code == 200
@@ -122,4 +126,6 @@ def test_the_api_client_answers_with_a_key_from_before_the_split(old_database, c
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["request_id"] == "before-the-split" and body["face_count"] == 2 and len(body["faces"]) == 2
+    assert body["detection_count"] == 2 and [d["label"] for d in body["detections"]] == ["face", "face"]
+    assert body["labels"] is None
     assert body["callback"]["status"] == "delivered" and body["callback"]["webhook_id"] == "msg_old"

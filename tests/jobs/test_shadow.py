@@ -129,15 +129,17 @@ def test_the_detection_task_publishes_the_shadow_run_after_the_job(api_client, p
 
 
 def test_a_shadow_run_stores_faces_as_the_api_shows_them_with_agreement(api_client, published):
-    """The run's faces have the API's face shape, a count, a time, and agreement 1 with identical faces."""
+    """The run's faces have the API's detection shape (a face's, with its label), a count, a
+    time, and agreement 1 with identical faces."""
     shadow_rollout()
     job = submit(api_client, "compared")
     services.image_job_detect(image_id=job.id)
     run = ShadowRun.objects.get(job=job)
     services.shadow_run_detect(shadow_run_id=run.id)
     run.refresh_from_db()
-    shown = image_representation(Image.objects.get(id=job.id))["faces"]
+    shown = image_representation(Image.objects.get(id=job.id))["detections"]
     assert run.status == "completed" and run.faces == shown and run.face_count == 1
+    assert run.faces[0]["label"] == "face"
     assert run.detection_ms is not None and run.finished_at is not None
     assert run.agreement == 1.0 and run.error_code == ""
 
