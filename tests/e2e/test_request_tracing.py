@@ -98,7 +98,7 @@ def test_the_request_id_follows_the_job_into_the_worker_and_the_callback(api_cli
         assert line["http_request_id"] == sent, line
         assert (line["job_id"], line["request_id"], line["model_version"]) == (job_id, f"trace-{sent}", job.model_version), line
     by_task = {task: [line for line in about if line.get("task") == task] for task in ("workers.tasks.detect_faces", "workers.tasks.deliver_result")}
-    assert any("faces with" in line["message"] for line in by_task["workers.tasks.detect_faces"]), about
+    assert any(" kept) with " in line["message"] for line in by_task["workers.tasks.detect_faces"]), about
     callback_lines = [line for line in by_task["workers.tasks.deliver_result"] if line["logger"] == "callbacks.services"]
     assert callback_lines and "-> delivered" in callback_lines[0]["message"], about
 
