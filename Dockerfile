@@ -24,4 +24,4 @@ USER app
 
 EXPOSE 8000
 # Logs in LOG_FORMAT (json by default), one access line per request from the app itself.
-CMD ["gunicorn", "face_detect_api.wsgi", "--config", "python:face_detect_api.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2"]
+CMD ["gunicorn", "face_detect_api.wsgi", "--config", "python:face_detect_api.gunicorn_conf", "--bind", "0.0.0.0:8000"]

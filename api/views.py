@@ -165,6 +165,7 @@ class ImageCollectionView(APIView):
             filename=upload.name or "",
             model_version=data.get("model_version", ""),
             cohort=data.get("cohort", ""),
+            labels=data.get("labels", []),
         )
         body = image_submitted_representation(image)
         # A repeated submission (same request_id and photo) gets the existing job, as 200.

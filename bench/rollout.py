@@ -231,15 +231,19 @@ class OwnStack:
     """`python -m devstack up` on free ports in a temporary var dir (devstack/smoke.py's Stack), with
     its own queues, bucket and database; cleaned up by close()."""
 
-    def __init__(self, *, embedded: bool, alert_url: str, ready_timeout: float) -> None:
+    def __init__(
+        self, *, embedded: bool, alert_url: str, ready_timeout: float, prefix: str = "fda-bench-rollout", extra_env: dict[str, str] | None = None
+    ) -> None:
+        """``prefix`` names its var dir, bucket, queues and database (another bench's stack:
+        bench/submit.py --start); ``extra_env`` is set on top of the rest."""
         load_env()  # env.env under the environment (which wins), as `devstack up` reads it
-        self.var = Path(tempfile.mkdtemp(prefix="fda-bench-rollout-"))
+        self.var = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
         self.dead = refusing_port() if embedded else None
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.database: str | None = None
         env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "FDA_RUN")}
-        env.update(isolated_env("fda-bench-rollout"))  # its own S3 ports, bucket and queue names
+        env.update(isolated_env(prefix))  # its own S3 ports, bucket and queue names
         env.update(
             FDA_VAR_DIR=str(self.var),
             API_BIND=f"127.0.0.1:{self.port}",
@@ -248,6 +252,7 @@ class OwnStack:
             ROLLOUT_EVALUATE_INTERVAL=EVALUATE_INTERVAL,
             ROLLOUT_ALERT_URL=alert_url,
             PYTHONUNBUFFERED="1",
+            **(extra_env or {}),
         )
         if self.dead is not None:
             dead = self.dead.getsockname()[1]
@@ -260,7 +265,7 @@ class OwnStack:
         elif env["DATABASE_URL"].startswith("postgres") and answers(env["DATABASE_URL"]):
             # A database of its own (`devstack up` creates it): a developer's rollouts, versions
             # and keys are never touched, and the whole of it is dropped after.
-            self.database = f"fda_bench_rollout_{env['FDA_RUN']}"
+            self.database = f"{prefix.replace('-', '_')}_{env['FDA_RUN']}"
             parts = urlsplit(env["DATABASE_URL"])
             env["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{self.database}"))
         else:
@@ -274,7 +279,9 @@ class OwnStack:
             + (f"embedded stand-ins for {', '.join(replaced)}; " if replaced else "")
             + f"database {self.database or self.service_env['DATABASE_URL'].split('://')[0]}, "
             f"queues {env['CELERY_QUEUE_DETECT']}/{env['CELERY_QUEUE_DELIVER']}, bucket {env['S3_BUCKET']}, "
-            f"ROLLOUT_EVALUATE_INTERVAL={EVALUATE_INTERVAL}, var dir {self.var}"
+            f"ROLLOUT_EVALUATE_INTERVAL={EVALUATE_INTERVAL}, "
+            + "".join(f"{name}={value!r}, " for name, value in (extra_env or {}).items())
+            + f"var dir {self.var}"
         )
         self.stack = Stack(env, self.var / "devstack.log")
         wait_ready(self.stack, self.base, ready_timeout)

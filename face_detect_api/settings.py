@@ -166,6 +166,9 @@ S3_PUBLIC_ENDPOINT = env("S3_PUBLIC_ENDPOINT", default="")
 S3_PRESIGN_SECONDS = env.int("S3_PRESIGN_SECONDS", default=300)
 S3_CONNECT_TIMEOUT = env.float("S3_CONNECT_TIMEOUT", default=3.0)
 S3_READ_TIMEOUT = env.float("S3_READ_TIMEOUT", default=30.0)
+# Connections to the storage server each process keeps open for reuse: at least the threads that
+# use it at once (gunicorn's WEB_THREADS).
+S3_POOL_CONNECTIONS = env.int("S3_POOL_CONNECTIONS", default=16)
 
 # --- Uploads -----------------------------------------------------------------------------------
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)

@@ -143,12 +143,17 @@ def image_probe(stream: IO[bytes]) -> ImageInfo:
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb
     costs nothing. The pixels are then decoded once, so that a file accepted here is one the
-    worker can read. The stream is rewound afterwards.
+    worker can read: a JPEG at an eighth of its size, in half the time or less (libjpeg's DCT
+    scaling still entropy-decodes every block and skips only most of the inverse DCT, so a
+    truncated or corrupt file fails alike; the worker decodes it at full size). The stream is
+    rewound afterwards.
     """
     stream.seek(0)
     try:
         image = _open(stream)
         _check_size(image)
+        width, height = image.size
+        image.draft(None, (1, 1))  # JPEG only; other formats ignore it
         _load(image)
         stream.seek(0)
         data = stream.read()  # at most MAX_UPLOAD_BYTES: checked before this is called
@@ -160,8 +165,8 @@ def image_probe(stream: IO[bytes]) -> ImageInfo:
         format=image.format,
         content_type=content_type,
         extension=extension,
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         sha256=hashlib.sha256(data).hexdigest(),
     )
 

@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 import io
 import logging
+import threading
 from collections.abc import Iterator
 
 import urllib3
@@ -27,10 +28,14 @@ class ObjectNotFound(StorageError):
 
 
 def _client(endpoint: str) -> Minio:
+    # One client per process, shared by its threads (the Minio client is thread-safe): its pool
+    # keeps up to S3_POOL_CONNECTIONS connections open between requests, one per thread that
+    # talks to S3 at once (a gunicorn worker's WEB_THREADS); a thread finding none free opens one
+    # more for the request rather than wait.
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=settings.S3_CONNECT_TIMEOUT, read=settings.S3_READ_TIMEOUT),
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
-        maxsize=10,
+        maxsize=settings.S3_POOL_CONNECTIONS,
     )
     # The region is given so that the client never makes a network call to discover it (which
     # matters for presigning against a public endpoint the server itself may not reach).
@@ -44,20 +49,32 @@ def _client(endpoint: str) -> Minio:
     )
 
 
+# Threads of one process asking for the first time make one client, not one each.
+_clients_lock = threading.Lock()
+
+
 @functools.cache
+def _cached_client(endpoint: str) -> Minio:
+    return _client(endpoint)
+
+
+def _shared_client(endpoint: str) -> Minio:
+    with _clients_lock:
+        return _cached_client(endpoint)
+
+
 def client() -> Minio:
-    return _client(settings.S3_ENDPOINT)
+    return _shared_client(settings.S3_ENDPOINT)
 
 
-@functools.cache
 def _public_client() -> Minio:
-    return _client(settings.S3_PUBLIC_ENDPOINT)
+    return _shared_client(settings.S3_PUBLIC_ENDPOINT)
 
 
 def reset_clients() -> None:
     """Forget the cached clients (after a settings change in tests)."""
-    client.cache_clear()
-    _public_client.cache_clear()
+    with _clients_lock:
+        _cached_client.cache_clear()
 
 
 def _wrap(exc: Exception, key: str = "") -> StorageError:

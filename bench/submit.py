@@ -1,0 +1,396 @@
+"""The front door: POST /api/v1/images/ -> 202, uploads/s and latency at 1, 4, 16 and 64 clients.
+
+    python bench/submit.py --key fda_...                          # a service already running (make up)
+    FDA_API_KEY=fda_... python bench/submit.py --uploads 1000 --levels 32
+    python bench/submit.py --pause-detection --wait               # workers idle while measured; then drained
+    python bench/submit.py --start                                # a stack of its own, stopped after
+
+It drives a RUNNING service at --url (default FDA_URL, else http://127.0.0.1:8000; loopback only)
+and starts nothing itself. The key comes from --key or FDA_API_KEY; without either it makes one
+with `manage.py create_api_key bench-submit` (this process's environment must be the service's,
+as for `make up` from this checkout) and revokes it at the end. Rate limits count uploads per
+key: run the service with them off (`API_RATE_LIMIT= API_UPLOAD_RATE_LIMIT= make up`), or the
+429s are counted as what they are, non-202 answers.
+
+Each level sends --uploads POSTs of one real JPEG (default tests/data/photos/grace_hopper_1face.jpg,
+512x600, 60 KiB) with a new request_id each, from that many client threads at once, each with a
+keep-alive connection of its own (http.client: the multipart body is built once, so that the
+client spends as little of the machine's CPU as it can). Per level it prints uploads/s (202s from
+the first request to the last answer), the p50, p95 and max latency of POST -> answer, and the
+count of answers other than 202 (and of connection errors), and the CPU milliseconds per upload
+this client spent itself (it shares the machine with the service). When it finds the stack's processes
+(the pid in its var dir's run/devstack.pid, as `make up` writes it, or its own with --start) it
+also prints the CPU milliseconds the stack spent per upload (its processes: gunicorn, the S3
+server, the Celery workers; and the PostgreSQL backends of its database; not RabbitMQ's or
+Redis's, shared services) and the share of the machine that other processes took meanwhile: on
+a shared machine uploads/s alone says little (bench/metrics_overhead.py's CpuWindow).
+
+By default the detection workers run meanwhile and detect the uploads as they arrive (the
+"busy" figures: on a small machine they share the CPUs with the API). --pause-detection asks
+the detection workers (Celery remote control, over the broker) to stop consuming the detect
+queue while measuring and to resume after (the "idle" figures); if the bench is killed between
+the two, `celery -A face_detect_api control add_consumer <detect queue>` resumes them by hand.
+--wait then waits until every accepted job is finished and prints how many completed, failed and
+were lost (not finished within --wait-timeout).
+
+--start runs `python -m devstack up` as bench/rollout.py --start-stack does (its OwnStack: a
+temporary var dir, free ports, its own bucket, queues and PostgreSQL database, all removed
+after), with the rate limits off, and stops it at the end.
+
+Prints figures; asserts nothing. Exit status 1 only when the bench itself could not run.
+"""
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.metrics_overhead import CpuWindow  # noqa: E402
+from bench.rollout import LOOPBACK, TERMINAL, Api, BenchFailed, OwnStack, manage  # noqa: E402
+from devstack.__main__ import pid_alive, pidfile, read_pid  # noqa: E402
+from devstack.smoke import SmokeFailed  # noqa: E402
+
+PHOTO = ROOT / "tests" / "data" / "photos" / "grace_hopper_1face.jpg"
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+KEY_NAME = "bench-submit"
+NO_LIMITS = {"API_RATE_LIMIT": "", "API_UPLOAD_RATE_LIMIT": ""}
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- One upload, over a keep-alive connection ---------------------------------------------------
+
+
+class Upload:
+    """The multipart body of one photo with a request_id, built once: only the id changes."""
+
+    BOUNDARY = "fda-bench-submit-boundary-7c1f"
+
+    def __init__(self, photo: Path) -> None:
+        self.photo = photo
+        data = photo.read_bytes()
+        b = self.BOUNDARY
+        self.head = f"--{b}\r\nContent-Disposition: form-data; name=\"request_id\"\r\n\r\n".encode()
+        self.tail = (
+            f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{photo.name}\"\r\n"
+            f"Content-Type: {CONTENT_TYPES.get(photo.suffix.lower(), 'application/octet-stream')}\r\n\r\n"
+        ).encode() + data + f"\r\n--{b}--\r\n".encode()
+        self.content_type = f"multipart/form-data; boundary={b}"
+        self.size = len(data)
+
+    def body(self, request_id: str) -> bytes:
+        return self.head + request_id.encode() + self.tail
+
+
+class Client:
+    """One client: a keep-alive HTTP connection of its own (reopened when the server closes it)."""
+
+    def __init__(self, base: str, key: str) -> None:
+        parts = urlsplit(base)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.headers = {"X-API-Key": key}
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def post(self, upload: Upload, request_id: str) -> tuple[int, float, str | None]:
+        """(status, seconds, job id): status 0 for a connection error."""
+        body = upload.body(request_id)
+        headers = {**self.headers, "Content-Type": upload.content_type, "Content-Length": str(len(body))}
+        started = time.perf_counter()
+        try:
+            self.conn.request("POST", "/api/v1/images/", body=body, headers=headers)
+            response = self.conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # reopened by the next request
+            return 0, time.perf_counter() - started, None
+        elapsed = time.perf_counter() - started
+        job_id = None
+        if response.status == 202:
+            try:
+                job_id = json.loads(payload)["id"]
+            except (ValueError, KeyError):
+                pass
+        return response.status, elapsed, job_id
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+class Stack:
+    """What CpuWindow needs of a stack: its root process and its database's name."""
+
+    def __init__(self, pid: int, database: str | None) -> None:
+        self.pid, self.database = pid, database
+
+    def root_pid(self) -> int:
+        return self.pid
+
+
+def running_stack(env: dict[str, str]) -> Stack | None:
+    """The running `make up` of this checkout (its pid file), or None."""
+    pid = read_pid(pidfile())
+    if pid is None or not pid_alive(pid):
+        return None
+    url = urlsplit(env.get("DATABASE_URL", ""))
+    return Stack(pid, url.path.lstrip("/") if url.scheme.startswith("postgres") else None)
+
+
+def level(base: str, key: str, upload: Upload, *, clients: int, count: int, tag: str, stack: Stack | None = None) -> dict:
+    """``count`` uploads from ``clients`` threads at once, each taking the next upload until none
+    is left. Returns the figures and the accepted job ids."""
+    lock = threading.Lock()
+    next_n = iter(range(count))
+    results: list[tuple[int, float, str | None]] = []
+    gate = threading.Barrier(clients + 1)
+
+    def run() -> None:
+        client = Client(base, key)
+        mine = []
+        gate.wait()
+        while True:
+            with lock:
+                n = next(next_n, None)
+            if n is None:
+                break
+            mine.append(client.post(upload, f"{tag}-{n}"))
+        client.close()
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=run, name=f"client-{i}", daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    window = CpuWindow(stack) if stack is not None else None
+    own_cpu = time.process_time()
+    gate.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    own_cpu = time.process_time() - own_cpu
+    cpu_s, others = window.close() if window is not None else (float("nan"), float("nan"))
+    latencies = [elapsed for status, elapsed, _ in results if status == 202]
+    codes: dict[int, int] = {}
+    for status, _, _ in results:
+        if status != 202:
+            codes[status] = codes.get(status, 0) + 1
+    return {
+        "clients": clients,
+        "count": len(results),
+        "accepted": len(latencies),
+        "seconds": seconds,
+        "rate": len(latencies) / seconds if seconds else 0.0,
+        "p50": statistics.median(latencies) * 1000 if latencies else float("nan"),
+        "p95": percentile(latencies, 95) * 1000 if latencies else float("nan"),
+        "max": max(latencies) * 1000 if latencies else float("nan"),
+        "others": codes,
+        "cpu_ms": cpu_s * 1000 / max(len(results), 1),
+        "others_share": others,
+        "client_ms": own_cpu * 1000 / max(len(results), 1),
+        "ids": [job_id for status, _, job_id in results if job_id],
+    }
+
+
+def level_line(figures: dict) -> str:
+    others = sum(figures["others"].values())
+    detail = ", ".join(f"{code or 'conn. error'}: {n}" for code, n in sorted(figures["others"].items())) if others else ""
+    return (
+        f"{figures['clients']:>7} {figures['count']:>7} {figures['rate']:>9.1f} {figures['p50']:>8.1f} "
+        f"{figures['p95']:>8.1f} {figures['max']:>8.1f} {others:>8} {figures['cpu_ms']:>11.1f} {figures['client_ms']:>11.1f} {figures['others_share'] * 100:>9.0f}"
+        + (f"  ({detail})" if detail else "")
+    )
+
+
+# --- Detection paused (Celery remote control) and the wait for the jobs ----------------------------
+
+
+class DetectionPause:
+    """Tells the detection workers to stop consuming the detect queue, and to start again."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        # The Celery app reads the Django settings, which read this process's environment.
+        os.environ.update({k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"})
+        os.environ["DJANGO_SETTINGS_MODULE"] = "face_detect_api.settings"
+        from face_detect_api.celery import app
+
+        self.app = app
+        self.queue = app.conf.task_default_queue
+        self.workers: list[str] = []
+
+    def pause(self, patience: float = 120) -> None:
+        # Only the workers that consume it: add_consumer would make any other one a detector. A
+        # detection worker loads its model before it consumes: one just started is waited for.
+        deadline = time.monotonic() + patience
+        while True:
+            with self.app.connection_for_write() as conn:
+                queues = self.app.control.inspect(timeout=5, connection=conn).active_queues() or {}
+            consumers = sorted(name for name, active in queues.items() if any(q["name"] == self.queue for q in active))
+            if consumers:
+                break
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"no worker consumes {self.queue!r} (workers: {sorted(queues)})")
+            time.sleep(2)
+        with self.app.connection_for_write() as conn:
+            replies = self.app.control.cancel_consumer(self.queue, destination=consumers, reply=True, timeout=5, connection=conn)
+        self.workers = [name for reply in replies for name, answer in reply.items() if "ok" in answer]
+        if not self.workers:
+            raise BenchFailed(f"no worker stopped consuming {self.queue!r} (replies: {replies})")
+        say(f"detection paused: {', '.join(self.workers)} stopped consuming {self.queue!r}")
+
+    def resume(self) -> None:
+        if self.workers:
+            # A connection of its own: one left idle while measuring may have been dropped by the broker.
+            with self.app.connection_for_write() as conn:
+                self.app.control.add_consumer(self.queue, destination=self.workers, reply=True, timeout=5, connection=conn)
+            say(f"detection resumed: {', '.join(self.workers)} consume {self.queue!r} again")
+            self.workers = []
+
+
+def wait_finished(base: str, key: str, ids: list[str], timeout: float) -> dict[str, int]:
+    """Poll the jobs until every one is completed or failed, or ``timeout`` passes."""
+    local = threading.local()
+
+    def status(job_id: str) -> str:
+        if not hasattr(local, "api"):
+            local.api = Api(base, key)
+        return local.api.call("GET", f"/api/v1/images/{job_id}/").json()["status"]
+
+    deadline = time.monotonic() + timeout
+    states = {job_id: "queued" for job_id in ids}
+    pending = list(ids)
+    with ThreadPoolExecutor(4) as pool:
+        while pending and time.monotonic() < deadline:
+            # The jobs are detected about in order: wait for the last one, then read them all.
+            if status(pending[-1]) not in TERMINAL:
+                time.sleep(2)
+                continue
+            for job_id, state in zip(pending, pool.map(status, pending)):
+                states[job_id] = state
+            pending = [job_id for job_id in pending if states[job_id] not in TERMINAL]
+    counts = {"completed": 0, "failed": 0, "lost": 0}
+    for state in states.values():
+        counts[state if state in TERMINAL else "lost"] += 1
+    return counts
+
+
+# --- The run -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python bench/submit.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("FDA_URL", "http://127.0.0.1:8000"), help="the running service (loopback only; default FDA_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--key", default=os.environ.get("FDA_API_KEY", ""), help="an API key (default FDA_API_KEY; else one is made and revoked after)")
+    parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients, comma separated (default 1,4,16,64)")
+    parser.add_argument("--uploads", type=int, default=300, help="uploads per level (default 300)")
+    parser.add_argument("--warmup", type=int, default=20, help="uploads before the first level, not counted (default 20)")
+    parser.add_argument("--photo", type=Path, default=PHOTO, help="the photo uploaded (default grace_hopper_1face.jpg)")
+    parser.add_argument("--pause-detection", action="store_true", help="stop the detection workers consuming while measured (idle workers)")
+    parser.add_argument("--wait", action="store_true", help="wait for every accepted job to finish, report any lost")
+    parser.add_argument("--wait-timeout", type=float, default=900, help="with --wait: most seconds to wait (default 900)")
+    parser.add_argument("--start", action="store_true", help="start a stack of its own (devstack, rate limits off) and stop it after")
+    parser.add_argument("--ready-timeout", type=float, default=300, help="with --start: most seconds until /readyz (default 300)")
+    args = parser.parse_args()
+    try:
+        levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--levels must be whole numbers, comma separated")
+    if not levels or min(levels) < 1 or max(levels) > 512 or args.uploads < 1:
+        parser.error("--levels must be 1..512 and --uploads at least 1")
+    if not args.start and urlsplit(args.url).hostname not in LOOPBACK:
+        parser.error("--url must be a loopback address")
+
+    stack = pause = None
+    key_prefix = None
+    env: dict[str, str] = dict(os.environ)
+    rc = 1
+    try:
+        if args.start:
+            say("stack: starting `python -m devstack up` ...")
+            started = time.monotonic()
+            stack = OwnStack(embedded=False, alert_url="", ready_timeout=args.ready_timeout, prefix="fda-bench-submit", extra_env=NO_LIMITS)
+            say(f"stack: ready in {time.monotonic() - started:.0f} s: {stack.description}")
+            env, base = stack.service_env, stack.base
+        else:
+            base = args.url.rstrip("/")
+        key = args.key if not args.start else ""
+        if not key:
+            key = manage(env, "create_api_key", KEY_NAME).strip().splitlines()[-1]
+            key_prefix = key.split("_")[1]
+        upload = Upload(args.photo)
+        run = uuid.uuid4().hex[:6]
+        if args.pause_detection:
+            pause = DetectionPause(env)
+            pause.pause()
+        say(f"== bench/submit.py ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}) ==")
+        say(f"{base}: POST /api/v1/images/ of {args.photo.name} ({upload.size / 1024:.1f} KiB), {args.uploads} per level, "
+            f"detection {'paused' if pause else 'running'}")
+        ids: list[str] = []
+        if args.warmup:
+            warm = level(base, key, upload, clients=min(4, args.warmup), count=args.warmup, tag=f"bench-submit-{run}-warmup")
+            ids += warm["ids"]
+            if warm["others"]:
+                say(f"warm-up: {warm['others']} (429: run the service with API_RATE_LIMIT= API_UPLOAD_RATE_LIMIT=)")
+        stack_cpu = Stack(stack.stack.process.pid, stack.database) if stack is not None else running_stack(env)
+        say(f"{'clients':>7} {'uploads':>7} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'non-202':>8} "
+            f"{'stack CPU':>11} {'bench CPU':>11} {'others %':>9}")
+        for number, clients in enumerate(levels):
+            tag = f"bench-submit-{run}-{number}-{clients}"
+            figures = level(base, key, upload, clients=clients, count=args.uploads, tag=tag, stack=stack_cpu)
+            ids += figures["ids"]
+            say(level_line(figures))
+        if pause is not None:
+            pause.resume()
+        if args.wait:
+            say(f"waiting for the {len(ids)} accepted jobs (warm-up included) to finish ...")
+            waited = time.monotonic()
+            counts = wait_finished(base, key, ids, args.wait_timeout)
+            say(f"jobs: {counts['completed']} completed, {counts['failed']} failed, {counts['lost']} lost "
+                f"(not finished within {args.wait_timeout:.0f} s), after {time.monotonic() - waited:.0f} s")
+        rc = 0
+    except (BenchFailed, SmokeFailed) as exc:
+        say(f"bench/submit.py: FAILED: {exc}")
+    except KeyboardInterrupt:
+        say("bench/submit.py: interrupted")
+    except Exception as exc:  # a network error, an unexpected answer: a failure all the same
+        say(f"bench/submit.py: FAILED: {type(exc).__name__}: {exc}")
+    finally:
+        if pause is not None:
+            try:
+                pause.resume()
+            except Exception as exc:
+                say(f"could not resume detection: {exc}; by hand: celery -A face_detect_api control add_consumer {pause.queue}")
+        if key_prefix and stack is None:
+            try:
+                manage(env, "revoke_api_key", key_prefix)
+            except BenchFailed as exc:
+                say(f"could not revoke the bench's key {key_prefix}: {exc}")
+        if stack is not None:
+            for problem in stack.close(keep=rc != 0):
+                say(f"stack: {problem}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The front door (POST /api/v1/images/ -> 202): gunicorn's processes and threads, connections
+kept open between requests, and what an upload costs the broker, the result backend and the
+database's disk. bench/submit.py measures it; nothing here is timed."""
+
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from jobs import services
+from jobs.models import Image
+from storage import s3 as storage
+from tests.conftest import ROOT, photo_bytes, upload
+
+WEB_VARIABLES = ("WEB_WORKERS", "WEB_THREADS", "WEB_KEEPALIVE")
+
+
+def _gunicorn_conf(monkeypatch, **env: str):
+    """face_detect_api.gunicorn_conf as gunicorn would load it with these variables (the others
+    empty, as env.env has them)."""
+    for name in WEB_VARIABLES:
+        monkeypatch.setenv(name, env.get(name, ""))
+    import face_detect_api.gunicorn_conf as conf
+
+    return importlib.reload(conf)
+
+
+def test_gunicorn_runs_threaded_workers_one_process_per_core_by_default(monkeypatch):
+    conf = _gunicorn_conf(monkeypatch)
+    assert conf.worker_class == "gthread" and conf.threads == 8 and conf.keepalive == 5
+    assert conf.workers == max(2, len(os.sched_getaffinity(0)))
+
+
+def test_gunicorn_processes_threads_and_keepalive_come_from_the_environment(monkeypatch):
+    conf = _gunicorn_conf(monkeypatch, WEB_WORKERS="3", WEB_THREADS="4", WEB_KEEPALIVE="2")
+    assert (conf.workers, conf.threads, conf.keepalive, conf.worker_class) == (3, 4, 2, "gthread")
+    # One thread: gunicorn's plain sync worker.
+    assert _gunicorn_conf(monkeypatch, WEB_THREADS="1").worker_class == "sync"
+
+
+def test_gunicorn_accepts_the_settings(monkeypatch):
+    from gunicorn.config import Config
+
+    conf = _gunicorn_conf(monkeypatch, WEB_WORKERS="3")
+    config = Config()
+    for name in ("workers", "threads", "worker_class", "keepalive", "accesslog", "loglevel"):
+        config.set(name, getattr(conf, name))
+    assert (config.workers, config.threads, config.worker_class_str, config.keepalive) == (3, 8, "gthread", 5)
+
+
+def test_no_command_line_overrides_the_processes_or_threads():
+    """Options on gunicorn's command line win over its config: the launchers leave them to
+    WEB_WORKERS and WEB_THREADS."""
+    import yaml
+
+    web = (ROOT / "Procfile").read_text().splitlines()[0]
+    dockerfile_cmd = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")][0]
+    compose_web = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]["web"]["command"]
+    for launcher in (web, dockerfile_cmd, compose_web):
+        assert "gunicorn_conf" in launcher
+        for option in ("--workers", "-w ", "--threads", "--worker-class", "-k "):
+            assert option not in launcher, launcher
+
+
+def test_connection_settings_are_read_from_the_environment():
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "face_detect_api.settings",
+        "DATABASE_CONN_MAX_AGE": "17",
+        "S3_POOL_CONNECTIONS": "5",
+    }
+    code = (
+        "from django.conf import settings as s; d = s.DATABASES['default']; "
+        "print(d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'], s.S3_POOL_CONNECTIONS)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["17", "True", "5"]
+
+
+def test_one_s3_client_per_process_shared_by_its_threads_with_a_pool_for_them(settings):
+    settings.S3_POOL_CONNECTIONS = 5
+    storage.reset_clients()
+    try:
+        clients = []
+        threads = [threading.Thread(target=lambda: clients.append(storage.client())) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(c) for c in clients}) == 1 and clients[0] is storage.client()
+        assert clients[0]._http.connection_pool_kw["maxsize"] == 5
+    finally:
+        storage.reset_clients()
+
+
+def test_publishing_a_job_asks_no_result_of_the_backend(monkeypatch):
+    """Nothing reads detect_faces' return value: the publish must not make the result backend
+    subscribe to it (a Redis round trip, and one more to unsubscribe, per upload)."""
+    from face_detect_api.celery import app
+
+    sent = []
+    monkeypatch.setattr(app, "send_task", lambda name, *args, **kwargs: sent.append((name, kwargs)))
+    services._publish_chain(uuid.uuid4())
+    assert [name for name, _ in sent] == [services.DETECT_TASK]
+    assert sent[0][1]["ignore_result"] is True
+    # The delivery still follows detection, in the message's chain.
+    assert [task["task"] for task in sent[0][1]["chain"]] == [services.DELIVER_RESULT_TASK]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_publish_record_does_not_wait_for_the_disk(api_client, s3, monkeypatch):
+    """The job's row is committed (and flushed) before its 202; the record that it was published
+    is not worth a second flush: a crash that loses it only makes the sweeper publish it again."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's synchronous_commit")
+    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    job = Image.objects.get(id=upload(api_client, photo_bytes("coffee.png"), request_id="flush").json()["id"])
+    monkeypatch.undo()
+    monkeypatch.setattr("jobs.services._publish_chain", lambda image_id: None)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert services.image_job_enqueue(image_id=job.id)
+    assert any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"  # for that transaction only
+    job.refresh_from_db()
+    assert job.enqueue_count == 1 and job.enqueued_at is not None
+
+    # Inside a caller's transaction it changes nothing: that commit must wait.
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        assert services.image_job_enqueue(image_id=job.id)
+    assert not any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
+    job.refresh_from_db()
+    assert job.enqueue_count == 2
