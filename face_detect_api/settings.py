@@ -183,7 +183,9 @@ DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")
 # LiteRT). 0 (default): the cores divided among the worker's pool processes (2 cores, 2 processes:
 # 1 each), measured best here (docs/benchmarks.md). DETECTOR_TORCH_THREADS is its older name.
 DETECTOR_TORCH_THREADS = env.int("DETECTOR_TORCH_THREADS", default=0)
-DETECTOR_THREADS = env.int("DETECTOR_THREADS", default=DETECTOR_TORCH_THREADS)
+# 0 means "not set", so an older deployment's DETECTOR_TORCH_THREADS=2 still applies beside
+# env.env's DETECTOR_THREADS=0.
+DETECTOR_THREADS = env.int("DETECTOR_THREADS", default=0) or DETECTOR_TORCH_THREADS
 
 # --- Jobs -------------------------------------------------------------------------------------
 # Transient errors (storage, database) are retried with exponential backoff and full jitter.
