@@ -28,11 +28,9 @@ import datetime as dt
 import json
 import os
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import detector as raw_bench  # noqa: E402
-from bench.rollout import LOOPBACK, Api, BenchFailed, OwnStack, manage, parse_at  # noqa: E402
+from bench.rollout import LOOPBACK, AlertReceiver, Api, BenchFailed, OwnStack, manage, parse_at  # noqa: E402
 from devstack.smoke import SmokeFailed  # noqa: E402
 
 PHOTOS = ROOT / "tests" / "data" / "photos"
@@ -51,37 +49,14 @@ def say(message: str = "") -> None:
     print(message, flush=True)
 
 
-class CallbackReceiver:
-    """Keeps the arrival time and body of every callback POSTed to it."""
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, tuple[dt.datetime, dict]] = {}
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                at = dt.datetime.now(dt.timezone.utc)
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                with receiver.lock:
-                    receiver.arrived.setdefault(body.get("id", ""), (at, body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
-        threading.Thread(target=self.server.serve_forever, name="callbacks", daemon=True).start()
-
-    def count(self, ids: set[str]) -> int:
-        with self.lock:
-            return len(ids & set(self.arrived))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def arrivals(receiver: AlertReceiver, ids: set[str]) -> dict[str, tuple[dt.datetime, dict]]:
+    """Job id -> (arrival time, body) of the first callback of each of ``ids`` received so far."""
+    found: dict[str, tuple[dt.datetime, dict]] = {}
+    for post in list(receiver.received):
+        body = json.loads(post["body"] or b"{}")
+        if body.get("id") in ids:
+            found.setdefault(body["id"], (post["at"], body))
+    return found
 
 
 def best_raw(version: str, repeat: int) -> tuple[float, str]:
@@ -96,7 +71,7 @@ def best_raw(version: str, repeat: int) -> tuple[float, str]:
     return figures[layout], layout
 
 
-def pipeline(api: Api, callbacks: CallbackReceiver, version: str, repeat: int, timeout: float) -> dict:
+def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, timeout: float) -> dict:
     photos = sorted(PHOTOS.glob("*.[pj][np]g"))
     items = [(p, p.read_bytes()) for p in photos] * repeat
     run = uuid.uuid4().hex[:8]
@@ -116,9 +91,9 @@ def pipeline(api: Api, callbacks: CallbackReceiver, version: str, repeat: int, t
         ids = set(pool.map(upload, enumerate(items)))
     uploaded_s = time.monotonic() - began
     deadline = time.monotonic() + timeout
-    while callbacks.count(ids) < len(ids) and time.monotonic() < deadline:
+    while len(arrivals(callbacks, ids)) < len(ids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    arrived = {i: callbacks.arrived[i] for i in ids if i in callbacks.arrived}
+    arrived = arrivals(callbacks, ids)
     if not arrived:
         raise BenchFailed("no callback arrived: does the service allow loopback callbacks (CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8)?")
     last = max(at for at, _ in arrived.values())
@@ -150,7 +125,7 @@ def main() -> int:
     if not args.start and urlsplit(args.url).hostname not in LOOPBACK:
         parser.error("--url must be a loopback address")
 
-    callbacks = CallbackReceiver()
+    callbacks = AlertReceiver()  # a loopback server that keeps every POST: here, the callbacks
     stack, key_prefix, rc = None, None, 1
     env = dict(os.environ)
     try:
