@@ -186,6 +186,11 @@ DETECTOR_TORCH_THREADS = env.int("DETECTOR_TORCH_THREADS", default=0)
 # 0 means "not set", so an older deployment's DETECTOR_TORCH_THREADS=2 still applies beside
 # env.env's DETECTOR_THREADS=0.
 DETECTOR_THREADS = env.int("DETECTOR_THREADS", default=0) or DETECTOR_TORCH_THREADS
+# How much lower than the rest the detection processes run (Unix niceness added to theirs, 0 to
+# 19; 0: the same). Detection is throughput work, while uploads, callbacks and the admin wait for
+# an answer: on a machine they share (make up, one host of compose), the kernel then serves those
+# first and detection takes the rest, so the cores stay as busy and the answers come sooner.
+DETECTOR_NICE = env.int("DETECTOR_NICE", default=5)
 
 # --- Jobs -------------------------------------------------------------------------------------
 # Transient errors (storage, database) are retried with exponential backoff and full jitter.

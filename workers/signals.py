@@ -72,6 +72,20 @@ def detector_threads(pool_size: int) -> int:
     return max(1, cores // max(1, pool_size))
 
 
+def lower_priority(increment: int) -> None:
+    """Add ``increment`` to this process's niceness (its threads, started later, inherit it), so
+    that the API, callbacks and the database on the same machine go first. Anything the system
+    refuses or cannot do is logged, never fatal: detection at normal priority still works."""
+    if increment <= 0 or not hasattr(os, "nice"):
+        return
+    try:
+        now = os.nice(min(increment, 19))
+    except OSError as exc:
+        logger.warning("could not lower the priority of detection process %d: %s", os.getpid(), exc)
+        return
+    logger.info("detection process %d runs at niceness %d (DETECTOR_NICE)", os.getpid(), now)
+
+
 @worker_process_init.connect
 def _load_detector(**_: object) -> None:
     """Load the configured detector in each worker process, before its first task."""
@@ -84,6 +98,7 @@ def _load_detector(**_: object) -> None:
     from detection import engines
 
     engines.threads = detector_threads(_pool_size)
+    lower_priority(settings.DETECTOR_NICE)
     try:
         # The active version now; jobs pinned to others load theirs on first use.
         version = detector_version_active()

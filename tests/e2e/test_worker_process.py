@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,18 +14,36 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 def test_each_worker_process_loads_the_detector_once(api_client, worker_env, s3, tmp_path):
     """Two worker processes, six jobs: exactly one load per process."""
-    worker = WorkerProcess(tmp_path / "worker.log", worker_env, concurrency=2).start()
+    worker = WorkerProcess(tmp_path / "worker.log", {**worker_env, "DETECTOR_NICE": "5"}, concurrency=2).start()
     try:
         ids = [upload(api_client, photo_bytes("astronaut_1face.png"), request_id=f"load-{i}").json()["id"] for i in range(6)]
         for image_id in ids:
             assert wait_terminal(image_id).face_count == 1
         children = worker.child_pids()
+        niceness = {pid: _thread_niceness(pid) for pid in [worker.process.pid, *children]}
         log = worker.log()
     finally:
         worker.stop()
     loads = [line["process"] for line in _json_lines(log) if line["message"].startswith("loaded detector mtcnn@")]
     assert len(children) == 2
     assert sorted(int(pid) for pid in loads) == sorted(children)
+    # DETECTOR_NICE: the pool processes that detect, and every thread of theirs (the
+    # engine's started after), run that much below the worker's parent, which stays as it was.
+    (parent,) = set(niceness[worker.process.pid])
+    for pid in children:
+        assert set(niceness[pid]) == {min(parent + 5, 19)}, niceness
+
+
+def _thread_niceness(pid: int) -> list[int]:
+    """The nice value of each thread of a process (Linux keeps one per thread)."""
+    values = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        values.append(int(fields[16]))  # field 19 of man 5 proc: nice
+    return values
 
 
 def _json_lines(log: str) -> list[dict]:
