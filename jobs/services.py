@@ -585,9 +585,11 @@ def image_job_shadows_enqueue(*, image_id: uuid.UUID) -> int:
     hold up the job's callback, which is chained after detection.
     """
     try:
-        if not Image.objects.filter(id=image_id, status__in=TERMINAL_STATUSES).exists():
-            return 0
-        run_ids = list(ShadowRun.objects.filter(job_id=image_id, status=ShadowStatus.QUEUED).values_list("id", flat=True))
+        # One query (every job passes here, most of them with no shadow run): the queued runs of
+        # the job, if the job is over.
+        run_ids = list(
+            ShadowRun.objects.filter(job_id=image_id, job__status__in=TERMINAL_STATUSES, status=ShadowStatus.QUEUED).values_list("id", flat=True)
+        )
         for run_id in run_ids:
             # By name, after commit: the worker must never see a run whose row it cannot read.
             transaction.on_commit(lambda run_id=run_id: signature(SHADOW_DETECT_TASK, args=(run_id,)).apply_async(), robust=True)
