@@ -70,7 +70,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rollout import Api, BenchFailed, OwnStack, manage  # noqa: E402
+from bench.rollout import Api, BenchFailed, OwnStack, api_key_create  # noqa: E402
 from devstack.__main__ import embedded_fallbacks, load_env  # noqa: E402
 from devstack.net import answers, isolated_env  # noqa: E402
 from devstack.smoke import SmokeFailed, Stack, free_port, refusing_port, wait_ready  # noqa: E402
@@ -319,7 +319,7 @@ class Runner:
     ) -> None:
         self.stack, self.threads, self.small_jpeg, self.photos, self.deadline = stack, threads, small_jpeg, photos, deadline
         self.quiet, self.retries, self.attempt = quiet, retries, 0
-        self.key = manage(stack.service_env, "create_api_key", f"bench-overhead-{stack.name.lower()}").strip().splitlines()[-1]
+        self.key, _ = api_key_create(stack.service_env, f"bench-overhead-{stack.name.lower()}")
         self.api = Api(stack.base, self.key)
         self.local = threading.local()
         self.run_id = uuid.uuid4().hex[:6]

@@ -14,11 +14,18 @@ comes from --key or FDA_API_KEY, or one is made with `manage.py create_api_key` 
 1. The raw detector: bench/detector.py's processes, with the version's engine loaded once, on
    every layout of processes x threads for these cores; the best is the ceiling (the stack is
    idle meanwhile).
-2. The pipeline: every photo of tests/data/photos --repeat times, uploaded at once (pinned to
-   --version with `model_version`, each with a callback_url), then timed from the first upload
-   to the last callback. Throughput = photos / that time; it is set against the ceiling.
+2. The pipeline: a warm-up (every photo once per core, not counted: each pool process loads the
+   version and meets the sizes, as the raw detector is warmed), then every photo of
+   tests/data/photos --repeat times, uploaded at once (pinned to --version with `model_version`,
+   each with a callback_url), timed from the first upload to the last callback. Throughput =
+   photos / that time; it is set against the ceiling.
 3. The callback lag: from the job's `finished_at` (detection done and stored) to the callback's
-   arrival here, p50/p95/max (it holds the annotation, the outbox and the POST).
+   arrival here, p50/p95/max (it holds the annotation, the outbox and the POST); and each job's
+   time queued and in the detect task.
+4. The profile across processes (bench/cpu.py): CPU ms per job of each part of the machine (API,
+   detect and deliver workers, S3 server, PostgreSQL, RabbitMQ, ...) over the timed run, the
+   machine's busy share, and from the service's /metrics the detector's own CPU per job, so
+   that the task around it shows too.
 
 Prints figures; asserts nothing. Exit status 1 only when the bench itself could not run.
 """
@@ -37,8 +44,9 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cpu  # noqa: E402
 from bench import detector as raw_bench  # noqa: E402
-from bench.rollout import LOOPBACK, AlertReceiver, Api, BenchFailed, OwnStack, manage, parse_at  # noqa: E402
+from bench.rollout import LOOPBACK, AlertReceiver, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke, parse_at  # noqa: E402
 from devstack.smoke import SmokeFailed  # noqa: E402
 
 PHOTOS = ROOT / "tests" / "data" / "photos"
@@ -59,6 +67,23 @@ def arrivals(receiver: AlertReceiver, ids: set[str]) -> dict[str, tuple[dt.datet
     return found
 
 
+def detection_sums(api: Api) -> dict[str, float] | None:
+    """The service's detection totals from its /metrics (every worker's, when they share the
+    metrics directory as under `make up`): seconds of wall time and of CPU spent in the detector.
+    None when the service does not expose them."""
+    try:
+        text = api.call("GET", "/metrics").text
+    except BenchFailed:
+        return None
+    sums = {"wall": 0.0, "cpu": 0.0, "count": 0.0}
+    names = {"fda_detection_seconds_sum{": "wall", "fda_detection_cpu_seconds_total{": "cpu", "fda_detection_seconds_count{": "count"}
+    for line in text.splitlines():
+        for prefix, name in names.items():
+            if line.startswith(prefix):
+                sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums if sums["count"] else None
+
+
 def best_raw(version: str, repeat: int) -> tuple[float, str]:
     """(photos/s, layout) of the best processes x threads layout of the raw detector here."""
     cores = os.cpu_count() or 1
@@ -73,7 +98,6 @@ def best_raw(version: str, repeat: int) -> tuple[float, str]:
 
 def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, timeout: float) -> dict:
     photos = sorted(PHOTOS.glob("*.[pj][np]g"))
-    items = [(p, p.read_bytes()) for p in photos] * repeat
     run = uuid.uuid4().hex[:8]
 
     def upload(n_item):
@@ -85,26 +109,53 @@ def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, time
         )
         return response.json()["id"]
 
+    def submit(items, first: int) -> set[str]:
+        with ThreadPoolExecutor(4) as pool:
+            return set(pool.map(upload, enumerate(items, start=first)))
+
+    def wait(ids: set[str]) -> None:
+        deadline = time.monotonic() + timeout
+        while len(arrivals(callbacks, ids)) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    # Warm-up, as the raw detector gets one: every photo once per core, so that each pool process
+    # has loaded the version (a version other than the active one loads on its first job) and
+    # met the photos' sizes. Not counted.
+    warm = [(p, p.read_bytes()) for p in photos] * (os.cpu_count() or 1)
+    wait(submit(warm, 0))
+    items = [(p, p.read_bytes()) for p in photos] * repeat
     started = dt.datetime.now(dt.timezone.utc)
+    detection_before = detection_sums(api)
+    before = cpu.snapshot()
     began = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        ids = set(pool.map(upload, enumerate(items)))
+    ids = submit(items, len(warm))
     uploaded_s = time.monotonic() - began
-    deadline = time.monotonic() + timeout
-    while len(arrivals(callbacks, ids)) < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait(ids)
     arrived = arrivals(callbacks, ids)
+    after = cpu.snapshot()
+    detection_after = detection_sums(api)
     if not arrived:
         raise BenchFailed("no callback arrived: does the service allow loopback callbacks (CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8)?")
     last = max(at for at, _ in arrived.values())
     lags = [(at - parse_at(body["finished_at"])).total_seconds() * 1000 for at, body in arrived.values() if body.get("finished_at")]
+    # Where each job's time went: waiting for a detect slot, in the detect task, then the result.
+    stages: dict[str, list[float]] = {"queued (created -> started)": [], "detect task (started -> finished)": []}
+    for _, body in arrived.values():
+        if body.get("started_at") and body.get("finished_at"):
+            created, begun, done = (parse_at(body[k]) for k in ("created_at", "started_at", "finished_at"))
+            stages["queued (created -> started)"].append((begun - created).total_seconds() * 1000)
+            stages["detect task (started -> finished)"].append((done - begun).total_seconds() * 1000)
     statuses = {}
     for _, body in arrived.values():
         statuses[body.get("status")] = statuses.get(body.get("status"), 0) + 1
     return {
         "jobs": len(ids), "called_back": len(arrived), "statuses": statuses, "upload_s": uploaded_s,
         "photos_per_s": len(arrived) / (last - started).total_seconds(), "lags": sorted(lags),
+        "stages": {name: sorted(values) for name, values in stages.items() if values},
         "versions": sorted({body.get("model_version") or "" for _, body in arrived.values()}),
+        "cpu": (before, after),
+        "detection": {k: detection_after[k] - detection_before[k] for k in detection_after}
+        if detection_before and detection_after else None,
     }
 
 
@@ -141,13 +192,12 @@ def main() -> int:
             base = args.url
         key = args.key
         if not key:
-            key = manage(env, "create_api_key", "bench-pipeline").strip().splitlines()[-1]
-            key_prefix = key.split("_")[1]
+            key, key_prefix = api_key_create(env, "bench-pipeline")
         api = Api(base, key)
         ceiling, layout = (0.0, "") if args.skip_raw else best_raw(args.version, args.repeat)
         result = pipeline(api, callbacks, args.version, args.repeat, args.timeout)
         lags = result["lags"]
-        say(f"\n| figure | value |\n|---|---|")
+        say("\n| figure | value |\n|---|---|")
         say(f"| jobs uploaded / called back | {result['jobs']} / {result['called_back']} ({result['statuses']}) |")
         say(f"| uploads took | {result['upload_s']:.1f} s |")
         say(f"| pipeline, upload -> callback | {result['photos_per_s']:.2f} photos/s |")
@@ -156,18 +206,29 @@ def main() -> int:
             say(f"| pipeline / raw | {result['photos_per_s'] / ceiling:.2f} |")
         if lags:
             say(f"| callback lag after detection, p50 / p95 / max | {pct(lags, 0.5):.0f} / {pct(lags, 0.95):.0f} / {lags[-1]:.0f} ms |")
+        for name, values in result["stages"].items():
+            say(f"| {name}, p50 / p95 | {pct(values, 0.5):.0f} / {pct(values, 0.95):.0f} ms |")
         say(f"| versions that ran | {', '.join(result['versions'])} |")
+        # The profile across processes: where each job's CPU went (the detector's share is in
+        # the detect worker's), next to what the raw detector spends on a photo.
+        per_job = cpu.report(*result["cpu"], per=result["called_back"], say=say)
+        detection = result["detection"]
+        if detection and detection["count"]:
+            inside = detection["cpu"] * 1000 / detection["count"]
+            say(f"\nIn the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
+                f"({detection['wall'] * 1000 / detection['count']:.1f} ms of wall time; /metrics); the task around it: "
+                f"{per_job.get('detect worker', 0.0) - inside:.1f} ms.")
+        if ceiling:
+            say(f"\nThe raw detector ({layout}) spends about {(os.cpu_count() or 1) * 1000 / ceiling:.0f} ms of CPU per photo "
+                "when it keeps every core busy.")
         rc = 0
     except (BenchFailed, SmokeFailed) as exc:
         say(f"bench/pipeline.py: FAILED: {exc}")
     except KeyboardInterrupt:
         say("bench/pipeline.py: interrupted")
     finally:
-        if key_prefix and stack is None:
-            try:
-                manage(env, "revoke_api_key", key_prefix)
-            except BenchFailed as exc:
-                say(f"could not revoke the bench's key {key_prefix}: {exc}")
+        if stack is None:  # a stack of the bench's own goes with its database
+            api_key_revoke(env, key_prefix, say)
         if stack is not None:
             for problem in stack.close(keep=rc != 0):
                 say(f"stack: {problem}")

@@ -99,6 +99,24 @@ def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def api_key_create(env: dict[str, str], name: str, *flags: str) -> tuple[str, str]:
+    """A new API key named ``name`` in the service's database (`manage.py create_api_key`): the
+    key, and its prefix for api_key_revoke."""
+    key = manage(env, "create_api_key", name, *flags).strip().splitlines()[-1]
+    return key, key.split("_")[1]
+
+
+def api_key_revoke(env: dict[str, str], prefix: str | None, say) -> None:
+    """Revoke a key the bench made (none: nothing to do); a failure is said, not raised, as the
+    bench is on its way out."""
+    if not prefix:
+        return
+    try:
+        manage(env, "revoke_api_key", prefix)
+    except BenchFailed as exc:
+        say(f"could not revoke the bench's key {prefix}: {exc}")
+
+
 # --- HTTP ------------------------------------------------------------------------------------------
 
 
@@ -586,8 +604,7 @@ def main() -> int:
             env, base = dict(os.environ), args.url
         key = args.key
         if not key:
-            key = manage(env, "create_api_key", ACTOR_NAME, "--operator").strip().splitlines()[-1]
-            key_prefix = key.split("_")[1]
+            key, key_prefix = api_key_create(env, ACTOR_NAME, "--operator")
         api = Api(base, key)
         probe = api.call("GET", "/api/v1/rollouts/", expect=(200, 401, 403), params={"page_size": 1})
         if probe.status_code != 200:
@@ -600,11 +617,8 @@ def main() -> int:
     except Exception as exc:  # a network error, an unexpected answer: a failure all the same
         say(f"bench/rollout.py: FAILED: {type(exc).__name__}: {exc}")
     finally:
-        if key_prefix and stack is None:
-            try:
-                manage(env, "revoke_api_key", key_prefix)
-            except BenchFailed as exc:
-                say(f"could not revoke the bench's key {key_prefix}: {exc}")
+        if stack is None:  # a stack of the bench's own goes with its database
+            api_key_revoke(env, key_prefix, say)
         if stack is not None:
             problems = stack.close(keep=args.keep or rc != 0)
             for problem in problems:

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.metrics_overhead import CpuWindow  # noqa: E402
-from bench.rollout import LOOPBACK, TERMINAL, Api, BenchFailed, OwnStack, manage  # noqa: E402
+from bench.rollout import LOOPBACK, TERMINAL, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke  # noqa: E402
 from devstack.__main__ import pid_alive, pidfile, read_pid  # noqa: E402
 from devstack.smoke import SmokeFailed  # noqa: E402
 
@@ -335,8 +335,7 @@ def main() -> int:
             base = args.url.rstrip("/")
         key = args.key if not args.start else ""
         if not key:
-            key = manage(env, "create_api_key", KEY_NAME).strip().splitlines()[-1]
-            key_prefix = key.split("_")[1]
+            key, key_prefix = api_key_create(env, KEY_NAME)
         upload = Upload(args.photo)
         run = uuid.uuid4().hex[:6]
         if args.pause_detection:
@@ -381,11 +380,8 @@ def main() -> int:
                 pause.resume()
             except Exception as exc:
                 say(f"could not resume detection: {exc}; by hand: celery -A face_detect_api control add_consumer {pause.queue}")
-        if key_prefix and stack is None:
-            try:
-                manage(env, "revoke_api_key", key_prefix)
-            except BenchFailed as exc:
-                say(f"could not revoke the bench's key {key_prefix}: {exc}")
+        if stack is None:  # a stack of the bench's own goes with its database
+            api_key_revoke(env, key_prefix, say)
         if stack is not None:
             for problem in stack.close(keep=rc != 0):
                 say(f"stack: {problem}")
