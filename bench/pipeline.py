@@ -20,8 +20,9 @@ comes from --key or FDA_API_KEY, or one is made with `manage.py create_api_key` 
    each with a callback_url), timed from the first upload to the last callback. Throughput =
    photos / that time; it is set against the ceiling.
 3. The callback lag: from the job's `finished_at` (detection done and stored) to the callback's
-   arrival here, p50/p95/max (it holds the annotation, the outbox and the POST); and each job's
-   time queued and in the detect task.
+   arrival here, p50/p95/max (it holds the annotation, the outbox and the POST), during the burst
+   and then with one job at a time (nothing else running); and each job's time queued and in
+   the detect task.
 4. The profile across processes (bench/cpu.py): CPU ms per job of each part of the machine (API,
    detect and deliver workers, S3 server, PostgreSQL, RabbitMQ, ...) over the timed run, the
    machine's busy share, and from the service's /metrics the detector's own CPU per job, so
@@ -148,7 +149,17 @@ def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, time
     statuses = {}
     for _, body in arrived.values():
         statuses[body.get("status")] = statuses.get(body.get("status"), 0) + 1
+    # The callback lag with nothing else running: each photo alone, the next once it is called
+    # back. Set against the lag above, it tells the lag's own cost from the wait for a core.
+    alone = []
+    for n, item in enumerate([(p, p.read_bytes()) for p in photos], start=len(warm) + len(items)):
+        one = submit([item], n)
+        wait(one)
+        for at, body in arrivals(callbacks, one).values():
+            if body.get("finished_at"):
+                alone.append((at - parse_at(body["finished_at"])).total_seconds() * 1000)
     return {
+        "lags_alone": sorted(alone),
         "jobs": len(ids), "called_back": len(arrived), "statuses": statuses, "upload_s": uploaded_s,
         "photos_per_s": len(arrived) / (last - started).total_seconds(), "lags": sorted(lags),
         "stages": {name: sorted(values) for name, values in stages.items() if values},
@@ -206,6 +217,9 @@ def main() -> int:
             say(f"| pipeline / raw | {result['photos_per_s'] / ceiling:.2f} |")
         if lags:
             say(f"| callback lag after detection, p50 / p95 / max | {pct(lags, 0.5):.0f} / {pct(lags, 0.95):.0f} / {lags[-1]:.0f} ms |")
+        alone = result["lags_alone"]
+        if alone:
+            say(f"| callback lag, one job at a time, p50 / max | {pct(alone, 0.5):.0f} / {alone[-1]:.0f} ms |")
         for name, values in result["stages"].items():
             say(f"| {name}, p50 / p95 | {pct(values, 0.5):.0f} / {pct(values, 0.95):.0f} ms |")
         say(f"| versions that ran | {', '.join(result['versions'])} |")
