@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TICK = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these ticks a second
 
 # (part, pattern of the command line). The Procfile names the workers `-n detect@%h` / `deliver@%h`.
 PARTS = (
@@ -49,33 +49,48 @@ def _part(pid: int, cmdline: str) -> str:
     return "other"
 
 
-def _cpu_seconds(pid_dir: Path) -> float | None:
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far, every core: busy is user, nice, system,
+    irq, softirq and steal; all adds idle and iowait."""
+    values = [int(v) for v in (PROC / "stat").read_text().splitlines()[0].split()[1:9]]
+    total = sum(values)
+    return total - values[3] - values[4], total
+
+
+def processes() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, command name, CPU ticks used so far by all its threads)."""
+    table = {}
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = (PROC / entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # After the ")" that closes the name: the state, the parent pid, ... utime and stime are
+        # fields 14 and 15 of man 5 proc.
+        head, _, tail = stat.rpartition(")")
+        rest = tail.split()
+        table[int(entry)] = (int(rest[1]), head.partition("(")[2], int(rest[11]) + int(rest[12]))
+    return table
+
+
+def cmdline(pid: int) -> str | None:
+    """A process's command line, its arguments joined by spaces; None when it has ended."""
     try:
-        fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
         return None
-    # After the ")" of the name: field 3 is the state, 14 and 15 are utime and stime (man 5 proc).
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def snapshot() -> Snapshot:
-    processes = {}
-    for pid_dir in PROC.iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        seconds = _cpu_seconds(pid_dir)
-        if seconds is None:
-            continue
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        pid = int(pid_dir.name)
-        processes[pid] = (_part(pid, cmdline), seconds)
-    values = [int(v) for v in (PROC / "stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
-    return Snapshot(processes=processes, busy=(total - idle) / TICKS, total=total / TICKS)
+    parts_of = {}
+    for pid, (_, _, ticks) in processes().items():
+        line = cmdline(pid)
+        if line is not None:
+            parts_of[pid] = (_part(pid, line), ticks / TICK)
+    busy, total = machine_ticks()
+    return Snapshot(processes=parts_of, busy=busy / TICK, total=total / TICK)
 
 
 def parts(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -88,19 +103,19 @@ def parts(before: Snapshot, after: Snapshot) -> dict[str, float]:
     return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
-def report(before: Snapshot, after: Snapshot, *, per: int, say, unit: str = "job") -> dict[str, float]:
-    """Print a table of CPU ms per ``unit`` for each part (``per`` units were done), with the
-    machine's busy share; returns the per-unit figures."""
+def report(before: Snapshot, after: Snapshot, *, per: int, say) -> dict[str, float]:
+    """Print a table of CPU ms per job for each part (``per`` jobs were done), with the
+    machine's busy share; returns the per-job figures."""
     used = parts(before, after)
     wall = (after.total - before.total) / (os.cpu_count() or 1)
     busy_share = (after.busy - before.busy) / max(after.total - before.total, 1e-9)
-    per_unit = {part: seconds * 1000 / max(per, 1) for part, seconds in used.items()}
-    say(f"\nCPU per {unit}, by process ({per} {unit}s in {wall:.1f} s; the machine was {busy_share:.0%} busy):\n")
-    say(f"| part | CPU ms per {unit} | share |")
+    per_job = {part: seconds * 1000 / max(per, 1) for part, seconds in used.items()}
+    say(f"\nCPU per job, by process ({per} jobs in {wall:.1f} s; the machine was {busy_share:.0%} busy):\n")
+    say("| part | CPU ms per job | share |")
     say("|---|---|---|")
-    total = sum(per_unit.values()) or 1.0
-    for part, ms in per_unit.items():
+    total = sum(per_job.values()) or 1.0
+    for part, ms in per_job.items():
         if ms >= 0.05:
             say(f"| {part} | {ms:.1f} | {ms / total:.0%} |")
     say(f"| all | {total:.1f} | 100% |")
-    return per_unit
+    return per_job

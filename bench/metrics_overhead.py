@@ -70,7 +70,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rollout import Api, BenchFailed, OwnStack, api_key_create  # noqa: E402
+from bench.cpu import TICK, cmdline, machine_ticks, processes  # noqa: E402
+from bench.rollout import CONTENT_TYPES, Api, BenchFailed, OwnStack, api_key_create, parse_at, say  # noqa: E402
 from devstack.__main__ import embedded_fallbacks, load_env  # noqa: E402
 from devstack.net import answers, isolated_env  # noqa: E402
 from devstack.smoke import SmokeFailed, Stack, free_port, refusing_port, wait_ready  # noqa: E402
@@ -78,7 +79,6 @@ from devstack.smoke import SmokeFailed, Stack, free_port, refusing_port, wait_re
 PHOTOS = ROOT / "tests" / "data" / "photos"
 FRONT_DOOR_PHOTO = PHOTOS / "grace_hopper_1face.jpg"
 FRONT_DOOR_WIDTH = 64  # px: a small JPEG, so that detecting the front door's jobs afterwards is quick
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 SCRAPE_SECONDS = 15  # deploy/prometheus/prometheus.yml: scrape_interval
 TERMINAL = {"completed", "failed"}
 QUIET_WAIT_SECONDS = 30  # the most a phase waits for other processes to calm down
@@ -96,49 +96,10 @@ DESCRIPTIONS = {
 }
 
 
-def say(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def parse_at(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 # --- CPU time, ours and others' (/proc) -----------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
 # Shared services: they serve this bench and whoever else uses them; neither ours nor others'.
 SERVICES = {"postgres", "beam.smp", "redis-server", "epmd", "erl_child_setup", "inet_gethost"}
-
-
-def _machine_busy_ticks() -> int:
-    """Busy CPU time of the whole machine (user, nice, system, irq, softirq, steal)."""
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:9]]
-    return sum(fields) - fields[3] - fields[4]  # less idle and iowait
-
-
-def _processes() -> dict[int, tuple[int, str, int]]:
-    """pid -> (parent pid, command name, CPU ticks used so far, all threads)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        head, _, tail = stat.rpartition(")")
-        rest = tail.split()
-        table[int(entry)] = (int(rest[1]), head.partition("(")[2], int(rest[11]) + int(rest[12]))
-    return table
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def descendants(table: dict[int, tuple[int, str, int]], root: int) -> set[int]:
@@ -160,17 +121,17 @@ class CpuWindow:
 
     def __init__(self, stack: "ConfigStack") -> None:
         self.stack = stack
-        self.wall, self.busy, self.table = time.monotonic(), _machine_busy_ticks(), _processes()
+        self.wall, self.busy, self.table = time.monotonic(), machine_ticks()[0], processes()
 
     def close(self) -> tuple[float, float]:
         """(the stack's CPU seconds, the others' share of the machine, 0..1)."""
-        wall, busy, table = time.monotonic() - self.wall, _machine_busy_ticks() - self.busy, _processes()
+        wall, busy, table = time.monotonic() - self.wall, machine_ticks()[0] - self.busy, processes()
         ours = descendants(self.table, self.stack.root_pid()) | descendants(table, self.stack.root_pid())
         database = self.stack.database
         stack = bench = services = 0
         for pid, (_, name, ticks) in table.items():
             used = ticks - (self.table[pid][2] if pid in self.table else 0)
-            if pid in ours or (database and name == "postgres" and f" {database} " in _cmdline(pid)):
+            if pid in ours or (database and name == "postgres" and f" {database} " in (cmdline(pid) or "")):
                 stack += used
             elif pid == os.getpid():
                 bench += used
@@ -257,8 +218,8 @@ class ConfigStack(OwnStack):
         """The detection worker's processes (its parent and its pool), found among this stack's
         descendants by their command line: `celery ... worker ... -Q <this stack's detect queue>`."""
         found = []
-        for pid in sorted(descendants(_processes(), self.root_pid())):
-            argv = _cmdline(pid).split(" ")
+        for pid in sorted(descendants(processes(), self.root_pid())):
+            argv = (cmdline(pid) or "").split(" ")
             if "worker" in argv and self.env["CELERY_QUEUE_DETECT"] in argv:
                 found.append(pid)
         return found

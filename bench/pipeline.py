@@ -9,7 +9,8 @@ It drives a RUNNING service at --url (loopback) and starts nothing itself, unles
 callbacks come to an HTTP server this bench runs on 127.0.0.1, so the service must allow
 loopback callbacks: `CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8 make up` (--start sets it; the rate
 limits too are off there, as `API_RATE_LIMIT= API_UPLOAD_RATE_LIMIT= make up` does). The key
-comes from --key or FDA_API_KEY, or one is made with `manage.py create_api_key` and revoked after.
+comes from --key or FDA_API_KEY, or one is made with `manage.py create_api_key` and revoked after
+(with --start always made: the own stack has a database of its own).
 
 1. The raw detector: bench/detector.py's processes, with the version's engine loaded once, on
    every layout of processes x threads for these cores; the best is the ceiling (the stack is
@@ -47,15 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench import cpu  # noqa: E402
 from bench import detector as raw_bench  # noqa: E402
-from bench.rollout import LOOPBACK, AlertReceiver, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke, parse_at  # noqa: E402
+from bench.rollout import (  # noqa: E402
+    CONTENT_TYPES, LOOPBACK, NO_LIMITS, AlertReceiver, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke, parse_at, percentile, say,
+)
 from devstack.smoke import SmokeFailed  # noqa: E402
 
 PHOTOS = ROOT / "tests" / "data" / "photos"
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg"}
-
-
-def say(message: str = "") -> None:
-    print(message, flush=True)
 
 
 def arrivals(receiver: AlertReceiver, ids: set[str]) -> dict[str, tuple[dt.datetime, dict]]:
@@ -105,7 +103,7 @@ def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, time
         n, (path, data) = n_item
         response = api.call(
             "POST", "/api/v1/images/", expect=(202,),
-            files={"image": (path.name, data, CONTENT_TYPES.get(path.suffix, "application/octet-stream"))},
+            files={"image": (path.name, data, CONTENT_TYPES[path.suffix.lower()])},
             data={"request_id": f"bench-pipeline-{run}-{n}", "callback_url": callbacks.url, "model_version": version},
         )
         return response.json()["id"]
@@ -170,10 +168,6 @@ def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, time
     }
 
 
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python bench/pipeline.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("FDA_URL", "http://127.0.0.1:8000"), help="the running service (loopback)")
@@ -196,12 +190,12 @@ def main() -> int:
         if args.start:
             say("stack: starting `python -m devstack up` ...")
             stack = OwnStack(embedded=False, alert_url="", ready_timeout=300, prefix="fda-bench-pipeline", extra_env={
-                "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8", "API_RATE_LIMIT": "", "API_UPLOAD_RATE_LIMIT": ""})
+                **NO_LIMITS, "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"})
             env, base = stack.service_env, stack.base
             say(f"stack: {stack.description}")
         else:
             base = args.url
-        key = args.key
+        key = args.key if not args.start else ""  # an own stack has a database of its own
         if not key:
             key, key_prefix = api_key_create(env, "bench-pipeline")
         api = Api(base, key)
@@ -216,12 +210,12 @@ def main() -> int:
             say(f"| raw detector, best layout ({layout}) | {ceiling:.2f} photos/s |")
             say(f"| pipeline / raw | {result['photos_per_s'] / ceiling:.2f} |")
         if lags:
-            say(f"| callback lag after detection, p50 / p95 / max | {pct(lags, 0.5):.0f} / {pct(lags, 0.95):.0f} / {lags[-1]:.0f} ms |")
+            say(f"| callback lag after detection, p50 / p95 / max | {percentile(lags, 50):.0f} / {percentile(lags, 95):.0f} / {lags[-1]:.0f} ms |")
         alone = result["lags_alone"]
         if alone:
-            say(f"| callback lag, one job at a time, p50 / max | {pct(alone, 0.5):.0f} / {alone[-1]:.0f} ms |")
+            say(f"| callback lag, one job at a time, p50 / max | {percentile(alone, 50):.0f} / {alone[-1]:.0f} ms |")
         for name, values in result["stages"].items():
-            say(f"| {name}, p50 / p95 | {pct(values, 0.5):.0f} / {pct(values, 0.95):.0f} ms |")
+            say(f"| {name}, p50 / p95 | {percentile(values, 50):.0f} / {percentile(values, 95):.0f} ms |")
         say(f"| versions that ran | {', '.join(result['versions'])} |")
         # The profile across processes: where each job's CPU went (the detector's share is in
         # the detect worker's), next to what the raw detector spends on a photo.

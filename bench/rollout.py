@@ -34,6 +34,7 @@ service could not be left as found.
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -65,6 +66,8 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 TERMINAL = {"completed", "failed"}
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 ACTOR_NAME = "bench-rollout"
+# A stack of a bench's own runs without the upload rate limits, which would measure themselves.
+NO_LIMITS = {"API_RATE_LIMIT": "", "API_UPLOAD_RATE_LIMIT": ""}
 
 
 class BenchFailed(Exception):
@@ -79,8 +82,14 @@ def jobs_n(count: int) -> str:
     return f"{count} job" + ("" if count == 1 else "s")
 
 
-def say(message: str) -> None:
+def say(message: str = "") -> None:
     print(message, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank, q from 0 to 100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 # --- manage.py, with the service's environment ----------------------------------------------------

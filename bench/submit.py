@@ -44,7 +44,6 @@ import argparse
 import datetime as dt
 import http.client
 import json
-import math
 import os
 import statistics
 import sys
@@ -59,18 +58,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.metrics_overhead import CpuWindow  # noqa: E402
-from bench.rollout import LOOPBACK, TERMINAL, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke  # noqa: E402
+from bench.rollout import (  # noqa: E402
+    CONTENT_TYPES, LOOPBACK, NO_LIMITS, TERMINAL, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke, percentile, say,
+)
 from devstack.__main__ import pid_alive, pidfile, read_pid  # noqa: E402
 from devstack.smoke import SmokeFailed  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "photos" / "grace_hopper_1face.jpg"
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 KEY_NAME = "bench-submit"
-NO_LIMITS = {"API_RATE_LIMIT": "", "API_UPLOAD_RATE_LIMIT": ""}
-
-
-def say(message: str = "") -> None:
-    print(message, flush=True)
 
 
 # --- One upload, over a keep-alive connection ---------------------------------------------------
@@ -129,12 +124,6 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 class Stack:

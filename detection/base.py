@@ -9,6 +9,8 @@ from typing import Any
 
 from PIL import Image
 
+from .labels import FACE
+
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
@@ -64,7 +66,7 @@ class Detection:
     y2: float
     confidence: float
     landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
-    label: str = "face"
+    label: str = FACE
 
 
 class Detector(abc.ABC):

@@ -136,7 +136,7 @@ def non_max_suppression(
 class BlazeFaceDetector(Detector):
     name = "blazeface"
 
-    def __init__(self, *, spec: DetectorSpec, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, *, spec: DetectorSpec, device: str = "cpu", threads: int = 0) -> None:
         super().__init__(spec=spec, device=device)
         self.settings = {**DEFAULT_SETTINGS, **spec.settings}
         model = self.settings["model"]
@@ -151,10 +151,9 @@ class BlazeFaceDetector(Detector):
             # to a device other than the one it was configured for.
             raise DetectorUnavailable(f"{spec.id} runs on the CPU only (LiteRT); DETECTOR_DEVICE={device}")
         # CPU threads: the caller's count (the registry passes engines.threads, from the worker's
-        # settings); 0 or none: LiteRT's default, one thread (workers run a process per core).
+        # settings); 0: LiteRT's default, one thread (workers run a process per core).
         # Not part of the version: 1 and 2 threads give identical outputs.
-        count = int(threads if threads is not None else self.settings.get("threads", 0))
-        self._threads = count if count > 0 else None
+        self._threads = threads if threads > 0 else None
         self._anchors = ssd_anchors(self._model)
         # A LiteRT interpreter must not be invoked from two threads at once.
         self._lock = threading.Lock()
@@ -275,7 +274,6 @@ class BlazeFaceDetector(Detector):
                     confidence=min(max(float(score), 0.0), 1.0),
                     # Not clamped, as MTCNN's are not: an ear may lie just outside the photo.
                     landmarks={name: (float(px), float(py)) for name, px, py in zip(KEYPOINT_NAMES, x[2:], y[2:])},
-                    label="face",
                 )
             )
         detections.sort(key=lambda d: (-d.confidence, d.x1, d.y1))

@@ -8,6 +8,8 @@ overlap); without them every box is of one kind, as for face models.
 
 from collections.abc import Sequence
 
+from .labels import FACE
+
 Box = tuple[float, float, float, float]  # x, y, width, height
 
 MATCH_IOU = 0.5
@@ -87,7 +89,7 @@ def boxes_of(faces: Sequence[dict]) -> list[Box]:
     return [(f["box"]["x"], f["box"]["y"], f["box"]["width"], f["box"]["height"]) for f in faces]
 
 
-def labels_of(faces: Sequence[dict], default: str = "face") -> list[str]:
+def labels_of(faces: Sequence[dict], default: str = FACE) -> list[str]:
     """Labels from detections as the API shows them ({"label": ..., "box": ...}); ``default``
     for those stored without one (faces, before detections had labels)."""
     return [f.get("label", default) for f in faces]

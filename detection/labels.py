@@ -17,9 +17,9 @@ DEFAULT_LABELS: tuple[str, ...] = (FACE,)
 # A label name: lower-case ASCII letters, digits and underscores, starting with a letter, 1 to 64
 # characters. Written for Python's re, ECMA-262 and Rust's regex alike (the API's schema
 # publishes it): no \w, no lookarounds.
-LABEL_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-LABEL_RE = re.compile(LABEL_PATTERN)
 LABEL_MAX_LENGTH = 64
+LABEL_PATTERN = rf"^[a-z][a-z0-9_]{{0,{LABEL_MAX_LENGTH - 1}}}$"
+LABEL_RE = re.compile(LABEL_PATTERN)
 
 # How many distinct labels an upload may ask to keep.
 MAX_LABELS = 32

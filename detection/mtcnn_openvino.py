@@ -24,6 +24,7 @@ import logging
 import threading
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .base import DetectorUnavailable
@@ -130,8 +131,6 @@ class SummedArea:
     """The summed-area table of an (H, W, 3) uint8 image, and area resizes read from it."""
 
     def __init__(self, image: np.ndarray) -> None:
-        import cv2
-
         self.height, self.width = image.shape[:2]
         # (H + 1, W + 1, 3), channels last so that each read fetches a pixel's three sums at once.
         # Integer sums are exact; int32 holds 255 * H * W up to 8.4 megapixels, float64 beyond.
@@ -171,8 +170,6 @@ class SummedArea:
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """torchvision.ops.nms: IoU without the +1, a box suppressed when IoU > threshold, highest score first."""
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     area = (x2 - x1) * (y2 - y1)
     order = np.argsort(-scores, kind="stable")
@@ -351,5 +348,5 @@ class MTCNNOpenVINODetector(MTCNNDetector):
         points_y = h_i[:, None] * points[:, 5:10] + boxes[:, 1, None] - 1
         points = np.stack([points_x, points_y], axis=2)
         boxes = _bbreg(boxes, reg)
-        pick = _nms_min(boxes[:, :4], boxes[:, 4], 0.7) if len(boxes) else np.zeros(0, dtype=np.int64)
+        pick = _nms_min(boxes[:, :4], boxes[:, 4], 0.7)
         return boxes[pick].astype(np.float64), points[pick].astype(np.float64)

@@ -71,10 +71,10 @@ class _Unpickler(pickle.Unpickler):
         raise TorchFileError(f"refusing to load {module}.{name} from a weights file")
 
     def persistent_load(self, saved_id):
-        kind, storage_type, key, _location, numel, *_view = saved_id
+        kind, storage_type, key, _location, _numel, *_view = saved_id
         if kind != "storage" or not isinstance(storage_type, _StorageType):
             raise TorchFileError(f"unexpected persistent id {kind!r}")
-        self._storages.setdefault(key, (storage_type.dtype, int(numel)))
+        self._storages.setdefault(key, storage_type.dtype)
         return key
 
 
@@ -89,21 +89,21 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
         if safe() != PROTOCOL_VERSION:
             raise TorchFileError(f"{path.name}: unknown torch file protocol")
         safe()  # system info: endianness and type sizes
-        storages: dict[str, tuple[np.dtype, int]] = {}
+        storages: dict[str, np.dtype] = {}
         result = _Unpickler(fh, storages).load()
         keys = _Unpickler(fh, {}).load()
         arrays = {}
         for key in keys:
-            dtype, _numel = storages[key]
+            dtype = storages[key]
             (count,) = struct.unpack("<q", fh.read(8))
             nbytes = count * dtype.itemsize
             buffer = fh.read(nbytes)
             if len(buffer) != nbytes:
                 raise TorchFileError(f"{path.name}: truncated storage {key}")
             arrays[key] = np.frombuffer(buffer, dtype=dtype.newbyteorder("<"))
+    except TorchFileError:
+        raise
     except (pickle.UnpicklingError, EOFError, struct.error, KeyError, ValueError) as exc:
-        if isinstance(exc, TorchFileError):
-            raise
         raise TorchFileError(f"{path.name}: {exc}") from exc
     if not isinstance(result, dict):
         raise TorchFileError(f"{path.name} does not hold a state dict")

@@ -18,6 +18,7 @@ from pathlib import Path
 import environ
 
 from core.logging import logging_config
+from core.system import usable_cores
 
 environ.Env.read_env(str(Path(__file__).resolve().parent.parent / "env.env"))
 
@@ -28,18 +29,10 @@ def _int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-def _cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a container's cpuset sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 # Processes (WEB_WORKERS; empty: one per core, at least 2, so that a slow request or a restart
 # never leaves the API without a free process) and threads per process (WEB_THREADS; 1: the
 # plain sync worker).
-workers = _int("WEB_WORKERS", max(2, _cores()))
+workers = _int("WEB_WORKERS", max(2, usable_cores()))
 threads = _int("WEB_THREADS", 8)
 worker_class = "gthread" if threads > 1 else "sync"
 # Seconds an idle keep-alive connection is held open for its next request (WEB_KEEPALIVE).

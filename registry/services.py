@@ -23,7 +23,7 @@ from detection.base import DetectorSpec, settings_hash, weight_checksums
 from detection.labels import DEFAULT_LABELS, LABEL_PATTERN, label_valid
 from detection.weights import WeightsMismatch, verify_weights
 
-from .models import ActiveDetector, DetectorVersion, WorkerHeartbeat
+from .models import ActiveDetector, DetectorVersion, WorkerHeartbeat, default_labels
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _labels(version_id: str, labels) -> list[str]:
     """The labels a version can return: a non-empty list of distinct label names, in the file's
     order; ["face"] when the file has no "labels"."""
     if labels is None:
-        return list(DEFAULT_LABELS)
+        return default_labels()
     if not isinstance(labels, list) or not labels:
         raise RegistryError(f"{version_id}: labels must be a non-empty list of label names")
     bad = [label for label in labels if not label_valid(label)]

@@ -23,6 +23,7 @@ from django.db import close_old_connections
 
 from core import metrics
 from core.logging import adopt_handlers, log_context_close, log_context_get, log_context_open
+from core.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ def detector_threads(pool_size: int) -> int:
     """DETECTOR_THREADS, or when 0, this machine's cores shared among the pool's processes."""
     if settings.DETECTOR_THREADS:
         return settings.DETECTOR_THREADS
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, pool_size))
+    return max(1, usable_cores() // max(1, pool_size))
 
 
 def lower_priority(increment: int) -> None:

@@ -129,9 +129,16 @@ def test_odd_sizes_give_a_list_never_an_error(cascade, kind, size):
         assert 0 <= det.x1 < det.x2 <= width and 0 <= det.y1 < det.y2 <= height
 
 
-def test_below_the_smallest_box_nothing_is_searched(cascade):
+def test_below_the_smallest_box_nothing_is_searched(cascade, monkeypatch):
     """min_input_side: the smallest box any class looks for (cat: min_size 32)."""
     assert cascade.min_input_side == 32
+    calls = []
+    original = cascade.predict
+    monkeypatch.setattr(cascade, "predict", lambda inputs: calls.append(inputs) or original(inputs))
+    cascade.detect(Image.new("RGB", (31, 500)))
+    assert calls == []
+    cascade.detect(Image.new("RGB", (32, 500)))
+    assert len(calls) == 1
 
 
 def test_a_tampered_checksum_is_refused():

@@ -21,7 +21,7 @@ def test_an_explicit_count_wins(settings):
     assert detector_threads(1) == 3 and detector_threads(64) == 3
 
 
-def test_the_older_name_still_sets_it(monkeypatch):
+def test_the_older_name_still_sets_it():
     """DETECTOR_TORCH_THREADS (the setting's name before it covered every engine) is honoured."""
     import subprocess
     import sys
