@@ -119,3 +119,17 @@ def report(before: Snapshot, after: Snapshot, *, per: int, say) -> dict[str, flo
             say(f"| {part} | {ms:.1f} | {ms / total:.0%} |")
     say(f"| all | {total:.1f} | 100% |")
     return per_job
+
+
+def cpu_model() -> str:
+    """This machine's CPU and whether it has bfloat16 / AMX, for a bench's header: OpenVINO
+    would infer in bfloat16 there unless a version pins f32 (detection/precision.py), so figures
+    from such a CPU and from one without are not the same experiment."""
+    try:
+        info = (PROC / "cpuinfo").read_text()
+    except OSError:
+        return "CPU unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    extras = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{name} ({', '.join(extras) if extras else 'no bfloat16'})"

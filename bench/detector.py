@@ -95,6 +95,34 @@ def _worker(engine, device, threads, testdata, distinct, repeat, start_barrier, 
                  "elapsed": elapsed, "count": repeat * len(images)})
 
 
+def _current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return _rss_mb()
+
+
+def _sizes_worker(engine, threads, testdata, count, marks, results):
+    """One process: one photo at ``count`` distinct random sizes; its RSS after each mark."""
+    import random
+
+    from PIL import Image
+
+    detect, _ = _load(engine, "cpu", threads)
+    photo = Image.open(Path(testdata) / "grace_hopper_1face.jpg").convert("RGB")
+    rng, sizes = random.Random(7), []
+    while len(sizes) < count:
+        size = (rng.randrange(300, 1600), rng.randrange(300, 1600))
+        if size not in sizes:
+            sizes.append(size)
+    rss, began = [], time.perf_counter()
+    for n, size in enumerate(sizes, 1):
+        detect(photo.resize(size))
+        if n in marks:
+            rss.append(_current_rss_mb())
+    results.put({"rss": rss, "photos_per_s": count / (time.perf_counter() - began)})
+
+
 def run(engine, device, processes, threads, args, distinct=False):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -116,11 +144,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--engines", nargs="*", help=f"{FACENET} and/or files in detector_versions/ (name@version)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", type=int, default=100, help="distinct photo sizes for the memory figure")
     parser.add_argument("--testdata", default=str(ROOT / "tests" / "data" / "photos"))
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     engines = args.engines or ([FACENET, "mtcnn@1.1.0", "mtcnn@1.2.0"] if args.device == "cpu" else [FACENET, "mtcnn@1.1.0"])
-    print(f"# bench/detector.py, {time.strftime('%Y-%m-%d')}: device={args.device}, {cores} cores, "
+    from bench.cpu import cpu_model
+
+    print(f"# bench/detector.py, {time.strftime('%Y-%m-%d')}: device={args.device}, {cores} cores of {cpu_model()}, "
           f"photos {Path(args.testdata).relative_to(ROOT) if Path(args.testdata).is_relative_to(ROOT) else args.testdata}, "
           f"{args.repeat} runs each after a warm-up\n")
 
@@ -158,6 +189,21 @@ def main() -> None:
     distinct_args = argparse.Namespace(**{**vars(args), "repeat": 1})
     for engine in engines:
         print(f"| {engine} | {run(engine, 'cpu', 1, cores, distinct_args, distinct=True)['photos_per_s']:.2f} |")
+
+    # 4. Memory as photo sizes keep coming: an engine that caches per shape must level off.
+    marks = (10, 30, args.sizes)
+    print(f"\n## Memory after N distinct photo sizes (one photo at {args.sizes} random sizes, 300-1,600 px a side, "
+          f"1 process x {cores} threads)\n")
+    print("| engine | " + " | ".join(f"RSS after {n}" for n in marks) + " | photos/s |")
+    print("|---|" + "---|" * (len(marks) + 1))
+    for engine in engines:
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        p = ctx.Process(target=_sizes_worker, args=(engine, cores, args.testdata, args.sizes, marks, results))
+        p.start()
+        out = results.get()
+        p.join()
+        print(f"| {engine} | " + " | ".join(f"{mb:.0f} MB" for mb in out["rss"]) + f" | {out['photos_per_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def main() -> int:
     stack, key_prefix, rc = None, None, 1
     env = dict(os.environ)
     try:
-        say(f"# bench/pipeline.py, {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, version {args.version}, "
+        say(f"# bench/pipeline.py, {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores of {cpu.cpu_model()}, version {args.version}, "
             f"{len(list(PHOTOS.glob('*.[pj][np]g')))} photos x {args.repeat}")
         if args.start:
             say("stack: starting `python -m devstack up` ...")

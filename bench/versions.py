@@ -59,7 +59,9 @@ def main() -> None:
     files = [ROOT / "detector_versions" / f"{v}.json" for v in args.versions] or sorted((ROOT / "detector_versions").glob("*.json"))
     engines.threads = 1
     data = cases()
-    print(f"# bench/versions.py, {time.strftime('%Y-%m-%d')}: {len(data)} images, 1 thread, median of {args.repeat} runs\n")
+    from bench.cpu import cpu_model
+
+    print(f"# bench/versions.py, {time.strftime('%Y-%m-%d')}: {cpu_model()}, {len(data)} images, 1 thread, median of {args.repeat} runs\n")
     rows = []
     per_photo = {}
     for path in files:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
+from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ DEFAULT_SETTINGS = {
 
 # MediaPipe's score_clipping_thresh: raw logits are clipped before the sigmoid.
 _SCORE_CLIP = 100.0
+# The metadata key by which a .tflite file lets XNNPACK compute in fp16 (TFLite's
+# reduced_precision_support): stored as a plain string in the flatbuffer.
+REDUCED_PRECISION_METADATA = b"reduced_precision_support"
 
 
 def ssd_anchors(model: _Model) -> np.ndarray:
@@ -174,6 +178,12 @@ class BlazeFaceDetector(Detector):
         content = path.read_bytes()
         if hashlib.sha256(content).hexdigest() != self.spec.weights[file]:
             raise WeightsMismatch(f"weight file {file} changed while it was loaded")
+        precision_of(self.spec.id, self.settings)  # f32, the only one offered (detection/precision.py)
+        # LiteRT's XNNPACK delegate computes in f32 unless told otherwise, and the one way a model
+        # file tells it otherwise is its "reduced_precision_support" metadata (fp16 inference
+        # where the CPU has it, e.g. on ARM): such a file would drift by host, so it is refused.
+        if REDUCED_PRECISION_METADATA in content:
+            raise DetectorUnavailable(f"{file} allows reduced precision (fp16) inference; {self.spec.id} runs at f32")
         interpreter = Interpreter(model_content=content, num_threads=self._threads)
         interpreter.allocate_tensors()
         (tensor_in,) = interpreter.get_input_details()

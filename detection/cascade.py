@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
+from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class CascadeDetector(Detector):
         self.threads = threads  # CPU threads per detection; 0: OpenCV's default (all cores)
         if not self.settings["classes"]:
             raise ValueError(f"{spec.id} names no classes")
+        # Haar cascades have no lower-precision mode to drift into; an unknown precision named
+        # in settings is still refused, as by every engine (detection/precision.py).
+        precision_of(spec.id, self.settings)
         self._load()
 
     def _load(self) -> None:

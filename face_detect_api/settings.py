@@ -191,6 +191,12 @@ DETECTOR_THREADS = env.int("DETECTOR_THREADS", default=0) or DETECTOR_TORCH_THRE
 # an answer: on a machine they share (make up, one host of compose), the kernel then serves those
 # first and detection takes the rest, so the cores stay as busy and the answers come sooner.
 DETECTOR_NICE = env.int("DETECTOR_NICE", default=5)
+# A safety net under the engines' own bounds: a pool process whose resident memory passes this
+# many MB after a task is replaced by a fresh one (Celery's worker_max_memory_per_child; the task
+# finishes first, nothing is lost; the new process loads the detector again). The engines keep
+# themselves under it (mtcnn@1.2.0 levels off near 600 MB whatever photo sizes come, the torch
+# engine near 850 MB: docs/benchmarks.md); 0: no limit.
+WORKER_MAX_MEMORY_MB = env.int("WORKER_MAX_MEMORY_MB", default=1536)
 
 # --- Jobs -------------------------------------------------------------------------------------
 # Transient errors (storage, database) are retried with exponential backoff and full jitter.
@@ -287,6 +293,7 @@ CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=24 * 3600)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = WORKER_MAX_MEMORY_MB * 1024 or None  # Celery counts KiB
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=180)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

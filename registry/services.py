@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from core.errors import DomainError, Unavailable
 from detection.base import DetectorSpec, settings_hash, weight_checksums
+from detection.precision import settings_with_precision
 from detection.labels import DEFAULT_LABELS, LABEL_PATTERN, label_valid
 from detection.weights import WeightsMismatch, verify_weights
 
@@ -100,6 +101,9 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     except WeightsMismatch as exc:
         raise RegistryError(f"{version_id}: {exc}") from exc
 
+    # A version of an engine that could drift records the precision it runs at (f32 unless the
+    # file names one), so a file written before precision was recorded registers as the same version.
+    spec["settings"] = settings_with_precision(spec["implementation"], spec["settings"])
     fields = {
         "name": spec["name"],
         "version": spec["version"],

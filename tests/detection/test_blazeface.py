@@ -299,3 +299,21 @@ def test_the_version_file_registers_and_loads_from_the_registry():
     assert isinstance(detector, BlazeFaceDetector) and detector.model_version == version.label
     assert len(detector.detect(photo("grace_hopper_1face.jpg"))) == 1
     engines.clear_cache()
+
+
+def test_a_precision_other_than_f32_is_refused():
+    """Precision is part of the version (detection/precision.py): f32 only, never another silently."""
+    with pytest.raises(DetectorUnavailable, match="precision 'f16'"):
+        BlazeFaceDetector(spec=spec(precision="f16"))
+
+
+def test_a_file_that_lets_xnnpack_lower_the_precision_is_refused(monkeypatch):
+    """A .tflite file carrying TFLite's reduced-precision metadata would run in fp16 on some CPUs
+    and f32 on others under one version id: refused. (The shipped file carries none; the marker is
+    pointed at bytes every .tflite file has, "TFL3", to take that path.)"""
+    import detection.blazeface
+
+    assert detection.blazeface.REDUCED_PRECISION_METADATA not in (weights_dir("blazeface") / MODELS["full_range"].file).read_bytes()
+    monkeypatch.setattr(detection.blazeface, "REDUCED_PRECISION_METADATA", b"TFL3")
+    with pytest.raises(DetectorUnavailable, match="reduced precision"):
+        BlazeFaceDetector(spec=spec())

@@ -178,3 +178,113 @@ def test_a_process_running_it_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "False"]
+
+
+# --- Precision and memory: what must not depend on the machine (issue: bfloat16 CPUs) ----------
+
+
+def test_the_precision_is_in_what_is_compiled(fast, monkeypatch):
+    """Every network is compiled with the version's precision (f32) in its configuration, and the
+    compiled model says it runs f32. Fails on any machine when the hint is dropped: the equality
+    tests alone cannot, since a CPU without bfloat16 gives f32 faces with or without it."""
+    import openvino
+
+    passed = []
+    real = openvino.Core.compile_model
+
+    def recording(self, model, device=None, config=None):
+        passed.append(dict(config or {}))
+        return real(self, model, device, config)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", recording)
+    detector = MTCNNOpenVINODetector(spec=spec("mtcnn@1.2.0"), threads=1)
+    assert len(passed) == 3
+    assert all(config.get("INFERENCE_PRECISION_HINT") == "f32" for config in passed), passed
+    for compiled, _request, _names in detector._nets.values():
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+
+
+def test_the_shape_cache_is_off_in_what_is_compiled(monkeypatch):
+    """The bound on memory is in the configuration: no cache of shape-specialised kernels."""
+    import openvino
+
+    passed = []
+    real = openvino.Core.compile_model
+    monkeypatch.setattr(
+        openvino.Core, "compile_model", lambda self, model, device=None, config=None: passed.append(config) or real(self, model, device, config)
+    )
+    MTCNNOpenVINODetector(spec=spec("mtcnn@1.2.0"), threads=1)
+    assert [config.get("CPU_RUNTIME_CACHE_CAPACITY") for config in passed] == [0, 0, 0]
+
+
+def test_this_cpu_would_lower_the_precision_unasked():
+    """Where the CPU has bfloat16 (as this machine's and most rented servers' do), OpenVINO's own
+    default is bfloat16: the equality tests above then really guard the pin. Elsewhere they only
+    show the engine's arithmetic, which the test above holds instead."""
+    import openvino
+
+    core = openvino.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bfloat16: OpenVINO's default is f32 here")
+    assert core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
+
+
+def test_a_precision_other_than_f32_is_refused():
+    """A version asking for a precision this service does not offer is not run at another one."""
+    with pytest.raises(DetectorUnavailable, match="precision 'bf16'"):
+        MTCNNOpenVINODetector(spec=spec("mtcnn@1.2.0", precision="bf16"))
+    with pytest.raises(DetectorUnavailable, match="precision 'f16'"):
+        MTCNNDetector(spec=spec("mtcnn@1.1.0", precision="f16"))
+
+
+def test_a_version_naming_no_precision_runs_f32():
+    """Versions registered before precision was recorded keep their faces: f32 is the default."""
+    bare = spec("mtcnn@1.2.0")
+    bare = dataclasses.replace(bare, settings={k: v for k, v in bare.settings.items() if k != "precision"})
+    detector = MTCNNOpenVINODetector(spec=bare, threads=1)
+    assert detector.compile_config["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+MEMORY_PROBE = """
+import random, resource, sys
+from pathlib import Path
+from PIL import Image
+from detection import engines
+from detection.base import spec_from_file
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+engines.threads = 1
+detector = engines.get_detector(spec_from_file(Path("detector_versions/mtcnn@1.2.0.json")))
+photo = Image.open("tests/data/photos/grace_hopper_1face.jpg").convert("RGB")
+rng = random.Random(7)
+sizes = []
+while len(sizes) < int(sys.argv[1]):  # distinct sizes, in no order (as user photos come)
+    size = (rng.randrange(300, 1600), rng.randrange(300, 1600))
+    if size not in sizes:
+        sizes.append(size)
+marks = []
+for n, size in enumerate(sizes, 1):
+    detector.detect(photo.resize(size))
+    if n in (int(sys.argv[2]), len(sizes)):
+        marks.append(rss_mb())
+print(*marks)
+"""
+
+
+def test_memory_stays_bounded_however_many_photo_sizes_come():
+    """One process over 60 distinct photo sizes (300-1,600 px a side): after the first 20 its
+    memory stays level. With OpenVINO's default kernel cache it grew ~6 MB with every new size,
+    without bound (measured: 627 MB after 20 sizes, 1,098 after 100; with the cache off, 583
+    from 20 to 120 sizes)."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, "60", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    after_warmup, after_all = map(float, out.stdout.split())
+    # The bound docs/benchmarks.md states; unbounded, these 40 sizes added ~230 MB.
+    assert after_all - after_warmup < 50, f"{after_warmup:.0f} MB after 20 sizes, {after_all:.0f} MB after 60"
+    assert after_all < 700, f"{after_all:.0f} MB after 60 sizes"
