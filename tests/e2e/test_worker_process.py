@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,28 @@ def test_each_worker_process_loads_the_detector_once(api_client, worker_env, s3,
     (parent,) = set(niceness[worker.process.pid])
     for pid in children:
         assert set(niceness[pid]) == {min(parent + 5, 19)}, niceness
+
+
+def test_a_pool_process_past_the_memory_limit_is_replaced_after_its_task(api_client, worker_env, s3, tmp_path):
+    """WORKER_MAX_MEMORY_MB, the safety net under the engines' own bounds: with a limit every
+    process passes, each job ends completed and the process that ran it is replaced by a new one."""
+    worker = WorkerProcess(tmp_path / "worker.log", {**worker_env, "WORKER_MAX_MEMORY_MB": "1"}).start()
+    try:
+        first = worker.child_pids()
+        image_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="memory-1").json()["id"]
+        assert wait_terminal(image_id).face_count == 1
+        replaced = set(first)
+        for _ in range(120):  # the new process appears once the old one has exited
+            now = worker.child_pids()
+            if now and not set(now) & replaced:
+                break
+            time.sleep(0.5)
+        second = worker.child_pids()
+        again = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="memory-2").json()["id"]
+        assert wait_terminal(again).face_count == 1
+    finally:
+        worker.stop()
+    assert len(first) == 1 and len(second) == 1 and first != second, (first, second)
 
 
 def _thread_niceness(pid: int) -> list[int]:
