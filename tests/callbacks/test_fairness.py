@@ -93,3 +93,26 @@ def test_a_client_error_is_an_answer_not_a_failure(settings):
     (claim,) = callback_deliveries_claim(limit=10)
     callback_delivery_record(claim=claim, result=answered(410))
     assert CallbackHost.objects.get(host="a.example:8080").breaker_state(timezone.now(), 1) == "closed"
+
+
+def test_receivers_show_in_the_metrics_by_rank_without_host_names(settings, client):
+    """In flight and waiting in all, breakers by state, the busiest hosts by rank: no host label."""
+    settings.CALLBACK_MAX_IN_FLIGHT_PER_HOST = 1
+    finished_jobs(A, 3, "a")
+    finished_jobs(B, 1, "b")
+    callback_deliveries_claim(limit=100)  # one of A's and B's in flight; two of A's waiting
+    text = client.get("/metrics").content.decode()
+    assert "fda_callback_deliveries_in_flight 2.0" in text
+    assert "fda_callback_deliveries_waiting 2.0" in text
+    assert 'fda_callback_hosts{breaker="closed"} 2.0' in text
+    assert 'fda_callback_busiest_host_deliveries{rank="1",state="waiting"} 2.0' in text
+    assert 'fda_callback_busiest_host_deliveries{rank="1",state="in_flight"} 1.0' in text
+    assert "a.example" not in text
+
+
+def test_the_admin_lists_receivers_with_their_breaker(settings, admin_client):
+    settings.CALLBACK_MAX_IN_FLIGHT_PER_HOST = 1
+    finished_jobs(A, 3, "a")
+    callback_deliveries_claim(limit=100)
+    page = admin_client.get("/admin/callbacks/callbackhost/").content.decode()
+    assert "a.example:8080" in page and "closed" in page
