@@ -242,8 +242,7 @@ CALLBACK_RETRY_DELAYS = [
 ]
 # A receiver's Retry-After is honoured up to this many seconds.
 CALLBACK_RETRY_AFTER_MAX = env.float("CALLBACK_RETRY_AFTER_MAX", default=36000.0)
-# Retries due within this many seconds are scheduled with a Celery countdown; later ones are
-# picked up by the sweeper from the delivery row (a broker should not hold messages for hours).
+# No longer used: every retry waits in the delivery row until the sender finds it due.
 CALLBACK_COUNTDOWN_MAX = env.float("CALLBACK_COUNTDOWN_MAX", default=60.0)
 # Standard Webhooks secret: "whsec_" + base64 of at least 24 random bytes.
 CALLBACK_SIGNING_SECRET = env("CALLBACK_SIGNING_SECRET")
