@@ -100,7 +100,9 @@ class Sender:
         free = self.threads - self._in_flight
         if free <= 0:
             return
-        for claim in callback_deliveries_claim(limit=free):
+        with self._lock:
+            asked = list(self._contexts)
+        for claim in callback_deliveries_claim(limit=free, asked=asked):
             self._in_flight += 1
             self._pool.submit(self._post, claim)
 

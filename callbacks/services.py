@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from core import metrics
@@ -130,18 +130,26 @@ def callback_delivery_claim(*, delivery_id: int) -> Claim | None:
         return _claim(outbox_row, now)
 
 
-def callback_deliveries_claim(*, limit: int, max_hosts: int = 200) -> list[Claim]:
+# A new delivery is handed to a sender by the task that made or asked for it, and claimed there
+# (its try then logs with that task's fields); other senders' polls leave it this long first.
+HANDOVER_SECONDS = 2.0
+
+
+def callback_deliveries_claim(*, limit: int, asked: Collection[int] = (), max_hosts: int = 200) -> list[Claim]:
     """Leases of up to ``limit`` due deliveries, fairly across receivers: at most
     CALLBACK_MAX_IN_FLIGHT_PER_HOST tries in flight per host (counted across every sender, from
     the rows), one for a half-open breaker, none for an open one; the host served least
     recently goes first, and within a host the delivery due longest. Safe to call from several
-    processes at once: a host being claimed elsewhere is skipped this round."""
+    processes at once: a host being claimed elsewhere is skipped this round. A delivery never
+    tried is left HANDOVER_SECONDS to the sender its task handed it to, unless in ``asked``."""
     claims: list[Claim] = []
     if limit <= 0:
         return claims
     now = timezone.now()
     threshold = settings.CALLBACK_BREAKER_FAILURES
-    due = CallbackDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+    due = CallbackDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now).filter(
+        Q(attempt_count__gt=0) | Q(created_at__lte=now - dt.timedelta(seconds=HANDOVER_SECONDS)) | Q(id__in=list(asked))
+    )
     hosts = list(
         CallbackHost.objects.filter(Exists(due.filter(host=OuterRef("host"))))
         .exclude(open_until__gt=now)

@@ -17,6 +17,22 @@ A = "http://a.example:8080/hook"
 B = "https://b.example/hook"
 
 
+@pytest.fixture(autouse=True)
+def _no_handover(monkeypatch):
+    """Fresh rows claimable at once by any sender (the handover is tested on its own)."""
+    monkeypatch.setattr("callbacks.services.HANDOVER_SECONDS", 0.0)
+
+
+def test_a_fresh_delivery_is_left_to_the_sender_it_was_handed_to(monkeypatch):
+    """A never-tried delivery goes to the sender its task woke (which names it), not to another
+    sender's poll, for HANDOVER_SECONDS."""
+    monkeypatch.setattr("callbacks.services.HANDOVER_SECONDS", 60.0)
+    (delivery_id,) = finished_jobs(A, 1, "a")
+    assert callback_deliveries_claim(limit=10) == []
+    (claim,) = callback_deliveries_claim(limit=10, asked=[delivery_id])
+    assert claim.delivery_id == delivery_id
+
+
 def answered(code: int | None) -> PostResult:
     return PostResult(timezone.now(), code, "" if code else "ReadTimeout: slow", 5, "")
 
