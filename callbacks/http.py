@@ -1,6 +1,8 @@
 """Sending a callback: one signed HTTP POST with bounded timeouts and no redirects."""
 
 import datetime as dt
+import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +32,59 @@ class PostResult:
     refused: bool = False
 
 
+class _Attempt:
+    """One POST's sockets and deadline. A watchdog shuts its sockets down when the deadline
+    passes, which ends any read or write in progress however slowly the receiver trickles."""
+
+    def __init__(self, *, check_peer: bool, seconds: float) -> None:
+        self.check_peer = check_peer
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def register(self, sock: socket.socket) -> None:
+        # A duplicate of the descriptor: TLS detaches the original socket object, but shutdown()
+        # acts on the connection, which every duplicate shares.
+        with self._lock:
+            if self.expired:
+                raise _DeadlinePassed()
+            self._sockets.append(sock.dup())
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "_Attempt":
+        _current.attempt = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _current.attempt = None
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+class _DeadlinePassed(OSError):
+    """The attempt's total deadline passed before a connection was made."""
+
+
+# The POST running on this thread (urllib3 connects on the caller's thread).
+_current = threading.local()
+
+
 def _check_peer(sock) -> None:
     """The address actually connected to must be allowed: a name that resolved to a public
     address at check time may resolve to a private one now (DNS rebinding)."""
@@ -40,11 +95,20 @@ def _check_peer(sock) -> None:
 
 
 class _PeerChecked:
-    """Mixed into urllib3's connections: the socket is checked right after it connects."""
+    """Mixed into urllib3's connections: the socket is checked right after it connects, and
+    handed to the attempt's deadline watchdog."""
 
     def _new_conn(self):
         sock = super()._new_conn()
-        _check_peer(sock)
+        attempt = getattr(_current, "attempt", None)
+        if attempt is None or attempt.check_peer:
+            _check_peer(sock)
+        if attempt is not None:
+            try:
+                attempt.register(sock)
+            except _DeadlinePassed:
+                sock.close()
+                raise
         return sock
 
 
@@ -72,11 +136,35 @@ class GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
 
 
+def _read_excerpt(response, attempt: _Attempt) -> tuple[bytes, bool]:
+    """The first RESPONSE_EXCERPT_BYTES of the answer (decoded), read as it comes; and whether
+    the read was cut by the deadline (what came before it is kept)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < RESPONSE_EXCERPT_BYTES:
+            chunk = response.raw.read1(RESPONSE_EXCERPT_BYTES - size, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
+        if not attempt.expired:
+            raise
+    # A compressed answer can decode to more than was asked for: cut again after decoding.
+    return b"".join(chunks)[:RESPONSE_EXCERPT_BYTES], attempt.expired
+
+
 def post_signed(url: str, body: bytes, *, webhook_id: str, check_policy: bool = True) -> PostResult:
     """POST ``body`` (JSON bytes) to ``url`` once, signed per Standard Webhooks with
     CALLBACK_SIGNING_SECRET. Only public addresses are called (callbacks.urlpolicy), checked when the
     name is resolved and again on the connected socket. Never raises for network errors: the
     result carries the status code, or None and the error.
+
+    The whole try (connect, send, answer) ends within CALLBACK_TOTAL_TIMEOUT however slowly the
+    receiver sends (name lookups excepted: the resolver's own timeout bounds them). An answer
+    whose status line came in time counts; its body is read only up to the deadline and
+    RESPONSE_EXCERPT_BYTES.
 
     ``check_policy=False`` skips the address policy, for URLs an operator configured (the
     rollout alert URL, often an internal address), never for a URL a client gave."""
@@ -87,37 +175,44 @@ def post_signed(url: str, body: bytes, *, webhook_id: str, check_policy: bool = 
     }
     started_at = dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
-    try:
-        if check_policy:
-            check_callback_url(url)
-        adapter = GuardedAdapter if check_policy else HTTPAdapter
-        with requests.Session() as session:
-            # Proxies from the environment are not for callbacks; redirects are never followed.
-            session.trust_env = False
-            session.mount("http://", adapter(max_retries=0))
-            session.mount("https://", adapter(max_retries=0))
-            response = session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=(settings.CALLBACK_CONNECT_TIMEOUT, settings.CALLBACK_READ_TIMEOUT),
-                allow_redirects=False,
-                stream=True,
-            )
-            # Read only the start of the answer: a receiver cannot make us download a lot.
-            # (A compressed answer can decode to more than was read: cut again after decoding.)
-            excerpt = (response.raw.read(RESPONSE_EXCERPT_BYTES, decode_content=True) or b"")[:RESPONSE_EXCERPT_BYTES]
-            response.close()
-    except UrlRefused as exc:
-        return PostResult(started_at, None, f"refused: {exc}"[:500], _ms(started), "", refused=True)
-    except requests.RequestException as exc:
-        return PostResult(started_at, None, f"{type(exc).__name__}: {exc}"[:500], _ms(started), "")
+    total = settings.CALLBACK_TOTAL_TIMEOUT
+    with _Attempt(check_peer=check_policy, seconds=total) as attempt:
+        try:
+            if check_policy:
+                check_callback_url(url)
+            with requests.Session() as session:
+                # Proxies from the environment are not for callbacks; redirects are never followed.
+                session.trust_env = False
+                session.mount("http://", GuardedAdapter(max_retries=0))
+                session.mount("https://", GuardedAdapter(max_retries=0))
+                response = session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=(min(settings.CALLBACK_CONNECT_TIMEOUT, total), min(settings.CALLBACK_READ_TIMEOUT, total)),
+                    allow_redirects=False,
+                    stream=True,
+                )
+                # Read only the start of the answer: a receiver cannot make us download a lot.
+                excerpt, cut = _read_excerpt(response, attempt)
+                response.close()
+        except UrlRefused as exc:
+            return PostResult(started_at, None, f"refused: {exc}"[:500], _ms(started), "", refused=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if attempt.expired:
+                error = f"TotalTimeout: no complete answer within CALLBACK_TOTAL_TIMEOUT ({total:g} s)"
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+            return PostResult(started_at, None, error[:500], _ms(started), "")
+    text = excerpt.decode("utf-8", "replace")
+    if cut:
+        text += f" [answer cut at CALLBACK_TOTAL_TIMEOUT ({total:g} s)]"
     return PostResult(
         started_at,
         response.status_code,
         "",
         _ms(started),
-        excerpt.decode("utf-8", "replace"),
+        text,
         response.headers.get("Retry-After"),
     )
 

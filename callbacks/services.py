@@ -12,18 +12,21 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from core import metrics
 
-from .http import post_signed
-from .models import CallbackAttempt, CallbackDelivery, DeliveryStatus
+from .http import PostResult, post_signed
+from .models import CallbackAttempt, CallbackDelivery, CallbackHost, DeliveryStatus
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +44,12 @@ def callback_delivery_create(
     """A new pending delivery to ``url`` whose frozen body is ``render(delivery)`` as compact
     JSON. The row is built first, unsaved, and the body rendered from it, so the body can
     describe the very delivery that carries it (its webhook id, pending, no attempts)."""
-    outbox_row = CallbackDelivery(image_id=image_id, webhook_id=new_webhook_id(), url=url)
+    outbox_row = CallbackDelivery(image_id=image_id, webhook_id=new_webhook_id(), url=url, host=host_of(url))
     outbox_row.body = json.dumps(render(outbox_row), separators=(",", ":"), sort_keys=True)
     outbox_row.next_attempt_at = timezone.now()  # after rendering: the body shows nothing scheduled
     outbox_row.save(force_insert=True)
+    # In a savepoint: two jobs to a new receiver at once both try to make its row.
+    CallbackHost.objects.get_or_create(host=outbox_row.host)
     return outbox_row
 
 
@@ -71,12 +76,111 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 
 def _lease_seconds() -> float:
-    # Long enough for one POST to finish or time out.
-    return settings.CALLBACK_CONNECT_TIMEOUT + settings.CALLBACK_READ_TIMEOUT + 30
+    # Long enough for one POST to finish or reach its deadline (name lookups come on top).
+    return settings.CALLBACK_TOTAL_TIMEOUT + 30
+
+
+def host_of(url: str) -> str:
+    """The receiver a URL names, as host:port (the unit of per-host caps and breakers)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        port = 0
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A try of a delivery that this caller holds the lease of: send it, then record it."""
+
+    delivery_id: int
+    url: str
+    body: bytes
+    webhook_id: str
+    number: int
+    host: str
+
+
+def _claim(outbox_row: CallbackDelivery, now: dt.datetime) -> Claim:
+    """Take the lease of a locked, due row: the attempt is counted and the row is not due again
+    until the lease runs out (a sender that dies mid-send leaves it to be tried again)."""
+    outbox_row.attempt_count += 1
+    outbox_row.next_attempt_at = outbox_row.sending_until = now + dt.timedelta(seconds=_lease_seconds())
+    outbox_row.save(update_fields=["attempt_count", "next_attempt_at", "sending_until"])
+    return Claim(
+        delivery_id=outbox_row.id,
+        url=outbox_row.url,
+        body=outbox_row.body.encode(),
+        webhook_id=outbox_row.webhook_id,
+        number=outbox_row.attempt_count,
+        host=outbox_row.host or host_of(outbox_row.url),
+    )
+
+
+def callback_delivery_claim(*, delivery_id: int) -> Claim | None:
+    """The lease of one delivery if it is pending and due (None: delivered, failed for good,
+    not due, or being tried elsewhere). Per-host caps and breakers are not consulted: this is
+    a direct try (callback_delivery_attempt)."""
+    now = timezone.now()
+    with transaction.atomic():
+        outbox_row = CallbackDelivery.objects.select_for_update().get(id=delivery_id)
+        if outbox_row.status != DeliveryStatus.PENDING or (outbox_row.next_attempt_at and outbox_row.next_attempt_at > now):
+            return None
+        return _claim(outbox_row, now)
+
+
+# A new delivery is handed to a sender by the task that made or asked for it, and claimed there
+# (its try then logs with that task's fields); other senders' polls leave it this long first.
+HANDOVER_SECONDS = 2.0
+
+
+def callback_deliveries_claim(*, limit: int, asked: Collection[int] = (), max_hosts: int = 200) -> list[Claim]:
+    """Leases of up to ``limit`` due deliveries, fairly across receivers: at most
+    CALLBACK_MAX_IN_FLIGHT_PER_HOST tries in flight per host (counted across every sender, from
+    the rows), one for a half-open breaker, none for an open one; the host served least
+    recently goes first, and within a host the delivery due longest. Safe to call from several
+    processes at once: a host being claimed elsewhere is skipped this round. A delivery never
+    tried is left HANDOVER_SECONDS to the sender its task handed it to, unless in ``asked``."""
+    claims: list[Claim] = []
+    if limit <= 0:
+        return claims
+    now = timezone.now()
+    threshold = settings.CALLBACK_BREAKER_FAILURES
+    due = CallbackDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now).filter(
+        Q(attempt_count__gt=0) | Q(created_at__lte=now - dt.timedelta(seconds=HANDOVER_SECONDS)) | Q(id__in=list(asked))
+    )
+    hosts = list(
+        CallbackHost.objects.filter(Exists(due.filter(host=OuterRef("host"))))
+        .exclude(open_until__gt=now)
+        .order_by(F("last_claimed_at").asc(nulls_first=True), "id")
+        .values_list("host", flat=True)[:max_hosts]
+    )
+    for host in hosts:
+        if len(claims) >= limit:
+            break
+        with transaction.atomic():
+            receiver = CallbackHost.objects.select_for_update(skip_locked=True).filter(host=host).first()
+            if receiver is None:
+                continue
+            state = receiver.breaker_state(now, threshold)
+            if state == "open":
+                continue
+            cap = 1 if state == "half_open" else settings.CALLBACK_MAX_IN_FLIGHT_PER_HOST
+            in_flight = CallbackDelivery.objects.filter(host=host, status=DeliveryStatus.PENDING, sending_until__gt=now).count()
+            free = min(cap - in_flight, limit - len(claims))
+            if free <= 0:
+                continue
+            rows = due.filter(host=host).select_for_update(skip_locked=True).order_by("next_attempt_at", "id")[:free]
+            claims.extend(_claim(outbox_row, now) for outbox_row in rows)
+            receiver.last_claimed_at = now
+            receiver.save(update_fields=["last_claimed_at"])
+    return claims
 
 
 def callback_delivery_attempt(*, delivery_id: int) -> float | None:
-    """Try a due delivery once and record the attempt.
+    """Try a due delivery once, here and now, and record the attempt (the delivery workers'
+    senders go through callback_deliveries_claim instead, which keeps the per-host caps).
 
     Returns the seconds until the next try, or None when there is nothing more to do now
     (delivered, failed for good, not due, or being tried elsewhere). 2xx is delivered. Connection
@@ -84,20 +188,33 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
     Retry-After); anything else fails at once: other 4xx (410 Gone included), 3xx (redirects
     are never followed), and a URL whose host now resolves to a refused address.
     """
-    now = timezone.now()
-    with transaction.atomic():
-        delivery = CallbackDelivery.objects.select_for_update().get(id=delivery_id)
-        if delivery.status != DeliveryStatus.PENDING or (delivery.next_attempt_at and delivery.next_attempt_at > now):
-            return None
-        delivery.attempt_count += 1
-        delivery.next_attempt_at = now + dt.timedelta(seconds=_lease_seconds())
-        delivery.save(update_fields=["attempt_count", "next_attempt_at"])
-    number = delivery.attempt_count
+    claim = callback_delivery_claim(delivery_id=delivery_id)
+    if claim is None:
+        return None
+    return callback_delivery_send(claim=claim)
 
-    result = post_signed(delivery.url, delivery.body.encode(), webhook_id=delivery.webhook_id)
+
+def callback_delivery_send(*, claim: Claim) -> float | None:
+    """POST a claimed try and record it (callback_delivery_record). Never raises for the network."""
+    result = post_signed(claim.url, claim.body, webhook_id=claim.webhook_id)
+    return callback_delivery_record(claim=claim, result=result)
+
+
+def _breaker_failure(result: PostResult) -> bool:
+    """A try that says the receiver is unwell: no answer in time, a network error, 408, 429, 5xx."""
+    code = result.status_code
+    return not result.refused and (code is None or code in (408, 429) or code >= 500)
+
+
+def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | None:
+    """Record the outcome of a claimed try: the attempt row, the delivery's new state (delivered,
+    failed for good, or the next try scheduled), the receiver's breaker. Returns the seconds
+    until the next try, or None when the delivery is over."""
+    number = claim.number
+    delivery_id = claim.delivery_id
     code = result.status_code
     delivered = code is not None and 200 <= code < 300
-    retryable = not delivered and not result.refused and (code is None or code in (408, 429) or code >= 500)
+    retryable = not delivered and _breaker_failure(result)
     delays = settings.CALLBACK_RETRY_DELAYS
     next_delay = None
     if retryable and number <= len(delays):
@@ -120,6 +237,8 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
         )
         delivery.last_status_code = code
         delivery.last_error = result.error or ("" if delivered else f"HTTP {code}")
+        if delivery.attempt_count == number:
+            delivery.sending_until = None  # a later try (after a lost lease) holds it otherwise
         if next_delay is None:
             delivery.status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED
             delivery.finished_at = timezone.now()
@@ -127,6 +246,9 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
         else:
             delivery.next_attempt_at = timezone.now() + dt.timedelta(seconds=next_delay)
         delivery.save()
+    # Apart from the delivery's transaction: claims lock the host first, then its deliveries.
+    if not result.refused:
+        _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error)
     _attempt_counted(delivery, refused=result.refused, retried=next_delay is not None)
 
     logger.log(
@@ -140,6 +262,34 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
         f" (next in {next_delay:.1f}s)" if next_delay is not None else "",
     )
     return next_delay
+
+
+def _breaker_record(host: str, *, failed: bool, error: str) -> None:
+    """Count a try against its receiver: CALLBACK_BREAKER_FAILURES failures in a row open the
+    breaker for CALLBACK_BREAKER_PAUSE seconds (a failed half-open try opens it again); any
+    answer that is not a failure closes it."""
+    now = timezone.now()
+    with transaction.atomic():
+        receiver, _ = CallbackHost.objects.select_for_update().get_or_create(host=host)
+        was_open = receiver.consecutive_failures >= settings.CALLBACK_BREAKER_FAILURES
+        if failed:
+            receiver.consecutive_failures += 1
+            receiver.last_error = error[:500]
+            if receiver.consecutive_failures >= settings.CALLBACK_BREAKER_FAILURES and (
+                receiver.open_until is None or receiver.open_until <= now
+            ):
+                receiver.open_until = now + dt.timedelta(seconds=settings.CALLBACK_BREAKER_PAUSE)
+                receiver.opened_count += 1
+                logger.warning(
+                    "callback receiver %s: %d failed tries in a row; breaker open for %gs",
+                    host, receiver.consecutive_failures, settings.CALLBACK_BREAKER_PAUSE,
+                )
+        else:
+            if was_open:
+                logger.warning("callback receiver %s answers again; breaker closed", host)
+            receiver.consecutive_failures = 0
+            receiver.open_until = None
+        receiver.save()
 
 
 def _attempt_counted(delivery: CallbackDelivery, *, refused: bool, retried: bool) -> None:

@@ -224,6 +224,23 @@ WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=5.0)
 # --- Callbacks ---------------------------------------------------------------------------------
 CALLBACK_CONNECT_TIMEOUT = env.float("CALLBACK_CONNECT_TIMEOUT", default=3.0)
 CALLBACK_READ_TIMEOUT = env.float("CALLBACK_READ_TIMEOUT", default=10.0)
+# A whole try (connect, send, answer) ends after this many seconds however slowly the receiver
+# sends; a status line that came in time counts, the rest of the answer is cut.
+CALLBACK_TOTAL_TIMEOUT = env.float("CALLBACK_TOTAL_TIMEOUT", default=15.0)
+# Callback POSTs in flight at once in each delivery worker process (threads of its sender: a
+# POST waiting on a receiver holds a thread, not a worker slot).
+CALLBACK_MAX_IN_FLIGHT = env.int("CALLBACK_MAX_IN_FLIGHT", default=64)
+# POSTs in flight at once to one receiver (host:port), across all delivery workers: the rest of
+# its backlog waits its turn while other receivers are served.
+CALLBACK_MAX_IN_FLIGHT_PER_HOST = env.int("CALLBACK_MAX_IN_FLIGHT_PER_HOST", default=4)
+# Circuit breaker per receiver: after this many failed tries in a row (timeouts, network errors,
+# 408, 429, 5xx) nothing is sent to it for CALLBACK_BREAKER_PAUSE seconds; then one try goes
+# through, which closes the breaker or opens it again. Tries not made do not count as attempts.
+CALLBACK_BREAKER_FAILURES = env.int("CALLBACK_BREAKER_FAILURES", default=5)
+CALLBACK_BREAKER_PAUSE = env.float("CALLBACK_BREAKER_PAUSE", default=60.0)
+# How often each delivery worker process looks for due deliveries (retries, and deliveries
+# made elsewhere) besides being woken by its own tasks.
+CALLBACK_SENDER_POLL = env.float("CALLBACK_SENDER_POLL", default=0.5)
 # Seconds to wait before each retry of a failed delivery; their number bounds the retries. The
 # default follows the Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 CALLBACK_RETRY_DELAYS = [
@@ -231,8 +248,7 @@ CALLBACK_RETRY_DELAYS = [
 ]
 # A receiver's Retry-After is honoured up to this many seconds.
 CALLBACK_RETRY_AFTER_MAX = env.float("CALLBACK_RETRY_AFTER_MAX", default=36000.0)
-# Retries due within this many seconds are scheduled with a Celery countdown; later ones are
-# picked up by the sweeper from the delivery row (a broker should not hold messages for hours).
+# No longer used: every retry waits in the delivery row until the sender finds it due.
 CALLBACK_COUNTDOWN_MAX = env.float("CALLBACK_COUNTDOWN_MAX", default=60.0)
 # Standard Webhooks secret: "whsec_" + base64 of at least 24 random bytes.
 CALLBACK_SIGNING_SECRET = env("CALLBACK_SIGNING_SECRET")

@@ -21,6 +21,7 @@ from jobs.logcontext import job_log_context_for
 from registry import services as registry
 from rollouts import alerts, guardrails
 from rollouts import services as rollouts
+from workers import sending
 from storage.s3 import ObjectNotFound, StorageError
 
 logger = logging.getLogger(__name__)
@@ -97,19 +98,20 @@ def deliver_callback(delivery_id: int) -> None:
 
 
 def _attempt(delivery_id: int) -> None:
-    next_delay = delivery.callback_delivery_attempt(delivery_id=delivery_id)
-    # Near retries ride on a countdown; far ones wait in the row for the sweeper.
-    if next_delay is not None and next_delay <= settings.CALLBACK_COUNTDOWN_MAX:
-        deliver_callback.apply_async((delivery_id,), countdown=next_delay)
+    # Handed to this process's sender, which POSTs on a thread of its own: the task's slot is
+    # free at once, however slow the receiver (callbacks/sender.py). The sender finds the
+    # retries in the rows when they are due.
+    sending.sender().wake(delivery_id)
 
 
 @shared_task
 def sweep() -> dict:
-    """Periodic (Celery beat): push on stuck jobs and send overdue callback deliveries."""
+    """Periodic (Celery beat): push on stuck jobs; wake the callback sender."""
     counts = services.image_jobs_sweep()
+    # Due deliveries are the sender's to find (it reads the rows); this only makes sure the
+    # process has one running, and counts those overdue (a sign that senders fall behind).
+    sending.sender().wake()
     due = delivery.callback_deliveries_due()
-    for delivery_id in due:
-        deliver_callback.delay(delivery_id)
     return {**counts, "deliveries": len(due)}
 
 

@@ -69,6 +69,12 @@ def task_succeeded(task: str, job_id: str):
     return lambda line: line.get("job_id") == job_id and line.get("task") == task and "succeeded" in line["message"]
 
 
+def callback_logged(task: str, job_id: str):
+    """The line of the callback's try, logged by the sender in the context of the task that
+    handed it over (after that task ended: the POST is not made inside the task)."""
+    return lambda line: line.get("job_id") == job_id and line.get("task") == task and line["logger"] == "callbacks.services"
+
+
 def submit(api_client, receiver, http_request_id: str):
     photo = io.BytesIO(photo_bytes("astronaut_1face.png"))
     photo.name = "astronaut_1face.png"
@@ -93,6 +99,7 @@ def test_the_request_id_follows_the_job_into_the_worker_and_the_callback(api_cli
     assert job.status == "completed" and job.http_request_id == sent
 
     lines = wait_for_line(worker, "for the delivery's end", task_succeeded("workers.tasks.deliver_result", job_id))
+    lines = wait_for_line(worker, "for the callback's line", callback_logged("workers.tasks.deliver_result", job_id))
     about = [line for line in lines if line.get("job_id") == job_id or job_id in line["message"]]
     for line in about:
         assert line["http_request_id"] == sent, line
@@ -118,6 +125,7 @@ def test_a_redelivery_carries_the_id_of_the_request_that_asked_for_it(api_client
     receiver.wait(1)
 
     lines = wait_for_line(worker, "for the redelivery's end", task_succeeded("workers.tasks.deliver_callback", job_id))
+    lines = wait_for_line(worker, "for the callback's line", callback_logged("workers.tasks.deliver_callback", job_id))
     redelivery = [line for line in lines if line.get("task") == "workers.tasks.deliver_callback" and line.get("job_id") == job_id]
     assert any(line["logger"] == "callbacks.services" and "-> delivered" in line["message"] for line in redelivery), redelivery
     for line in redelivery:

@@ -1,0 +1,40 @@
+"""The callback sender (callbacks.sender) in the processes of a worker on the delivery queue:
+started in each pool process, or by the first delivery task a process runs, and stopped with it."""
+
+import logging
+
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from django.conf import settings
+
+from callbacks.sender import Sender, sender_running, sender_start, sender_stop
+from jobs.logcontext import job_log_context_for
+
+logger = logging.getLogger(__name__)
+
+# Set in the parent worker process, inherited by its forked children.
+_delivers = False
+
+
+@worker_init.connect
+def _note_queues(sender=None, **_: object) -> None:
+    global _delivers
+    queues = set(sender.app.amqp.queues.consume_from or sender.app.amqp.queues) if sender is not None else set()
+    _delivers = settings.CELERY_QUEUE_DELIVER in queues
+
+
+@worker_process_init.connect
+def _start(**_: object) -> None:
+    # At once, not at the first task: retries due after a restart go out without waiting for one.
+    if _delivers:
+        sender()
+
+
+@worker_process_shutdown.connect
+def _stop(**_: object) -> None:
+    if sender_running() is not None:
+        sender_stop()
+
+
+def sender() -> Sender:
+    """This process's running sender."""
+    return sender_start(log_fields=lambda delivery_id: job_log_context_for(delivery_id=delivery_id))
