@@ -13,7 +13,7 @@ def test_compose_names_every_service_and_scales_workers():
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {
-        "postgres", "rabbitmq", "redis", "minio", "web", "worker", "deliverer", "beat", "prometheus", "grafana", "flower"
+        "postgres", "rabbitmq", "redis", "minio", "minio-lifecycle", "web", "worker", "deliverer", "beat", "prometheus", "grafana", "flower"
     }
     assert services["minio"]["image"].startswith("minio/minio")
     for name in ("web", "worker", "deliverer", "beat"):
