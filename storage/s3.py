@@ -227,7 +227,9 @@ HEALTH_KEY_PREFIX = "_health/"
 def storage_check_write() -> None:
     """Raise StorageError (with its reason) unless a small object can be written to the bucket
     and deleted again: what a full, read-only or refusing store fails, while it may still answer
-    reads. One key per process, so that probes of many processes never delete each other's."""
+    reads. One key per process, so that probes of many processes never delete each other's.
+    The bucket is checked first: some servers (SeaweedFS) make a missing bucket on a write."""
+    storage_ping()
     key = f"{HEALTH_KEY_PREFIX}{socket.gethostname()}-{os.getpid()}"
     storage_put(key=key, data=b"ok", length=2, content_type="text/plain")
     storage_delete(key=key)

@@ -178,3 +178,14 @@ def test_a_store_that_refuses_the_deletion_is_a_503_and_the_sweep_finishes_it(ap
     assert store_status(job.original_key) == 404 and store_status(job.annotated_key) == 404
     assert Image.objects.get(id=job.id).original_key == ""
 
+
+
+def test_the_schema_documents_the_delete_and_the_deleted_status(api_client):
+    """DELETE on a job, its answers, the `deleted` status in the job's enum and 410 on the
+    annotated image are all in the OpenAPI schema (schemathesis checks the API against it)."""
+    schema = api_client.get("/api/schema/?format=json").json()
+    operation = schema["paths"]["/api/v1/images/{image_id}/"]["delete"]
+    assert operation["operationId"] == "images_delete"
+    assert {"200", "401", "404", "503"} <= set(operation["responses"])
+    assert "deleted" in schema["components"]["schemas"]["JobStatusEnum"]["enum"]
+    assert "410" in schema["paths"]["/api/v1/images/{image_id}/annotated/"]["get"]["responses"]
