@@ -56,9 +56,16 @@ def _first_field_error(detail: Any) -> tuple[str | None, Any]:
     return None, detail
 
 
+# How long a client is asked to wait (Retry-After) before trying again after a 503: a dependency
+# (the store) that is down; long enough not to hammer it, short enough for a blip.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 30
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     response = _error_response(exc, context)
     _count_refused_upload(context, response)
+    if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and "Retry-After" not in response:
+        response["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
     return response
 
 

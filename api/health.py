@@ -1,5 +1,8 @@
 """Liveness and readiness probes. Neither needs credentials; neither loads the model."""
 
+import threading
+import time
+
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
@@ -35,12 +38,42 @@ def _check_detector() -> None:
     detector_version_verify_weights(version)
 
 
-CHECKS = {"database": _check_database, "broker": _check_broker, "storage": storage.storage_ping, "detector": _check_detector}
+# The storage check's last result and when it was had (time.monotonic), per process: a write
+# to the store per probe would be one every few seconds from every worker of every instance.
+_storage_last: dict = {"at": None, "error": None}
+_storage_lock = threading.Lock()
+
+
+def _check_storage() -> None:
+    """The service can write to the store (storage_check_write: a small object put and
+    deleted), not only read it: a full or read-only store answers reads. The result, good or
+    bad, is reused for READYZ_STORAGE_CACHE_SECONDS."""
+    with _storage_lock:
+        at, error = _storage_last["at"], _storage_last["error"]
+        if at is None or time.monotonic() - at >= settings.READYZ_STORAGE_CACHE_SECONDS:
+            try:
+                storage.storage_check_write()
+                error = None
+            except Exception as exc:  # reported by readyz; storage logged and counted it
+                error = exc
+            _storage_last.update(at=time.monotonic(), error=error)
+    if error is not None:
+        reason = getattr(error, "reason", "other")
+        raise RuntimeError(f"cannot write to the store ({reason}): {type(error).__name__}: {error}")
+
+
+def storage_check_forget() -> None:
+    """Drop the cached storage result (tests; a probe right after a change of store)."""
+    with _storage_lock:
+        _storage_last.update(at=None, error=None)
+
+
+CHECKS = {"database": _check_database, "broker": _check_broker, "storage": _check_storage, "detector": _check_detector}
 
 
 def readyz(request) -> JsonResponse:
-    """200 when the database, the broker and the storage bucket answer and the active detector's
-    weights check out; 503 naming what is not."""
+    """200 when the database and the broker answer, the store takes a write and the active
+    detector's weights check out; 503 naming what is not."""
     checks = {}
     for name, check in CHECKS.items():
         try:

@@ -16,6 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs import erasure as job_erasure
+from jobs import retention as job_retention
 from jobs import selectors as job_selectors
 from jobs import services as job_services
 from jobs.models import JobStatus
@@ -48,10 +50,11 @@ def _errors(*codes: int) -> dict:
         401: "No API key, or an invalid or revoked one.",
         404: "No such job for this client.",
         409: "Conflict; `error.code` says which.",
+        410: "Gone: deleted after the retention period (`expired`) or erased on request (`deleted`).",
         413: "The upload or the image is too large.",
         415: "An image format that is not accepted.",
         429: "Rate limit reached; see Retry-After.",
-        503: "A dependency (storage) is unavailable; try again.",
+        503: "A dependency (storage) is unavailable; try again after Retry-After seconds.",
     }
     return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
 
@@ -194,6 +197,23 @@ class ImageDetailView(APIView):
     def get(self, request: Request, image_id: str) -> Response:
         return Response(image_representation(job_selectors.image_get(client=request.user, image_id=image_id)))
 
+    @extend_schema(
+        operation_id="images_delete",
+        summary="Erase a job: its photo, annotated image and detections",
+        description=(
+            "Deletes the photo and the annotated image from storage at once, and the detections; "
+            "a pending callback is cancelled. A tombstone stays (id, request_id, times, status "
+            "`deleted`): GET still answers with it, and submitting its request_id again returns it "
+            "without storing anything. Repeating the DELETE answers the same."
+        ),
+        request=None,
+        responses={200: ImageSerializer, **_errors(401, 404, 429, 503)},
+    )
+    def delete(self, request: Request, image_id: str) -> Response:
+        image = job_selectors.image_get(client=request.user, image_id=image_id)
+        job_erasure.image_job_erase(image_id=image.id)
+        return Response(image_representation(job_selectors.image_get(client=request.user, image_id=image_id)))
+
 
 class ImageAnnotatedView(APIView):
     @extend_schema(
@@ -201,16 +221,21 @@ class ImageAnnotatedView(APIView):
         summary="The annotated JPEG",
         description=(
             "The photo with the faces drawn on it: a 302 to a short-lived presigned URL when the "
-            "storage server is public, otherwise the JPEG itself."
+            "storage server is public, otherwise the JPEG itself. 410 once it was deleted after "
+            "the retention period or the job was erased."
         ),
         responses={
             (200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description="The JPEG"),
             302: OpenApiResponse(description="Redirect to a presigned URL"),
-            **_errors(401, 404, 409, 429, 503),
+            **_errors(401, 404, 409, 410, 429, 503),
         },
     )
     def get(self, request: Request, image_id: str):
         image = job_selectors.image_get(client=request.user, image_id=image_id)
+        if image.status == JobStatus.DELETED:
+            raise ApiError("deleted", "The job was erased; its images are gone.", status_code=410)
+        if image.annotated_expired_at is not None:
+            raise _expired()
         if not image.annotated_key:
             if image.status == JobStatus.FAILED:
                 raise ApiError("not_available", "The job failed; there is no annotated image.", status_code=404)
@@ -220,12 +245,18 @@ class ImageAnnotatedView(APIView):
         try:
             chunks = storage.storage_stream(key=image.annotated_key)
         except storage.ObjectNotFound as exc:
+            if job_retention.image_expired(image, "annotated"):  # a bucket lifecycle rule came first
+                raise _expired() from exc
             raise ApiError("not_available", "The annotated image is missing from storage.", status_code=404) from exc
         except storage.StorageError as exc:
             raise ApiError("storage_unavailable", "Storage is unavailable; try again.", status_code=503) from exc
         response = StreamingHttpResponse(chunks, content_type="image/jpeg")
         response["Content-Disposition"] = f'inline; filename="{image.id}.jpg"'
         return response
+
+
+def _expired() -> ApiError:
+    return ApiError("expired", "The annotated image was deleted at the end of its retention period.", status_code=410)
 
 
 class ImageRedeliverView(APIView):

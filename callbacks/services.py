@@ -315,3 +315,18 @@ def callback_deliveries_due(*, grace: float = 5.0, limit: int = 500) -> list[int
         .order_by("next_attempt_at")
         .values_list("id", flat=True)[:limit]
     )
+
+
+def callback_deliveries_erase(*, image_id: uuid.UUID, reason: str) -> int:
+    """For a job erased on request: cancel its pending deliveries (failed, ``reason`` as their
+    last error, never tried again) and blank the frozen body of every one, since a body carries
+    the job's detections. The attempts stay (times and status codes: the audit). A try already
+    in flight finishes with the body it holds; its outcome is recorded but nothing follows it.
+    Returns how many pending deliveries were cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        cancelled = CallbackDelivery.objects.filter(image_id=image_id, status=DeliveryStatus.PENDING).update(
+            status=DeliveryStatus.FAILED, last_error=reason, next_attempt_at=None, finished_at=now
+        )
+        CallbackDelivery.objects.filter(image_id=image_id).update(body="")
+    return cancelled

@@ -87,8 +87,15 @@ DETECTION_CPU_SECONDS = Counter(
     "CPU seconds of the worker process (all its threads) spent in detection, by detector version.",
     ["model_version"],
 )
+STORAGE_ERRORS = Counter(
+    "fda_storage_errors_total",
+    "Calls to the object store that failed, by operation (put, get, delete, list, bucket) and reason "
+    "(unreachable, timeout, denied, no_bucket, full, server_error, client_error, other); a missing object is not one.",
+    ["operation", "reason"],
+)
 
 CALLBACK_OUTCOMES = ("delivered", "retry", "failed", "refused")
+STORAGE_OPERATIONS = ("put", "get", "delete", "list", "bucket")
 
 
 def multiprocess_dir() -> str | None:
@@ -151,6 +158,20 @@ def upload_refused(*, reason: str) -> None:
     if not ENABLED:
         return
     UPLOADS_REFUSED.labels(reason or "unknown").inc()
+
+
+def storage_error(*, operation: str, reason: str) -> None:
+    """A call to the object store failed; ``reason`` is one of storage.s3.STORAGE_ERROR_REASONS
+    (anything else counts as "other", so the label stays bounded)."""
+    if operation not in STORAGE_OPERATIONS:
+        raise ValueError(f"unknown storage operation {operation!r}")
+    if not ENABLED:
+        return
+    STORAGE_ERRORS.labels(operation, reason if reason in _STORAGE_REASONS else "other").inc()
+
+
+# storage/s3.py's STORAGE_ERROR_REASONS (core imports nothing of the project's; a test checks they agree).
+_STORAGE_REASONS = ("unreachable", "timeout", "denied", "no_bucket", "full", "server_error", "client_error", "other")
 
 
 # Made on first use: a process that never loads a detector (the API, a delivery worker, the

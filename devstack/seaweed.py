@@ -38,6 +38,13 @@ class SeaweedS3:
     s3_port: int = 8333
     base_port: int | None = None  # master, volume, filer ports; chosen free when None
     host: str = "127.0.0.1"
+    # The size at which the master stops writing to a volume and grows a new one (MB), and the
+    # most volumes the volume server keeps: 0 lets SeaweedFS take the free disk divided by the
+    # volume size, so the store grows until the disk is full (it then turns its volumes
+    # read-only at 1% free, and writes are refused: /readyz says so). A fixed count (the old 16
+    # of 64 MB) refused every write after about 590 MB, with the disk far from full.
+    volume_size_limit_mb: int = 64
+    volume_max: int = 0
     process: subprocess.Popen | None = None
 
     @property
@@ -83,9 +90,10 @@ class SeaweedS3:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-filer.localSocket={self.data_dir / 'filer.sock'}",
-            # Small volumes and few of them: this is a development and test server.
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=16",
+            # Small volumes (a development server's data grows from nothing), as many as the
+            # disk holds (volume_max 0): see the fields above.
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
+            f"-volume.max={self.volume_max}",
         ]
 
     def start(self, *, log_path: Path | None = None, timeout: float = 60.0) -> "SeaweedS3":

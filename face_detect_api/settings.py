@@ -140,7 +140,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
-        "JobStatusEnum": ["queued", "processing", "completed", "failed"],
+        "JobStatusEnum": ["queued", "processing", "completed", "failed", "deleted"],
         "CallbackStatusEnum": ["none", "pending", "delivered", "failed"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
         "RolloutStatusEnum": "rollouts.models.RolloutStatus",
@@ -169,6 +169,18 @@ S3_READ_TIMEOUT = env.float("S3_READ_TIMEOUT", default=30.0)
 # Connections to the storage server each process keeps open for reuse: at least the threads that
 # use it at once (gunicorn's WEB_THREADS).
 S3_POOL_CONNECTIONS = env.int("S3_POOL_CONNECTIONS", default=16)
+# /readyz writes (and deletes) a small object to prove the store takes writes; each process reuses
+# the result, good or bad, for this many seconds.
+READYZ_STORAGE_CACHE_SECONDS = env.float("READYZ_STORAGE_CACHE_SECONDS", default=5.0)
+
+# --- Retention (jobs/retention.py; docs/security.md) ----------------------------------------------
+# Days after which a job's photo and its annotated image are deleted from the store (0: kept for
+# good, the default: switching it on must be a decision, not an upgrade's surprise). Celery beat
+# runs it every RETENTION_INTERVAL seconds, RETENTION_BATCH_SIZE objects per batch.
+RETENTION_DAYS_ORIGINALS = env.int("RETENTION_DAYS_ORIGINALS", default=0)
+RETENTION_DAYS_ANNOTATED = env.int("RETENTION_DAYS_ANNOTATED", default=0)
+RETENTION_INTERVAL = env.float("RETENTION_INTERVAL", default=3600.0)
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)
 
 # --- Uploads -----------------------------------------------------------------------------------
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
@@ -289,6 +301,7 @@ CELERY_TASK_ROUTES = {
     "workers.tasks.shadow_detect": _route(CELERY_QUEUE_DETECT),
     "workers.tasks.evaluate_rollouts": _route(CELERY_QUEUE_DELIVER),
     "workers.tasks.send_rollout_alert": _route(CELERY_QUEUE_DELIVER),
+    "workers.tasks.retention_sweep": _route(CELERY_QUEUE_DELIVER),
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-jobs-and-due-callbacks": {"task": "workers.tasks.sweep", "schedule": SWEEP_INTERVAL},
@@ -298,6 +311,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.tasks.evaluate_rollouts",
         "schedule": ROLLOUT_EVALUATE_INTERVAL,
         "options": {"expires": ROLLOUT_EVALUATE_INTERVAL},
+    },
+    # Does nothing while both RETENTION_DAYS_* are 0 but finish erasures the store refused.
+    "delete-expired-photos": {
+        "task": "workers.tasks.retention_sweep",
+        "schedule": RETENTION_INTERVAL,
+        "options": {"expires": RETENTION_INTERVAL},
     },
 }
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -2,7 +2,7 @@
 callback deliveries inline and both photos shown."""
 
 from django.contrib import admin, messages
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseGone, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -12,7 +12,8 @@ from core.admin import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import DomainError
 from storage import s3 as storage
 
-from .models import Face, Image, ShadowRun
+from .erasure import image_job_erase
+from .models import Face, Image, JobStatus, ShadowRun
 from .services import image_job_redeliver
 
 
@@ -44,7 +45,7 @@ class ImageAdmin(ReadOnlyAdmin):
     search_fields = ("request_id", "=id", "cohort")
     date_hierarchy = "created_at"
     inlines = [FaceInline, ShadowRunInline, DeliveryInline]
-    actions = ["redeliver_callback"]
+    actions = ["redeliver_callback", "erase"]
     readonly_fields = (
         "id",
         "original_thumbnail",
@@ -57,6 +58,7 @@ class ImageAdmin(ReadOnlyAdmin):
         ("Result", {"fields": ("detector_version", "model_version", "labels", "width", "height", "face_count", "detection_ms", "detector_cold")}),
         ("Rollout", {"fields": ("rollout", "variant", "cohort")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
+        ("Retention and erasure", {"fields": ("original_expired_at", "annotated_expired_at", "deleted_at")}),
         ("Callback", {"fields": ("callback_url",)}),
         ("Queueing", {"fields": ("enqueued_at", "enqueue_count")}),
         (
@@ -85,6 +87,19 @@ class ImageAdmin(ReadOnlyAdmin):
         if sent:
             self.message_user(request, f"{sent} callback(s) queued for delivery.", messages.SUCCESS)
 
+    @admin.action(description="Erase photos and detections (keeps a tombstone)")
+    def erase(self, request, queryset):
+        # The same service as DELETE /api/v1/images/{id}/ (jobs/erasure.py).
+        erased = 0
+        for image in queryset:
+            try:
+                image_job_erase(image_id=image.id)
+                erased += 1
+            except DomainError as exc:
+                self.message_user(request, f"{image.request_id}: {exc.message}", messages.WARNING)
+        if erased:
+            self.message_user(request, f"{erased} job(s) erased.", messages.SUCCESS)
+
     def get_urls(self):
         # Photos are served through the admin (staff only): the storage server need not be
         # reachable from the operator's browser.
@@ -100,6 +115,10 @@ class ImageAdmin(ReadOnlyAdmin):
     def photo_view(self, request, image_id, which):
         image = get_object_or_404(Image, pk=image_id)
         key = {"original": image.original_key, "annotated": image.annotated_key}.get(which)
+        if image.status == JobStatus.DELETED:
+            return HttpResponseGone("erased on request")
+        if which in ("original", "annotated") and getattr(image, f"{which}_expired_at"):
+            return HttpResponseGone("deleted at the end of its retention period")
         if not key:
             raise Http404("no such photo")
         try:
@@ -110,6 +129,10 @@ class ImageAdmin(ReadOnlyAdmin):
         return StreamingHttpResponse(chunks, content_type=content_type)
 
     def _thumbnail(self, obj: Image, which: str, present: bool) -> str:
+        if obj.status == JobStatus.DELETED:
+            return "erased"
+        if getattr(obj, f"{which}_expired_at"):
+            return "expired (retention)"
         if not present:
             return "-"
         url = reverse("admin:jobs_image_photo", args=[obj.pk, which])

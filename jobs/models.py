@@ -11,9 +11,12 @@ class JobStatus(models.TextChoices):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    # Erased on request (jobs/erasure.py): a tombstone of id, request_id and times; nothing runs on
+    # it any more.
+    DELETED = "deleted"
 
 
-TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED)
+TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELETED)
 
 
 class Image(models.Model):
@@ -78,6 +81,13 @@ class Image(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When retention (jobs/retention.py) deleted the photo and the annotated image from the store:
+    # the API answers 410 for them from then on. Null: still kept (or never made).
+    original_expired_at = models.DateTimeField(null=True, blank=True)
+    annotated_expired_at = models.DateTimeField(null=True, blank=True)
+    # When the job was erased on request (status deleted). Its object keys stay set until the
+    # objects are gone from the store; retention retries what a failed erasure left.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "api_image"  # the table it had before the split into apps

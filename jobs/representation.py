@@ -11,7 +11,7 @@ from django.conf import settings
 from callbacks.models import CallbackDelivery, DeliveryStatus
 from detection.labels import FACE
 
-from .models import Image
+from .models import Image, JobStatus
 
 
 def _url(path: str) -> str:
@@ -52,7 +52,8 @@ def image_representation(image: Image, *, delivery: CallbackDelivery | None = No
         # The labels the upload asked to keep (null: every label).
         "labels": list(image.labels) or None,
         "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
-        "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key else None,
+        # Null until it is made, and again once retention or erasure removed it.
+        "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key and not image.annotated_expired_at and image.status != JobStatus.DELETED else None,
         "callback": callback_representation(image, delivery=delivery),
     }
 

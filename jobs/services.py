@@ -60,6 +60,11 @@ def _object_key(kind: str, image_id: uuid.UUID, extension: str, when=None) -> st
     return f"{kind}/{(when or timezone.now()):%Y/%m/%d}/{image_id}.{extension}"
 
 
+def annotated_object_key(image: Image) -> str:
+    """The key of a job's annotated image: fixed per job, whether it was made yet or not."""
+    return _object_key("annotated", image.id, "jpg", image.created_at)
+
+
 def image_job_create(
     *,
     client: ApiClient,
@@ -107,6 +112,10 @@ def image_job_create(
     # Most uploads are new: a query without columns first, the whole row only for a repeat.
     repeat = Image.objects.filter(client=client, request_id=request_id)
     existing = repeat.first() if repeat.exists() else None
+    if existing is not None and existing.status == JobStatus.DELETED:
+        # The job was erased: its request_id stays spent, so a replayed upload never stores the
+        # photo again. The tombstone is the answer, whatever was sent (docs/security.md).
+        return existing, False
     if existing is not None:
         return _same_submission(
             existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
@@ -500,9 +509,14 @@ def image_job_annotate(*, image_id: uuid.UUID) -> None:
         return
     rgb = image_decode_rgb(storage.storage_get(key=image.original_key))
     jpeg = annotate_jpeg(rgb, list(image.faces.all()))
-    key = _object_key("annotated", image.id, "jpg", image.created_at)
+    key = annotated_object_key(image)
     storage.storage_put(key=key, data=jpeg, length=len(jpeg), content_type="image/jpeg")
-    Image.objects.filter(id=image_id, annotated_key="").update(annotated_key=key, updated_at=timezone.now())
+    recorded = Image.objects.filter(id=image_id, status=JobStatus.COMPLETED, annotated_key="").update(
+        annotated_key=key, updated_at=timezone.now()
+    )
+    if not recorded and Image.objects.filter(id=image_id, status=JobStatus.DELETED).exists():
+        # Erased while this was drawn (jobs/erasure.py): the image must not outlive the job.
+        _delete_quietly(key)
 
 
 def image_job_callback_delivery(*, image_id: uuid.UUID) -> CallbackDelivery | None:
@@ -510,7 +524,8 @@ def image_job_callback_delivery(*, image_id: uuid.UUID) -> CallbackDelivery | No
     has no callback_url or is not finished)."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
-        if not image.callback_url or image.status not in TERMINAL_STATUSES:
+        # An erased job calls back nothing: its pending deliveries were cancelled (docs/security.md).
+        if not image.callback_url or image.status not in TERMINAL_STATUSES or image.status == JobStatus.DELETED:
             return None
         existing = image.deliveries.order_by("created_at").first()
         return existing or _callback_delivery_create(image_id=image_id)
@@ -520,6 +535,8 @@ def image_job_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
     """A fresh delivery (new webhook id, current representation) of a finished job's result,
     tried on a worker once committed."""
     image = Image.objects.get(id=image_id)
+    if image.status == JobStatus.DELETED:
+        raise Conflict("deleted", "This job was erased; there is nothing to deliver.")
     if not image.callback_url:
         raise Conflict("no_callback_url", "This job has no callback_url to deliver to.")
     if image.status not in TERMINAL_STATUSES:

@@ -366,3 +366,22 @@ def wait_terminal(image_id, timeout: float = 180):
             return image
         time.sleep(0.2)
     pytest.fail(f"job {image_id} not finished within {timeout}s")
+
+
+def store_status(key: str) -> int:
+    """The HTTP status the S3 server itself answers to a GET of ``key`` in the run's bucket (a
+    presigned URL: no client library between the test and the server)."""
+    import requests
+
+    from storage import s3 as storage
+
+    url = storage.client().presigned_get_object(settings.S3_BUCKET, key)
+    return requests.get(url, timeout=10).status_code
+
+
+@pytest.fixture(autouse=True)
+def _readyz_storage_result_forgotten():
+    """/readyz caches its storage answer per process: each test asks the store afresh."""
+    from api.health import storage_check_forget
+
+    storage_check_forget()

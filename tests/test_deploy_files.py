@@ -13,7 +13,7 @@ def test_compose_names_every_service_and_scales_workers():
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {
-        "postgres", "rabbitmq", "redis", "minio", "web", "worker", "deliverer", "beat", "prometheus", "grafana", "flower"
+        "postgres", "rabbitmq", "redis", "minio", "minio-lifecycle", "web", "worker", "deliverer", "beat", "prometheus", "grafana", "flower"
     }
     assert services["minio"]["image"].startswith("minio/minio")
     for name in ("web", "worker", "deliverer", "beat"):
@@ -134,3 +134,47 @@ def test_metrics_packages_are_pinned():
     """prometheus-client and flower are pinned in the runtime requirements (the image installs them)."""
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line and not line.startswith("#"))
     assert pins["prometheus-client"] == "0.26.0" and pins["flower"] == "2.2.0"
+
+
+def _lifecycle_run(tmp_path, **env) -> tuple[list[list[str]], list[str]]:
+    """Run the minio-lifecycle service's script as its container would (compose turns $$ into
+    $), with a stand-in `mc` that records its arguments and what it reads. Returns (calls, stdins)."""
+    import os
+    import subprocess
+
+    script = _compose()["minio-lifecycle"]["command"][0]
+    # Compose would interpolate a lone $ from the host's environment: every one must be escaped.
+    assert re.search(r"(?<!\$)\$(?!\$)", script.replace("$$", "")) is None
+    fake = tmp_path / "bin" / "mc"
+    fake.parent.mkdir()
+    log = tmp_path / "calls"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nif [ "$1 $2" = "ilm import" ]; then cat > {tmp_path}/stdin; fi\n')
+    fake.chmod(0o755)
+    run_env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", **env}
+    subprocess.run(["sh", "-c", script.replace("$$", "$")], env=run_env, check=True, capture_output=True)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    stdin = tmp_path / "stdin"
+    return calls, [stdin.read_text()] if stdin.exists() else []
+
+
+def test_compose_applies_the_retention_as_bucket_lifecycle_rules(tmp_path):
+    """RETENTION_DAYS_* become one rule per prefix, a day later than the app's own deletion."""
+    calls, stdins = _lifecycle_run(tmp_path, S3_BUCKET="photos", RETENTION_DAYS_ORIGINALS="30", RETENTION_DAYS_ANNOTATED="90")
+    assert ["mb", "--ignore-existing", "local/photos"] in calls and ["ilm", "import", "local/photos"] in calls
+    (imported,) = stdins
+    rules = {rule["Filter"]["Prefix"]: rule for rule in json.loads(imported)["Rules"]}
+    assert rules["originals/"]["Expiration"] == {"Days": 31} and rules["annotated/"]["Expiration"] == {"Days": 91}
+    assert {rule["Status"] for rule in rules.values()} == {"Enabled"}
+    assert _compose()["minio-lifecycle"]["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
+def test_compose_lifecycle_without_retention_removes_the_rules(tmp_path):
+    """Both 0 (the default): no rule, and one left from before is removed."""
+    calls, stdins = _lifecycle_run(tmp_path, RETENTION_DAYS_ORIGINALS="0", RETENTION_DAYS_ANNOTATED="0")
+    assert stdins == [] and ["ilm", "rule", "rm", "--all", "--force", "local/face-detect-api"] in calls
+
+
+def test_compose_lifecycle_with_one_kind_only(tmp_path):
+    calls, stdins = _lifecycle_run(tmp_path, RETENTION_DAYS_ORIGINALS="7", RETENTION_DAYS_ANNOTATED="0")
+    (imported,) = stdins
+    assert [rule["Filter"]["Prefix"] for rule in json.loads(imported)["Rules"]] == ["originals/"]

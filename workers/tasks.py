@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from callbacks import services as delivery
 from core.logging import log_context_add
-from jobs import services, stats
+from jobs import retention, services, stats
 from jobs.logcontext import job_log_context_for
 from registry import services as registry
 from rollouts import alerts, guardrails
@@ -154,3 +154,10 @@ def evaluate_rollouts() -> dict | None:
 def send_rollout_alert(event_id: int) -> None:
     """POST a rollout event (an automatic rollback) to ROLLOUT_ALERT_URL, signed."""
     alerts.rollout_alert_send(event_id=event_id)
+
+
+@shared_task
+def retention_sweep() -> dict:
+    """Periodic (Celery beat): delete photos and annotated images past their retention
+    (RETENTION_DAYS_*), and finish erasures the store refused at the time."""
+    return retention.retention_sweep()

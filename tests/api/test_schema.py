@@ -186,7 +186,10 @@ def test_linked_operations_honour_the_schema(fuzz_key):
     photo = tiny_png()
     seen = set()
 
-    class Machine(schema.as_state_machine()):
+    # Without the erasure (DELETE, tested operation by operation above and in test_erasure.py): in
+    # a sequence it would erase the jobs later steps follow links to, and GET after it answers the
+    # tombstone (200) by design, which schemathesis' use_after_free takes for a leak.
+    class Machine(schema.exclude(method="DELETE").as_state_machine()):
         def setup(self):
             # A client of its own per scenario: what a scenario sees (its jobs, a request_id it
             # reuses) must not depend on the scenarios before it, or hypothesis, replaying the
@@ -213,10 +216,12 @@ def test_linked_operations_honour_the_schema(fuzz_key):
                 recorder=self.recorder,
             )
 
+    # 60 scenarios: with 30, whether any of them followed a link to a job made was a coin flip that
+    # changed with the schema and the tests run before (the draws are fixed, the answers are not).
     # Generate only: the API keeps state between examples (jobs made earlier answer a repeated
     # request_id with 200), so replaying an example to shrink it could not draw the same steps.
     Machine.run(
-        settings=hypothesis_settings(SETTINGS, max_examples=30, stateful_step_count=6, phases=[Phase.explicit, Phase.generate])
+        settings=hypothesis_settings(SETTINGS, max_examples=60, stateful_step_count=6, phases=[Phase.explicit, Phase.generate])
     )
     # The links were followed: jobs were made, and reached through the submission's id (only an
     # existing job answers its read with 200, or its annotated image or redelivery with 409, as
