@@ -33,9 +33,9 @@ the two, `celery -A face_detect_api control add_consumer <detect queue>` resumes
 --wait then waits until every accepted job is finished and prints how many completed, failed and
 were lost (not finished within --wait-timeout).
 
---start runs `python -m devstack up` as bench/rollout.py --start-stack does (its OwnStack: a
-temporary var dir, free ports, its own bucket, queues and PostgreSQL database, all removed
-after), with the rate limits off, and stops it at the end.
+--start runs `python -m devstack up` (bench/harness.py's OwnStack: a temporary var dir, free
+ports, its own bucket, queues and PostgreSQL database, all removed after; --embedded for the
+embedded stand-ins), with the rate limits off, and stops it at the end.
 
 Prints figures; asserts nothing. Exit status 1 only when the bench itself could not run.
 """

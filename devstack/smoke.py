@@ -108,7 +108,7 @@ def main() -> int:
         ok = True
     except (SmokeFailed, StackFailed) as exc:
         print(f"smoke: FAILED: {exc}", file=sys.stderr)
-    except Exception as exc:  # an unexpected answer, a network error: a failure all the same
+    except Exception as exc:  # noqa: BLE001 - an unexpected answer, a network error: a failure all the same
         print(f"smoke: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
         rc = stack.stop() if stack is not None else 0
