@@ -155,13 +155,6 @@ class Api:
                 raise BenchFailed(f"{method} {path} answered {response.status_code}: {response.text[:400]}")
             return response
 
-    def rollout(self, rollout_id: str) -> dict:
-        return self.call("GET", f"/api/v1/rollouts/{rollout_id}/").json()
-
-    def live_rollouts(self) -> list[dict]:
-        page = self.call("GET", "/api/v1/rollouts/", params={"page_size": 20}).json()
-        return [r for r in page["results"] if r["status"] in ("running", "paused")]
-
     def active_version(self) -> str | None:
         page, number = {"next": True}, 1
         while page.get("next") and number <= 20:

@@ -59,6 +59,17 @@ def jobs_n(count: int) -> str:
     return f"{count} job" + ("" if count == 1 else "s")
 
 
+class RolloutApi(Api):
+    """The harness's Api, with the rollouts' reads."""
+
+    def rollout(self, rollout_id: str) -> dict:
+        return self.call("GET", f"/api/v1/rollouts/{rollout_id}/").json()
+
+    def live_rollouts(self) -> list[dict]:
+        page = self.call("GET", "/api/v1/rollouts/", params={"page_size": 20}).json()
+        return [r for r in page["results"] if r["status"] in ("running", "paused")]
+
+
 # --- Uploads at a steady rate ----------------------------------------------------------------------
 
 
@@ -111,7 +122,7 @@ def event_line(event: dict, start: dt.datetime) -> str:
     return f"  +{offset:6.1f} s  {event['action']:8} by {event['actor']} ({event['to_status']}, {weights}): {event['reason']}"
 
 
-def wait_warm(api: Api, rollout_id: str, timeout: float) -> tuple[dict, float]:
+def wait_warm(api: RolloutApi, rollout_id: str, timeout: float) -> tuple[dict, float]:
     """Wait (bounded) until every live detection worker reports the candidate loaded (pre-warm):
     the first candidate jobs then pay no model load."""
     started = time.monotonic()
@@ -124,7 +135,7 @@ def wait_warm(api: Api, rollout_id: str, timeout: float) -> tuple[dict, float]:
     return warm, time.monotonic() - started
 
 
-def run(args, api: Api, env: dict[str, str], alerts: harness.Receiver | None, created_key: bool, interval: str | None) -> int:
+def run(args, api: RolloutApi, env: dict[str, str], alerts: harness.Receiver | None, created_key: bool, interval: str | None) -> int:
     run_id = uuid.uuid4().hex[:6]
     photos = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in CONTENT_TYPES)
     if not photos:
@@ -338,7 +349,7 @@ def measure(args) -> int:
     extra_env = {"ROLLOUT_EVALUATE_INTERVAL": EVALUATE_INTERVAL, "ROLLOUT_ALERT_URL": alerts.url} if alerts else None
     try:
         with harness.service(args, key_name=ACTOR_NAME, prefix="fda-bench-rollout", operator=True, extra_env=extra_env) as svc:
-            api = Api(svc.base, svc.key)
+            api = RolloutApi(svc.base, svc.key)
             probe = api.call("GET", "/api/v1/rollouts/", expect=(200, 401, 403), params={"page_size": 1})
             if probe.status_code != 200:
                 raise BenchFailed(f"the key is refused on /api/v1/rollouts/ ({probe.status_code}): an operator's key is needed")
