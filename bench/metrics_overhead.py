@@ -4,8 +4,8 @@ against OFF, in one run, side by side.
     python bench/metrics_overhead.py                 # 4 rounds each, 15 to 30 minutes on 2 cores
     python bench/metrics_overhead.py --rounds 6 --uploads 300
 
-Each round starts a stack of its own, as the other benches' --start does
-(bench/harness.py: `python -m devstack up`: a temporary var dir, free API and S3 ports, its own bucket and queues,
+Each round starts a stack of its own, as the other benches' --start does (bench/harness.py:
+`python -m devstack up`, a temporary var dir, free API and S3 ports, its own bucket and queues,
 its own PostgreSQL database when PostgreSQL answers, dropped after, else the embedded stand-ins;
 loopback only), in one of two configurations:
 

@@ -15,14 +15,14 @@ how many jobs the candidate served between them, and in all.
 
 Without --start-stack it starts nothing and talks to --url (loopback only). `manage.py` runs with
 this process's environment, which must be the service's (the version is registered in the
-service's database); without --key (or FDA_API_KEY) it creates an operator key (`create_api_key
-bench-rollout --operator`) and revokes it at the end. It refuses to start while another rollout is live, and it
-leaves the service as it found it: the rollout ended (rolled back by the guardrails, or by this
+service's database); without --key (or FDA_API_KEY) it creates an operator key
+(`create_api_key bench-rollout --operator`) and revokes it at the end. It refuses to start while
+another rollout is live, and it leaves the service as it found it: the rollout ended (rolled back by the guardrails, or by this
 script if anything goes wrong) and the baseline active. The registered version stays registered
 (versions are never deleted), inactive.
 
-With --start-stack (or --start) it runs `python -m devstack up` (bench/harness.py): a temporary var dir
-(FDA_VAR_DIR), free API and S3 ports, its own bucket and queues, its own PostgreSQL database when
+With --start-stack (or --start) it runs `python -m devstack up` (bench/harness.py): a temporary
+var dir (FDA_VAR_DIR), free API and S3 ports, its own bucket and queues, its own PostgreSQL database when
 PostgreSQL answers (dropped after) or the embedded stand-ins (--embedded forces them), and
 ROLLOUT_EVALUATE_INTERVAL=5 for a quick verdict. It also receives the signed rollback alert
 (ROLLOUT_ALERT_URL on loopback) and checks its signature. The stack is always stopped.
