@@ -13,6 +13,7 @@ stack live throughout). The machine's busy share says whether the work was bound
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,50 @@ def report(before: Snapshot, after: Snapshot, *, per: int, say) -> dict[str, flo
             say(f"| {part} | {ms:.1f} | {ms / total:.0%} |")
     say(f"| all | {total:.1f} | 100% |")
     return per_job
+
+
+# Shared services: they serve a bench and whoever else uses them; neither a stack's nor others'.
+SERVICES = {"postgres", "beam.smp", "redis-server", "epmd", "erl_child_setup", "inet_gethost"}
+
+
+def descendants(table: dict[int, tuple[int, str, int]], root: int) -> set[int]:
+    """The pids below ``root`` in ``table`` (processes()), children's children included."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            found.add(pid)
+            todo.append(pid)
+    return found
+
+
+class CpuWindow:
+    """CPU time over a stretch of wall time: a stack's (the processes below ``root``, and the
+    PostgreSQL backends serving its ``database``), and the share of the machine that other
+    processes took (neither the stack, nor this bench, nor the shared services): a neighbour's
+    test run."""
+
+    def __init__(self, root: int, database: str | None) -> None:
+        self.root, self.database = root, database
+        self.wall, self.busy, self.table = time.monotonic(), machine_ticks()[0], processes()
+
+    def close(self) -> tuple[float, float]:
+        """(the stack's CPU seconds, the others' share of the machine, 0..1)."""
+        wall, busy, table = time.monotonic() - self.wall, machine_ticks()[0] - self.busy, processes()
+        ours = descendants(self.table, self.root) | descendants(table, self.root)
+        stack = bench = services = 0
+        for pid, (_, name, ticks) in table.items():
+            used = ticks - (self.table[pid][2] if pid in self.table else 0)
+            if pid in ours or (self.database and name == "postgres" and f" {self.database} " in (cmdline(pid) or "")):
+                stack += used
+            elif pid == os.getpid():
+                bench += used
+            elif name in SERVICES:
+                services += used
+        others = max(busy - stack - bench - services, 0)
+        return stack / TICK, others / (wall * TICK * (os.cpu_count() or 1))
 
 
 def cpu_model() -> str:

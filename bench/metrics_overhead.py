@@ -4,8 +4,8 @@ against OFF, in one run, side by side.
     python bench/metrics_overhead.py                 # 4 rounds each, 15 to 30 minutes on 2 cores
     python bench/metrics_overhead.py --rounds 6 --uploads 300
 
-Each round starts a stack of its own, the way devstack/smoke.py and bench/rollout.py --start-stack
-do (`python -m devstack up`: a temporary var dir, free API and S3 ports, its own bucket and queues,
+Each round starts a stack of its own, as the other benches' --start does (bench/harness.py:
+`python -m devstack up`, a temporary var dir, free API and S3 ports, its own bucket and queues,
 its own PostgreSQL database when PostgreSQL answers, dropped after, else the embedded stand-ins;
 loopback only), in one of two configurations:
 
@@ -49,7 +49,6 @@ always stopped.
 """
 
 import argparse
-import datetime as dt
 import io
 import json
 import os
@@ -57,30 +56,23 @@ import platform
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/metrics_overhead.py`
 
-from bench.cpu import TICK, cmdline, machine_ticks, processes  # noqa: E402
-from bench.rollout import CONTENT_TYPES, Api, BenchFailed, OwnStack, api_key_create, parse_at, say  # noqa: E402
-from devstack.__main__ import embedded_fallbacks, load_env  # noqa: E402
-from devstack.net import answers, isolated_env  # noqa: E402
-from devstack.smoke import SmokeFailed, Stack, free_port, refusing_port, wait_ready  # noqa: E402
+from bench import harness
+from bench.cpu import CpuWindow, cmdline, descendants, processes
+from bench.harness import CONTENT_TYPES, NO_LIMITS, PHOTOS, Api, BenchFailed, OwnStack, api_key_create, parse_at, say
 
-PHOTOS = ROOT / "tests" / "data" / "photos"
 FRONT_DOOR_PHOTO = PHOTOS / "grace_hopper_1face.jpg"
 FRONT_DOOR_WIDTH = 64  # px: a small JPEG, so that detecting the front door's jobs afterwards is quick
 SCRAPE_SECONDS = 15  # deploy/prometheus/prometheus.yml: scrape_interval
-TERMINAL = {"completed", "failed"}
 QUIET_WAIT_SECONDS = 30  # the most a phase waits for other processes to calm down
 LOG_LEVEL = "INFO"
 
@@ -96,123 +88,33 @@ DESCRIPTIONS = {
 }
 
 
-# --- CPU time, ours and others' (/proc) -----------------------------------------------------------
-
-# Shared services: they serve this bench and whoever else uses them; neither ours nor others'.
-SERVICES = {"postgres", "beam.smp", "redis-server", "epmd", "erl_child_setup", "inet_gethost"}
-
-
-def descendants(table: dict[int, tuple[int, str, int]], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            found.add(pid)
-            todo.append(pid)
-    return found
-
-
-class CpuWindow:
-    """CPU time over a stretch of wall time: the stack's (its processes, and the PostgreSQL
-    backends serving its database), and the share of the machine that other processes took
-    (neither the stack, nor this bench, nor the shared services): a neighbour's test run."""
-
-    def __init__(self, stack: "ConfigStack") -> None:
-        self.stack = stack
-        self.wall, self.busy, self.table = time.monotonic(), machine_ticks()[0], processes()
-
-    def close(self) -> tuple[float, float]:
-        """(the stack's CPU seconds, the others' share of the machine, 0..1)."""
-        wall, busy, table = time.monotonic() - self.wall, machine_ticks()[0] - self.busy, processes()
-        ours = descendants(self.table, self.stack.root_pid()) | descendants(table, self.stack.root_pid())
-        database = self.stack.database
-        stack = bench = services = 0
-        for pid, (_, name, ticks) in table.items():
-            used = ticks - (self.table[pid][2] if pid in self.table else 0)
-            if pid in ours or (database and name == "postgres" and f" {database} " in (cmdline(pid) or "")):
-                stack += used
-            elif pid == os.getpid():
-                bench += used
-            elif name in SERVICES:
-                services += used
-        others = max(busy - stack - bench - services, 0)
-        return stack / TICK, others / (wall * TICK * (os.cpu_count() or 1))
+# --- CPU time, ours and others' (/proc), and a stack per configuration ------------------------------
 
 
 def others_share(stack: "ConfigStack", seconds: float = 2.0) -> float:
-    window = CpuWindow(stack)
+    """The share of the machine other processes take over ``seconds`` (CpuWindow)."""
+    window = CpuWindow(stack.root_pid(), stack.database)
     time.sleep(seconds)
     return window.close()[1]
 
 
-# --- A stack per configuration ------------------------------------------------------------------
-
-
 class ConfigStack(OwnStack):
-    """bench/rollout.py's OwnStack (its clean-up: queues, exchanges, database, var dir) with the
-    variables of one configuration; started by start(), waited for by ready(), stopped by close()."""
+    """The harness's OwnStack (its clean-up: queues, exchanges, database, var dir) with the
+    variables of one configuration, rate limits off; started by start(), waited for by ready(),
+    stopped by close()."""
 
     def __init__(self, name: str, *, embedded: bool) -> None:
-        # Not OwnStack.__init__: that one starts its stack at once, with rollout settings.
-        load_env()  # env.env under the environment (which wins), as `devstack up` reads it
-        self.name = name
-        self.var = Path(tempfile.mkdtemp(prefix=f"fda-bench-overhead-{name.lower()}-"))
-        self.dead = refusing_port() if embedded else None
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.database: str | None = None
-        env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "FDA_RUN", "PROMETHEUS_MULTIPROC_DIR")}
-        env.update(isolated_env(f"fda-bench-overhead-{name.lower()}"))  # its own S3 ports, bucket and queue names
-        env.update(
-            FDA_VAR_DIR=str(self.var),
-            API_BIND=f"127.0.0.1:{self.port}",
-            PUBLIC_BASE_URL=self.base,
-            DETECTOR_DEVICE="cpu",
-            API_RATE_LIMIT="",
-            API_UPLOAD_RATE_LIMIT="",
-            WORKER_METRICS_PORT="0",
-            PYTHONUNBUFFERED="1",
-            **CONFIGS[name],
+        super().__init__(
+            f"fda-bench-overhead-{name.lower()}", embedded=embedded, extra_env={**NO_LIMITS, "WORKER_METRICS_PORT": "0", **CONFIGS[name]}
         )
-        if self.dead is not None:
-            dead = self.dead.getsockname()[1]
-            env.update(
-                DATABASE_URL=f"postgres://postgres@127.0.0.1:{dead}/face_detect_api",
-                CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{dead}//",
-                CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{dead}/0",
-                CACHE_URL=f"redis://127.0.0.1:{dead}/1",
-            )
-        elif env["DATABASE_URL"].startswith("postgres") and answers(env["DATABASE_URL"]):
-            self.database = f"fda_bench_overhead_{name.lower()}_{env['FDA_RUN']}"
-            parts = urlsplit(env["DATABASE_URL"])
-            env["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{self.database}"))
-        else:
-            env["DATABASE_URL"] = f"sqlite:///{self.var / 'db.sqlite3'}"
-        self.env = env
-        self.service_env = {**env, **embedded_fallbacks(env)}
-        replaced = sorted(k for k in self.service_env if self.service_env[k] != env.get(k))
-        self.description = (
-            f"embedded stand-ins for {', '.join(replaced)}" if replaced
+        self.name = name
+        self.summary = (
+            f"embedded stand-ins for {', '.join(self.replaced)}" if self.replaced
             else "PostgreSQL (a database of its own), RabbitMQ and Redis on loopback"
         ) + ", the bundled S3 server"
-        self.stack: Stack | None = None
         self.paused: list[int] = []
 
-    def start(self) -> None:
-        self.stack = Stack(self.env, self.var / "devstack.log")
-
-    def ready(self, timeout: float) -> None:
-        wait_ready(self.stack, self.base, timeout)
-
-    def log_path(self) -> Path:
-        return self.var / "devstack.log"
-
     # The detection worker, paused while the front door is measured.
-
-    def root_pid(self) -> int:
-        return self.stack.process.pid
 
     def _detect_worker_pids(self) -> list[int]:
         """The detection worker's processes (its parent and its pool), found among this stack's
@@ -241,10 +143,6 @@ class ConfigStack(OwnStack):
 
     def close(self, *, keep: bool) -> list[str]:
         self.detect_resume()  # a stopped process would not hear the SIGTERM that stops the stack
-        if self.stack is None:
-            if self.dead is not None:
-                self.dead.close()
-            return []
         return super().close(keep=keep)
 
 
@@ -322,7 +220,7 @@ class Runner:
         found: dict[str, dict] = {}
         pending = [ids[-1]]
         while True:
-            for job_id in list(pending):
+            for job_id in pending:
                 found[job_id] = self.api.call("GET", f"/api/v1/images/{job_id}/").json()
             pending = [job_id for job_id in pending if not done(found[job_id])]
             if not pending and len(found) < len(ids):
@@ -375,7 +273,7 @@ class Runner:
             self.attempt += 1
             self.stack.detect_pause()
             try:
-                window = CpuWindow(self.stack)
+                window = CpuWindow(self.stack.root_pid(), self.stack.database)
                 bodies, seconds = self._uploads([("small.jpg", self.small_jpeg, "image/jpeg")] * count, f"{tag}-{self.attempt}")
                 cpu_s, others = window.close()
             finally:
@@ -395,7 +293,7 @@ class Runner:
         def phase() -> dict:
             self._check_time()
             self.attempt += 1
-            window = CpuWindow(self.stack)
+            window = CpuWindow(self.stack.root_pid(), self.stack.database)
             bodies, _ = self._uploads(items, f"{tag}-{self.attempt}")
             jobs = self._wait_finished([body["id"] for body in bodies])
             cpu_s, others = window.close()
@@ -468,7 +366,7 @@ def check(stack: ConfigStack, runner: Runner, log_start: int, counted_jobs: int)
     when it is not its configuration."""
     finished, detections = scraped_jobs(stack.base)
     files = len(list((stack.var / "metrics").glob("*.db")))
-    lines = log_lines(stack.log_path(), log_start)
+    lines = log_lines(stack.log_path, log_start)
     as_json = json_lines(lines)
     found = {
         "jobs": runner.jobs_done,
@@ -479,7 +377,7 @@ def check(stack: ConfigStack, runner: Runner, log_start: int, counted_jobs: int)
         "lines": len(lines),
         "json": len(as_json),
         "with_id": sum(1 for line in as_json if line.get("http_request_id")),
-        "log_bytes": stack.log_path().stat().st_size - log_start,
+        "log_bytes": stack.log_path.stat().st_size - log_start,
     }
     if stack.name == "ON":
         if finished != runner.jobs_done or detections != runner.jobs_done or not files:
@@ -547,7 +445,7 @@ def one_round(args, name: str, number: int, *, jpeg: bytes, photos: list[Path], 
     # answers before), which pausing it needs.
     runner.detection(len(photos), "warmup-detect", measured=False)
     runner.front_door(args.warmup_uploads, "warmup-door", measured=False)
-    log_start, jobs_start = stack.log_path().stat().st_size, runner.jobs_done
+    log_start, jobs_start = stack.log_path.stat().st_size, runner.jobs_done
     scraper = Scraper(stack.base) if name == "ON" else None
     if scraper:
         scraper.start()
@@ -563,7 +461,7 @@ def one_round(args, name: str, number: int, *, jpeg: bytes, photos: list[Path], 
     current.clear()
     if problems:
         raise BenchFailed(f"round {number} ({name}): " + "; ".join(problems))
-    row = {"name": name, "door": door, "detect": detect, "found": found, "description": stack.description,
+    row = {"name": name, "door": door, "detect": detect, "found": found, "description": stack.summary,
            "ready_s": ready_s, "scrapes": scraper.scrapes if scraper else None}
     say("  " + row_line(number, row))
     return row
@@ -615,11 +513,11 @@ def report(args, rows: list[dict], jpeg: bytes, sequence: list[str], photo_count
     def values(name: str, phase: str, key: str) -> list[float]:
         return [r[phase][key] for r in rows if r["name"] == name]
 
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     say()
-    say(f"== bench/metrics_overhead.py ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, prometheus-client {version('prometheus-client')}, "
-        f"load average {load}) ==")
+    say(harness.banner(
+        "bench/metrics_overhead.py", f"{platform.system()} {platform.release()}", f"Python {platform.python_version()}",
+        f"prometheus-client {version('prometheus-client')}",
+    ))
     for name in CONFIGS:
         say(f"{name:3}: {DESCRIPTIONS[name]}")
     say(f"both: a fresh `python -m devstack up` per round ({rows[0]['description']}; its own queues and bucket): gunicorn 2 workers, "
@@ -670,9 +568,7 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=18, help="photos per detection round (default 18)")
     parser.add_argument("--warmup-uploads", type=int, default=20, help="uploads of each stack's warm-up (default 20)")
     parser.add_argument("--max-minutes", type=float, default=60, help="most minutes for the whole run (default 60)")
-    parser.add_argument("--embedded", action="store_true", help="use the embedded stand-ins even where the services answer")
-    parser.add_argument("--keep", action="store_true", help="keep the stacks' temporary var dirs (kept anyway on failure)")
-    parser.add_argument("--ready-timeout", type=float, default=300, help="most seconds until a stack answers /readyz (default 300)")
+    harness.add_stack_flags(parser)
     parser.add_argument(
         "--quiet-share", type=float, default=0.10, help="the most of the machine other processes may take during a phase (default 0.10)"
     )
@@ -684,22 +580,18 @@ def main() -> int:
         parser.error("--warmup-uploads must be in 1..200, --quiet-share in (0, 1], --retries in 0..5")
 
     current: list[ConfigStack] = []  # the stack of the round under way, for the clean-up
-    rc = 1
-    try:
-        rc = run(args, current)
-    except (BenchFailed, SmokeFailed) as exc:  # SmokeFailed: a stack died or never got ready
-        say(f"bench/metrics_overhead.py: FAILED: {exc}")
-    except KeyboardInterrupt:
-        say("bench/metrics_overhead.py: interrupted")
-    except Exception as exc:  # a network error, an unexpected answer: a failure all the same
-        say(f"bench/metrics_overhead.py: FAILED: {type(exc).__name__}: {exc}")
-    finally:
-        for stack in current:
-            for problem in stack.close(keep=True):
-                say(f"stack {stack.name}: {problem}")
-            if stack.stack is not None:
-                say(f"stack {stack.name}: last lines of its output:\n" + "\n".join(stack.stack.log().splitlines()[-30:]))
-    return rc
+
+    def measure() -> int:
+        try:
+            return run(args, current)
+        finally:
+            for stack in current:
+                for problem in stack.close(keep=True):
+                    say(f"stack {stack.name}: {problem}")
+                if stack.stack is not None:
+                    say(f"stack {stack.name}: last lines of its output:\n" + stack.log_tail(30))
+
+    return harness.guarded("bench/metrics_overhead.py", measure)
 
 
 if __name__ == "__main__":

@@ -41,22 +41,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/pipeline.py`
 
-from bench import cpu  # noqa: E402
-from bench import detector as raw_bench  # noqa: E402
-from bench.rollout import (  # noqa: E402
-    CONTENT_TYPES, LOOPBACK, NO_LIMITS, AlertReceiver, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke, parse_at, percentile, say,
-)
-from devstack.smoke import SmokeFailed  # noqa: E402
-
-PHOTOS = ROOT / "tests" / "data" / "photos"
+from bench import cpu, harness
+from bench import detector as raw_bench
+from bench.harness import CONTENT_TYPES, NO_LIMITS, PHOTOS, Api, BenchFailed, Receiver, parse_at, percentile, say
 
 
-def arrivals(receiver: AlertReceiver, ids: set[str]) -> dict[str, tuple[dt.datetime, dict]]:
+def arrivals(receiver: Receiver, ids: set[str]) -> dict[str, tuple[dt.datetime, dict]]:
     """Job id -> (arrival time, body) of the first callback of each of ``ids`` received so far."""
     found: dict[str, tuple[dt.datetime, dict]] = {}
     for post in list(receiver.received):
@@ -95,7 +88,7 @@ def best_raw(version: str, repeat: int) -> tuple[float, str]:
     return figures[layout], layout
 
 
-def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, timeout: float) -> dict:
+def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: float) -> dict:
     photos = sorted(PHOTOS.glob("*.[pj][np]g"))
     run = uuid.uuid4().hex[:8]
 
@@ -123,7 +116,7 @@ def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, time
     warm = [(p, p.read_bytes()) for p in photos] * (os.cpu_count() or 1)
     wait(submit(warm, 0))
     items = [(p, p.read_bytes()) for p in photos] * repeat
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     detection_before = detection_sums(api)
     before = cpu.snapshot()
     began = time.monotonic()
@@ -170,78 +163,61 @@ def pipeline(api: Api, callbacks: AlertReceiver, version: str, repeat: int, time
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python bench/pipeline.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("FDA_URL", "http://127.0.0.1:8000"), help="the running service (loopback)")
-    parser.add_argument("--key", default=os.environ.get("FDA_API_KEY", ""), help="an API key (default FDA_API_KEY; else one is made and revoked after)")
+    harness.add_service_flags(parser)
     parser.add_argument("--version", default="mtcnn@1.2.0", help="the version every upload asks for (model_version)")
     parser.add_argument("--repeat", type=int, default=3, help="times each photo is uploaded (default 3)")
     parser.add_argument("--timeout", type=float, default=600, help="most seconds to wait for the callbacks")
-    parser.add_argument("--start", action="store_true", help="start a stack of its own (devstack) and stop it after")
     parser.add_argument("--skip-raw", action="store_true", help="measure the pipeline only")
     args = parser.parse_args()
-    if not args.start and urlsplit(args.url).hostname not in LOOPBACK:
-        parser.error("--url must be a loopback address")
+    harness.check_service_flags(parser, args)
+    return harness.guarded("bench/pipeline.py", lambda: measure(args))
 
-    callbacks = AlertReceiver()  # a loopback server that keeps every POST: here, the callbacks
-    stack, key_prefix, rc = None, None, 1
-    env = dict(os.environ)
+
+def measure(args) -> int:
+    say(f"# bench/pipeline.py, {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores of {cpu.cpu_model()}, version {args.version}, "
+        f"{len(list(PHOTOS.glob('*.[pj][np]g')))} photos x {args.repeat}")
+    callbacks = Receiver()  # a loopback server that keeps every POST: here, the callbacks
+    extra_env = {**NO_LIMITS, "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"}
     try:
-        say(f"# bench/pipeline.py, {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores of {cpu.cpu_model()}, version {args.version}, "
-            f"{len(list(PHOTOS.glob('*.[pj][np]g')))} photos x {args.repeat}")
-        if args.start:
-            say("stack: starting `python -m devstack up` ...")
-            stack = OwnStack(embedded=False, alert_url="", ready_timeout=300, prefix="fda-bench-pipeline", extra_env={
-                **NO_LIMITS, "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"})
-            env, base = stack.service_env, stack.base
-            say(f"stack: {stack.description}")
-        else:
-            base = args.url
-        key = args.key if not args.start else ""  # an own stack has a database of its own
-        if not key:
-            key, key_prefix = api_key_create(env, "bench-pipeline")
-        api = Api(base, key)
-        ceiling, layout = (0.0, "") if args.skip_raw else best_raw(args.version, args.repeat)
-        result = pipeline(api, callbacks, args.version, args.repeat, args.timeout)
-        lags = result["lags"]
-        say("\n| figure | value |\n|---|---|")
-        say(f"| jobs uploaded / called back | {result['jobs']} / {result['called_back']} ({result['statuses']}) |")
-        say(f"| uploads took | {result['upload_s']:.1f} s |")
-        say(f"| pipeline, upload -> callback | {result['photos_per_s']:.2f} photos/s |")
-        if ceiling:
-            say(f"| raw detector, best layout ({layout}) | {ceiling:.2f} photos/s |")
-            say(f"| pipeline / raw | {result['photos_per_s'] / ceiling:.2f} |")
-        if lags:
-            say(f"| callback lag after detection, p50 / p95 / max | {percentile(lags, 50):.0f} / {percentile(lags, 95):.0f} / {lags[-1]:.0f} ms |")
-        alone = result["lags_alone"]
-        if alone:
-            say(f"| callback lag, one job at a time, p50 / max | {percentile(alone, 50):.0f} / {alone[-1]:.0f} ms |")
-        for name, values in result["stages"].items():
-            say(f"| {name}, p50 / p95 | {percentile(values, 50):.0f} / {percentile(values, 95):.0f} ms |")
-        say(f"| versions that ran | {', '.join(result['versions'])} |")
-        # The profile across processes: where each job's CPU went (the detector's share is in
-        # the detect worker's), next to what the raw detector spends on a photo.
-        per_job = cpu.report(*result["cpu"], per=result["called_back"], say=say)
-        detection = result["detection"]
-        if detection and detection["count"]:
-            inside = detection["cpu"] * 1000 / detection["count"]
-            say(f"\nIn the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
-                f"({detection['wall'] * 1000 / detection['count']:.1f} ms of wall time; /metrics); the task around it: "
-                f"{per_job.get('detect worker', 0.0) - inside:.1f} ms.")
-        if ceiling:
-            say(f"\nThe raw detector ({layout}) spends about {(os.cpu_count() or 1) * 1000 / ceiling:.0f} ms of CPU per photo "
-                "when it keeps every core busy.")
-        rc = 0
-    except (BenchFailed, SmokeFailed) as exc:
-        say(f"bench/pipeline.py: FAILED: {exc}")
-    except KeyboardInterrupt:
-        say("bench/pipeline.py: interrupted")
+        with harness.service(args, key_name="bench-pipeline", prefix="fda-bench-pipeline", extra_env=extra_env) as svc:
+            api = Api(svc.base, svc.key)
+            ceiling, layout = (0.0, "") if args.skip_raw else best_raw(args.version, args.repeat)
+            result = pipeline(api, callbacks, args.version, args.repeat, args.timeout)
+            report(result, ceiling, layout)
+            return 0
     finally:
-        if stack is None:  # a stack of the bench's own goes with its database
-            api_key_revoke(env, key_prefix, say)
-        if stack is not None:
-            for problem in stack.close(keep=rc != 0):
-                say(f"stack: {problem}")
         callbacks.close()
-    return rc
+
+
+def report(result: dict, ceiling: float, layout: str) -> None:
+    lags = result["lags"]
+    say("\n| figure | value |\n|---|---|")
+    say(f"| jobs uploaded / called back | {result['jobs']} / {result['called_back']} ({result['statuses']}) |")
+    say(f"| uploads took | {result['upload_s']:.1f} s |")
+    say(f"| pipeline, upload -> callback | {result['photos_per_s']:.2f} photos/s |")
+    if ceiling:
+        say(f"| raw detector, best layout ({layout}) | {ceiling:.2f} photos/s |")
+        say(f"| pipeline / raw | {result['photos_per_s'] / ceiling:.2f} |")
+    if lags:
+        say(f"| callback lag after detection, p50 / p95 / max | {percentile(lags, 50):.0f} / {percentile(lags, 95):.0f} / {lags[-1]:.0f} ms |")
+    alone = result["lags_alone"]
+    if alone:
+        say(f"| callback lag, one job at a time, p50 / max | {percentile(alone, 50):.0f} / {alone[-1]:.0f} ms |")
+    for name, values in result["stages"].items():
+        say(f"| {name}, p50 / p95 | {percentile(values, 50):.0f} / {percentile(values, 95):.0f} ms |")
+    say(f"| versions that ran | {', '.join(result['versions'])} |")
+    # The profile across processes: where each job's CPU went (the detector's share is in
+    # the detect worker's), next to what the raw detector spends on a photo.
+    per_job = cpu.report(*result["cpu"], per=result["called_back"], say=say)
+    detection = result["detection"]
+    if detection and detection["count"]:
+        inside = detection["cpu"] * 1000 / detection["count"]
+        say(f"\nIn the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
+            f"({detection['wall'] * 1000 / detection['count']:.1f} ms of wall time; /metrics); the task around it: "
+            f"{per_job.get('detect worker', 0.0) - inside:.1f} ms.")
+    if ceiling:
+        say(f"\nThe raw detector ({layout}) spends about {(os.cpu_count() or 1) * 1000 / ceiling:.0f} ms of CPU per photo "
+            "when it keeps every core busy.")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ how many jobs the candidate served between them, and in all.
 
 Without --start-stack it starts nothing and talks to --url (loopback only). `manage.py` runs with
 this process's environment, which must be the service's (the version is registered in the
-service's database); without --key it creates an operator key (`create_api_key bench-rollout
---operator`) and revokes it at the end. It refuses to start while another rollout is live, and it
-leaves the service as it found it: the rollout ended (rolled back by the guardrails, or by this
+service's database); without --key (or FDA_API_KEY) it creates an operator key
+(`create_api_key bench-rollout --operator`) and revokes it at the end. It refuses to start while
+another rollout is live, and it leaves the service as it found it: the rollout ended (rolled back by the guardrails, or by this
 script if anything goes wrong) and the baseline active. The registered version stays registered
 (versions are never deleted), inactive.
 
-With --start-stack it runs `python -m devstack up` as devstack/smoke.py does: a temporary var dir
-(FDA_VAR_DIR), free API and S3 ports, its own bucket and queues, its own PostgreSQL database when
+With --start-stack (or --start) it runs `python -m devstack up` (bench/harness.py): a temporary
+var dir (FDA_VAR_DIR), free API and S3 ports, its own bucket and queues, its own PostgreSQL database when
 PostgreSQL answers (dropped after) or the embedded stand-ins (--embedded forces them), and
 ROLLOUT_EVALUATE_INTERVAL=5 for a quick verdict. It also receives the signed rollback alert
 (ROLLOUT_ALERT_URL on loopback) and checks its signature. The stack is always stopped.
@@ -34,120 +34,33 @@ service could not be left as found.
 import argparse
 import datetime as dt
 import json
-import math
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/rollout.py`
 
-from devstack.__main__ import embedded_fallbacks, load_env  # noqa: E402
-from devstack.net import answers, isolated_env  # noqa: E402
-from devstack.smoke import SmokeFailed, Stack, free_port, refusing_port, wait_ready  # noqa: E402
+from bench import harness
+from bench.harness import CONTENT_TYPES, PHOTOS, ROOT, TERMINAL, Api, BenchFailed, manage, parse_at, say
 
-PHOTOS = ROOT / "tests" / "data" / "photos"
 CANDIDATE_FILE = ROOT / "tests" / "data" / "versions" / "mtcnn-slow@1.0.0.json"
 # One stage the canary never leaves by itself: only the guardrails end it.
 STAGES = [{"weight": 50, "min_seconds": 3600, "min_jobs": 100000}]
 GUARDRAILS = {"p95_latency_ratio_max": 2.0, "window_seconds": 120, "min_jobs": 5, "consecutive_breaches": 2}
 EVALUATE_INTERVAL = "5"  # seconds, the stack's ROLLOUT_EVALUATE_INTERVAL (the default is 15)
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-TERMINAL = {"completed", "failed"}
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 ACTOR_NAME = "bench-rollout"
-# A stack of a bench's own runs without the upload rate limits, which would measure themselves.
-NO_LIMITS = {"API_RATE_LIMIT": "", "API_UPLOAD_RATE_LIMIT": ""}
-
-
-class BenchFailed(Exception):
-    pass
-
-
-def parse_at(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def jobs_n(count: int) -> str:
     return f"{count} job" + ("" if count == 1 else "s")
 
 
-def say(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank, q from 0 to 100) of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-# --- manage.py, with the service's environment ----------------------------------------------------
-
-
-def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    """Run `manage.py ARGS` with ``env`` (the service's); its stdout, or BenchFailed."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchFailed(f"manage.py {' '.join(args)} still running after {timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise BenchFailed(f"manage.py {' '.join(args)} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
-    return done.stdout
-
-
-def api_key_create(env: dict[str, str], name: str, *flags: str) -> tuple[str, str]:
-    """A new API key named ``name`` in the service's database (`manage.py create_api_key`): the
-    key, and its prefix for api_key_revoke."""
-    key = manage(env, "create_api_key", name, *flags).strip().splitlines()[-1]
-    return key, key.split("_")[1]
-
-
-def api_key_revoke(env: dict[str, str], prefix: str | None, say) -> None:
-    """Revoke a key the bench made (none: nothing to do); a failure is said, not raised, as the
-    bench is on its way out."""
-    if not prefix:
-        return
-    try:
-        manage(env, "revoke_api_key", prefix)
-    except BenchFailed as exc:
-        say(f"could not revoke the bench's key {prefix}: {exc}")
-
-
-# --- HTTP ------------------------------------------------------------------------------------------
-
-
-class Api:
-    """The service's API with one key; 429 answers are waited out (Retry-After), within a bound."""
-
-    def __init__(self, base: str, key: str) -> None:
-        self.base = base.rstrip("/")
-        self.session = requests.Session()
-        self.session.trust_env = False  # loopback only: no proxy from the environment
-        self.session.headers["X-API-Key"] = key
-
-    def call(self, method: str, path: str, *, expect: tuple[int, ...] = (200,), patience: float = 60, **kwargs) -> requests.Response:
-        deadline = time.monotonic() + patience
-        while True:
-            response = self.session.request(method, f"{self.base}{path}", timeout=30, **kwargs)
-            if response.status_code == 429 and time.monotonic() < deadline:
-                time.sleep(min(float(response.headers.get("Retry-After") or 1), 10))
-                continue
-            if response.status_code not in expect:
-                raise BenchFailed(f"{method} {path} answered {response.status_code}: {response.text[:400]}")
-            return response
+class RolloutApi(Api):
+    """The harness's Api, with the rollouts' reads."""
 
     def rollout(self, rollout_id: str) -> dict:
         return self.call("GET", f"/api/v1/rollouts/{rollout_id}/").json()
@@ -155,29 +68,6 @@ class Api:
     def live_rollouts(self) -> list[dict]:
         page = self.call("GET", "/api/v1/rollouts/", params={"page_size": 20}).json()
         return [r for r in page["results"] if r["status"] in ("running", "paused")]
-
-    def active_version(self) -> str | None:
-        page, number = {"next": True}, 1
-        while page.get("next") and number <= 20:
-            page = self.call("GET", "/api/v1/models/", params={"page_size": 200, "page": number}).json()
-            for version in page["results"]:
-                if version["active"]:
-                    return version["id"]
-            number += 1
-        return None
-
-    def jobs(self, ids: set[str]) -> dict[str, dict]:
-        """Our jobs by id, from the newest-first list (a few pages), then one by one for any not
-        found there (a --key whose client has many other jobs)."""
-        found: dict[str, dict] = {}
-        page, number = {"next": True}, 1
-        while page.get("next") and number <= 10 and len(found) < len(ids):
-            page = self.call("GET", "/api/v1/images/", params={"page_size": 200, "page": number}).json()
-            found.update({job["id"]: job for job in page["results"] if job["id"] in ids})
-            number += 1
-        for missing in ids - set(found):
-            found[missing] = self.call("GET", f"/api/v1/images/{missing}/").json()
-        return found
 
 
 # --- Uploads at a steady rate ----------------------------------------------------------------------
@@ -223,146 +113,6 @@ class Uploader(threading.Thread):
         self.ended_at = time.monotonic()
 
 
-# --- The rollback alert (--start-stack) -----------------------------------------------------------
-
-
-class AlertReceiver:
-    """A loopback HTTP server that keeps what it is sent (ROLLOUT_ALERT_URL of the stack)."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append({"headers": dict(self.headers.items()), "body": body, "at": dt.datetime.now(dt.timezone.utc)})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/rollout-alert"
-        threading.Thread(target=self.server.serve_forever, name="alert-receiver", daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-# --- The stack (--start-stack) ---------------------------------------------------------------------
-
-
-class OwnStack:
-    """`python -m devstack up` on free ports in a temporary var dir (devstack/smoke.py's Stack), with
-    its own queues, bucket and database; cleaned up by close()."""
-
-    def __init__(
-        self, *, embedded: bool, alert_url: str, ready_timeout: float, prefix: str = "fda-bench-rollout", extra_env: dict[str, str] | None = None
-    ) -> None:
-        """``prefix`` names its var dir, bucket, queues and database (another bench's stack:
-        bench/submit.py --start); ``extra_env`` is set on top of the rest."""
-        load_env()  # env.env under the environment (which wins), as `devstack up` reads it
-        self.var = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-        self.dead = refusing_port() if embedded else None
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.database: str | None = None
-        env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "FDA_RUN")}
-        env.update(isolated_env(prefix))  # its own S3 ports, bucket and queue names
-        env.update(
-            FDA_VAR_DIR=str(self.var),
-            API_BIND=f"127.0.0.1:{self.port}",
-            PUBLIC_BASE_URL=self.base,
-            DETECTOR_DEVICE="cpu",
-            ROLLOUT_EVALUATE_INTERVAL=EVALUATE_INTERVAL,
-            ROLLOUT_ALERT_URL=alert_url,
-            PYTHONUNBUFFERED="1",
-            **(extra_env or {}),
-        )
-        if self.dead is not None:
-            dead = self.dead.getsockname()[1]
-            env.update(
-                DATABASE_URL=f"postgres://postgres@127.0.0.1:{dead}/face_detect_api",
-                CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{dead}//",
-                CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{dead}/0",
-                CACHE_URL=f"redis://127.0.0.1:{dead}/1",
-            )
-        elif env["DATABASE_URL"].startswith("postgres") and answers(env["DATABASE_URL"]):
-            # A database of its own (`devstack up` creates it): a developer's rollouts, versions
-            # and keys are never touched, and the whole of it is dropped after.
-            self.database = f"{prefix.replace('-', '_')}_{env['FDA_RUN']}"
-            parts = urlsplit(env["DATABASE_URL"])
-            env["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{self.database}"))
-        else:
-            env["DATABASE_URL"] = f"sqlite:///{self.var / 'db.sqlite3'}"
-        self.env = env
-        # What `devstack up` gives its children (the stand-ins for what does not answer), for manage.py.
-        self.service_env = {**env, **embedded_fallbacks(env)}
-        replaced = sorted(k for k in self.service_env if self.service_env[k] != env.get(k))
-        self.description = (
-            f"own stack on {self.base}: "
-            + (f"embedded stand-ins for {', '.join(replaced)}; " if replaced else "")
-            + f"database {self.database or self.service_env['DATABASE_URL'].split('://')[0]}, "
-            f"queues {env['CELERY_QUEUE_DETECT']}/{env['CELERY_QUEUE_DELIVER']}, bucket {env['S3_BUCKET']}, "
-            f"ROLLOUT_EVALUATE_INTERVAL={EVALUATE_INTERVAL}, "
-            + "".join(f"{name}={value!r}, " for name, value in (extra_env or {}).items())
-            + f"var dir {self.var}"
-        )
-        self.stack = Stack(env, self.var / "devstack.log")
-        wait_ready(self.stack, self.base, ready_timeout)
-
-    def close(self, *, keep: bool) -> list[str]:
-        """Stop the stack, then remove what it made outside its var dir: its queues and its
-        database. Returns the problems met (none: an empty list)."""
-        problems = []
-        rc = self.stack.stop()
-        if rc != 0:
-            problems.append(f"`devstack up` did not stop cleanly on SIGTERM (exit {rc})")
-        if self.dead is not None:
-            self.dead.close()
-        broker = self.service_env["CELERY_BROKER_URL"]
-        if broker.startswith("amqp"):
-            from kombu import Connection
-
-            try:
-                with Connection(broker, connect_timeout=5) as conn:
-                    channel = conn.default_channel
-                    for name in (self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"]):
-                        # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
-                        channel.queue_delete(name)
-                        channel.exchange_delete(name)
-            except Exception as exc:
-                problems.append(f"could not delete the queues: {type(exc).__name__}: {exc}")
-        if self.database:
-            problems += drop_database(self.service_env["DATABASE_URL"], self.database)
-        if keep or problems:
-            say(f"stack: state kept in {self.var} (log: {self.var / 'devstack.log'})")
-        else:
-            shutil.rmtree(self.var, ignore_errors=True)
-        return problems
-
-
-def drop_database(url: str, name: str) -> list[str]:
-    import psycopg2
-    from psycopg2 import sql
-
-    parts = urlsplit(url)
-    try:
-        conn = psycopg2.connect(
-            dbname="postgres", host=parts.hostname, port=parts.port or 5432, user=parts.username, password=parts.password
-        )
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            # FORCE: a connection the stopped processes left half-closed must not keep it alive.
-            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.close()
-    except Exception as exc:
-        return [f"could not drop database {name}: {type(exc).__name__}: {exc}"]
-    return []
-
-
 # --- The run ---------------------------------------------------------------------------------------
 
 
@@ -372,7 +122,7 @@ def event_line(event: dict, start: dt.datetime) -> str:
     return f"  +{offset:6.1f} s  {event['action']:8} by {event['actor']} ({event['to_status']}, {weights}): {event['reason']}"
 
 
-def wait_warm(api: Api, rollout_id: str, timeout: float) -> tuple[dict, float]:
+def wait_warm(api: RolloutApi, rollout_id: str, timeout: float) -> tuple[dict, float]:
     """Wait (bounded) until every live detection worker reports the candidate loaded (pre-warm):
     the first candidate jobs then pay no model load."""
     started = time.monotonic()
@@ -385,7 +135,7 @@ def wait_warm(api: Api, rollout_id: str, timeout: float) -> tuple[dict, float]:
     return warm, time.monotonic() - started
 
 
-def run(args, api: Api, env: dict[str, str], alerts: AlertReceiver | None, created_key: bool, interval: str | None) -> int:
+def run(args, api: RolloutApi, env: dict[str, str], alerts: harness.Receiver | None, created_key: bool, interval: str | None) -> int:
     run_id = uuid.uuid4().hex[:6]
     photos = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in CONTENT_TYPES)
     if not photos:
@@ -479,8 +229,7 @@ def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, al
     upload_s = (uploader.ended_at - uploader.started_at) if uploader and uploader.ended_at else 0.0
 
     say("")
-    say(f"== bench/rollout.py report ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}) ==")
+    say(harness.banner("bench/rollout.py report"))
     say(f"canary {rollout['id']}: {candidate} from {baseline}, weight {STAGES[0]['weight']} %, "
         f"guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}")
     say(f"uploads: {len(during)} accepted over {upload_s:.0f} s at {args.rate:g}/s ({len(uploader.refused) if uploader else 0} refused), "
@@ -577,11 +326,7 @@ def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, al
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python bench/rollout.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service (loopback only)")
-    parser.add_argument("--key", help="an operator's API key (default: create one with create_api_key bench-rollout --operator)")
-    parser.add_argument("--start-stack", action="store_true", help="start a stack of its own (devstack) and stop it after")
-    parser.add_argument("--embedded", action="store_true", help="with --start-stack: use the embedded stand-ins even where the services answer")
-    parser.add_argument("--keep", action="store_true", help="with --start-stack: keep the temporary var dir")
+    harness.add_service_flags(parser, key_help="an operator's API key")
     parser.add_argument("--rate", type=float, default=0.5, help="uploads per second (default 0.5)")
     parser.add_argument("--jobs", type=int, default=120, help="most uploads during the canary (default 120)")
     parser.add_argument("--upload-seconds", type=float, default=300, help="most seconds of uploads (default 300)")
@@ -591,54 +336,29 @@ def main() -> int:
     parser.add_argument("--warm-timeout", type=float, default=60, help="most seconds to wait for the workers' pre-warm (default 60)")
     parser.add_argument("--poll", type=float, default=2, help="seconds between reads of the rollout (default 2)")
     parser.add_argument("--save", type=Path, metavar="FILE", help="write the rollout's last GET /api/v1/rollouts/{id}/ body here (JSON)")
-    parser.add_argument("--ready-timeout", type=float, default=300, help="with --start-stack: most seconds until /readyz (default 300)")
     args = parser.parse_args()
     if not 0 < args.rate <= 20 or not 0 < args.jobs <= 1000 or not 0 <= args.after <= 50:
         parser.error("--rate must be in (0, 20], --jobs in 1..1000, --after in 0..50")
-    if not args.start_stack and urlsplit(args.url).hostname not in LOOPBACK:
-        parser.error("--url must be a loopback address (this bench loads and steers the service it talks to)")
+    harness.check_service_flags(parser, args)
+    return harness.guarded("bench/rollout.py", lambda: measure(args))
 
-    stack = alerts = None
-    key_prefix = None
-    rc = 1
-    started = time.monotonic()
+
+def measure(args) -> int:
+    # With a stack of its own: its signed rollback alert comes here, and it evaluates often.
+    alerts = harness.Receiver("/rollout-alert") if args.start else None
+    extra_env = {"ROLLOUT_EVALUATE_INTERVAL": EVALUATE_INTERVAL, "ROLLOUT_ALERT_URL": alerts.url} if alerts else None
     try:
-        if args.start_stack:
-            alerts = AlertReceiver()
-            say("stack: starting `python -m devstack up` ...")
-            stack = OwnStack(embedded=args.embedded, alert_url=alerts.url, ready_timeout=args.ready_timeout)
-            say(f"stack: ready in {time.monotonic() - started:.0f} s: {stack.description}")
-            env, base = stack.service_env, stack.base
-        else:
-            env, base = dict(os.environ), args.url
-        key = args.key
-        if not key:
-            key, key_prefix = api_key_create(env, ACTOR_NAME, "--operator")
-        api = Api(base, key)
-        probe = api.call("GET", "/api/v1/rollouts/", expect=(200, 401, 403), params={"page_size": 1})
-        if probe.status_code != 200:
-            raise BenchFailed(f"the key is refused on /api/v1/rollouts/ ({probe.status_code}): an operator's key is needed")
-        rc = run(args, api, env, alerts, created_key=key_prefix is not None and stack is None, interval=EVALUATE_INTERVAL if stack else None)
-    except (BenchFailed, SmokeFailed) as exc:  # SmokeFailed: the stack died or never got ready
-        say(f"bench/rollout.py: FAILED: {exc}")
-    except KeyboardInterrupt:
-        say("bench/rollout.py: interrupted")
-    except Exception as exc:  # a network error, an unexpected answer: a failure all the same
-        say(f"bench/rollout.py: FAILED: {type(exc).__name__}: {exc}")
+        with harness.service(args, key_name=ACTOR_NAME, prefix="fda-bench-rollout", operator=True, extra_env=extra_env) as svc:
+            api = RolloutApi(svc.base, svc.key)
+            probe = api.call("GET", "/api/v1/rollouts/", expect=(200, 401, 403), params={"page_size": 1})
+            if probe.status_code != 200:
+                raise BenchFailed(f"the key is refused on /api/v1/rollouts/ ({probe.status_code}): an operator's key is needed")
+            rc = run(args, api, svc.env, alerts, created_key=svc.key_prefix is not None, interval=EVALUATE_INTERVAL if svc.stack else None)
+            svc.failed = rc != 0
+            return rc
     finally:
-        if stack is None:  # a stack of the bench's own goes with its database
-            api_key_revoke(env, key_prefix, say)
-        if stack is not None:
-            problems = stack.close(keep=args.keep or rc != 0)
-            for problem in problems:
-                say(f"stack: {problem}")
-            if problems:
-                rc = 1
-            if rc != 0:
-                say("stack: last lines of its output:\n" + "\n".join(stack.stack.log().splitlines()[-40:]))
         if alerts is not None:
             alerts.close()
-    return rc
 
 
 if __name__ == "__main__":

@@ -23,24 +23,21 @@ import threading
 import time
 import uuid
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-PHOTOS = ROOT / "tests" / "data" / "photos"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/soak.py`
+
+from bench.harness import PHOTOS, ROOT, Receiver, delete_queues
+from devstack.net import isolated_env
+from devstack.runner import load_env
+from devstack.seaweed import SeaweedS3
 
 RUN = uuid.uuid4().hex[:8]
 
 
 def configure(tmp: Path) -> "object":
     """Isolated queues, bucket and S3 server; the rest from env.env."""
-    import environ
-
-    from devstack.net import isolated_env
-    from devstack.seaweed import SeaweedS3
-
-    environ.Env.read_env(str(ROOT / "env.env"))
+    load_env()
     os.environ.update(
         isolated_env("soak"),
         CALLBACK_RETRY_DELAYS="0.5,1,2",
@@ -74,12 +71,13 @@ def configure(tmp: Path) -> "object":
 class Worker:
     def __init__(self, queue_role: str, log: Path) -> None:
         queue = os.environ["CELERY_QUEUE_DETECT" if queue_role == "detect" else "CELERY_QUEUE_DELIVER"]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "face_detect_api", "worker", "-Q", queue, "--concurrency", "1",
-             "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "-n", f"soak-{RUN}-{uuid.uuid4().hex[:6]}@%h"],
-            cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "face_detect_api", "worker", "-Q", queue, "--concurrency", "1",
+                 "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                 "-n", f"soak-{RUN}-{uuid.uuid4().hex[:6]}@%h"],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def kill(self) -> None:
         try:
@@ -109,26 +107,6 @@ def tiled_photo(path: Path, n: int) -> bytes:
     return out.getvalue()
 
 
-def receiver() -> tuple[ThreadingHTTPServer, dict]:
-    seen: dict[str, int] = {}
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            with lock:
-                seen[body["id"]] = seen.get(body["id"], 0) + 1
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100)
@@ -153,8 +131,12 @@ def run(args, rng, tmp: Path, s3) -> None:
     from jobs import services
     from jobs.models import Face, Image
 
-    server, callbacks = receiver()
-    callback_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    receiver = Receiver(status=200)
+
+    def callbacks() -> Counter:
+        """Job id -> how many callbacks of it arrived so far."""
+        return Counter(json.loads(post["body"])["id"] for post in list(receiver.received))
+
     photos = [(p.name, p.read_bytes()) for p in sorted(PHOTOS.glob("*.[pj][np]g"))]
     # A large photo (16 faces, a couple of seconds to detect) so that kills land mid-detection.
     photos.append(("tiled-4x4.png", tiled_photo(PHOTOS / "astronaut_1face.png", 4)))
@@ -188,7 +170,7 @@ def run(args, rng, tmp: Path, s3) -> None:
         name, data = photos[i % len(photos)]
         upload = io.BytesIO(data)
         upload.name = name
-        response = client.post("/api/v1/images/", {"image": upload, "request_id": f"soak-{RUN}-{i}", "callback_url": callback_url})
+        response = client.post("/api/v1/images/", {"image": upload, "request_id": f"soak-{RUN}-{i}", "callback_url": receiver.url})
         if response.status_code == 202:
             ids.append(response.json()["id"])
         else:
@@ -199,7 +181,7 @@ def run(args, rng, tmp: Path, s3) -> None:
     deadline = time.monotonic() + args.deadline
     while time.monotonic() < deadline:
         pending = Image.objects.filter(id__in=ids).exclude(status__in=["completed", "failed"]).count()
-        if pending == 0 and len(callbacks) >= len(ids):
+        if pending == 0 and len(callbacks()) >= len(ids):
             break
         time.sleep(1)
     stop.set()
@@ -218,23 +200,16 @@ def run(args, rng, tmp: Path, s3) -> None:
     print(f"completed: {completed}; failed: {failed}; lost: {len(ids) - completed - failed}")
     print(f"failure codes: {dict(Counter(jobs.filter(status='failed').values_list('error_code', flat=True)))}")
     print(f"workers killed: {kills}; jobs detected more than once: {redelivered}; jobs with duplicated faces: {duplicated}")
-    print(f"callbacks: jobs called back {len(callbacks)} of {len(ids)}; duplicate deliveries {sum(callbacks.values()) - len(callbacks)}")
+    called = callbacks()
+    print(f"callbacks: jobs called back {len(called)} of {len(ids)}; duplicate deliveries {sum(called.values()) - len(called)}")
     print(f"time: submitting {submitted - started:.0f} s, until all finished {finished - started:.0f} s; "
           f"{completed / (finished - started):.2f} jobs/s with {args.workers} detection workers")
 
     for worker in [*detectors, deliverer]:
         worker.stop()
-    server.shutdown()
-    from face_detect_api.celery import app
-
-    with app.connection_for_write() as conn:
-        for name in (os.environ["CELERY_QUEUE_DETECT"], os.environ["CELERY_QUEUE_DELIVER"]):
-            # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
-            for delete in (conn.default_channel.queue_delete, conn.default_channel.exchange_delete):
-                try:
-                    delete(name)
-                except Exception:
-                    pass
+    receiver.close()
+    for problem in delete_queues(os.environ["CELERY_BROKER_URL"], [os.environ["CELERY_QUEUE_DETECT"], os.environ["CELERY_QUEUE_DELIVER"]]):
+        print(problem)
 
 
 if __name__ == "__main__":

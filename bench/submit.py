@@ -33,15 +33,14 @@ the two, `celery -A face_detect_api control add_consumer <detect queue>` resumes
 --wait then waits until every accepted job is finished and prints how many completed, failed and
 were lost (not finished within --wait-timeout).
 
---start runs `python -m devstack up` as bench/rollout.py --start-stack does (its OwnStack: a
-temporary var dir, free ports, its own bucket, queues and PostgreSQL database, all removed
-after), with the rate limits off, and stops it at the end.
+--start runs `python -m devstack up` (bench/harness.py's OwnStack: a temporary var dir, free
+ports, its own bucket, queues and PostgreSQL database, all removed after; --embedded for the
+embedded stand-ins), with the rate limits off, and stops it at the end.
 
 Prints figures; asserts nothing. Exit status 1 only when the bench itself could not run.
 """
 
 import argparse
-import datetime as dt
 import http.client
 import json
 import os
@@ -54,17 +53,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/submit.py`
 
-from bench.metrics_overhead import CpuWindow  # noqa: E402
-from bench.rollout import (  # noqa: E402
-    CONTENT_TYPES, LOOPBACK, NO_LIMITS, TERMINAL, Api, BenchFailed, OwnStack, api_key_create, api_key_revoke, percentile, say,
-)
-from devstack.__main__ import pid_alive, pidfile, read_pid  # noqa: E402
-from devstack.smoke import SmokeFailed  # noqa: E402
+from bench import harness
+from bench.cpu import CpuWindow
+from bench.harness import CONTENT_TYPES, NO_LIMITS, PHOTOS, TERMINAL, Api, BenchFailed, percentile, say
+from devstack.runner import pid_alive, pidfile, read_pid
 
-PHOTO = ROOT / "tests" / "data" / "photos" / "grace_hopper_1face.jpg"
+PHOTO = PHOTOS / "grace_hopper_1face.jpg"
 KEY_NAME = "bench-submit"
 
 
@@ -126,26 +122,17 @@ class Client:
         self.conn.close()
 
 
-class Stack:
-    """What CpuWindow needs of a stack: its root process and its database's name."""
-
-    def __init__(self, pid: int, database: str | None) -> None:
-        self.pid, self.database = pid, database
-
-    def root_pid(self) -> int:
-        return self.pid
-
-
-def running_stack(env: dict[str, str]) -> Stack | None:
-    """The running `make up` of this checkout (its pid file), or None."""
+def running_stack(env: dict[str, str]) -> tuple[int, str | None] | None:
+    """The running `make up` of this checkout (its pid file): its root pid and its PostgreSQL
+    database's name (None on SQLite); None when none runs."""
     pid = read_pid(pidfile())
     if pid is None or not pid_alive(pid):
         return None
     url = urlsplit(env.get("DATABASE_URL", ""))
-    return Stack(pid, url.path.lstrip("/") if url.scheme.startswith("postgres") else None)
+    return pid, url.path.lstrip("/") if url.scheme.startswith("postgres") else None
 
 
-def level(base: str, key: str, upload: Upload, *, clients: int, count: int, tag: str, stack: Stack | None = None) -> dict:
+def level(base: str, key: str, upload: Upload, *, clients: int, count: int, tag: str, stack: tuple[int, str | None] | None = None) -> dict:
     """``count`` uploads from ``clients`` threads at once, each taking the next upload until none
     is left. Returns the figures and the accepted job ids."""
     lock = threading.Lock()
@@ -170,7 +157,7 @@ def level(base: str, key: str, upload: Upload, *, clients: int, count: int, tag:
     threads = [threading.Thread(target=run, name=f"client-{i}", daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
-    window = CpuWindow(stack) if stack is not None else None
+    window = CpuWindow(*stack) if stack is not None else None
     own_cpu = time.process_time()
     gate.wait()
     started = time.perf_counter()
@@ -288,8 +275,7 @@ def wait_finished(base: str, key: str, ids: list[str], timeout: float) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python bench/submit.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("FDA_URL", "http://127.0.0.1:8000"), help="the running service (loopback only; default FDA_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--key", default=os.environ.get("FDA_API_KEY", ""), help="an API key (default FDA_API_KEY; else one is made and revoked after)")
+    harness.add_service_flags(parser)
     parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients, comma separated (default 1,4,16,64)")
     parser.add_argument("--uploads", type=int, default=300, help="uploads per level (default 300)")
     parser.add_argument("--warmup", type=int, default=20, help="uploads before the first level, not counted (default 20)")
@@ -297,84 +283,59 @@ def main() -> int:
     parser.add_argument("--pause-detection", action="store_true", help="stop the detection workers consuming while measured (idle workers)")
     parser.add_argument("--wait", action="store_true", help="wait for every accepted job to finish, report any lost")
     parser.add_argument("--wait-timeout", type=float, default=900, help="with --wait: most seconds to wait (default 900)")
-    parser.add_argument("--start", action="store_true", help="start a stack of its own (devstack, rate limits off) and stop it after")
-    parser.add_argument("--ready-timeout", type=float, default=300, help="with --start: most seconds until /readyz (default 300)")
     args = parser.parse_args()
     try:
-        levels = [int(x) for x in args.levels.split(",") if x.strip()]
+        args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
         parser.error("--levels must be whole numbers, comma separated")
-    if not levels or min(levels) < 1 or max(levels) > 512 or args.uploads < 1:
+    if not args.levels or min(args.levels) < 1 or max(args.levels) > 512 or args.uploads < 1:
         parser.error("--levels must be 1..512 and --uploads at least 1")
-    if not args.start and urlsplit(args.url).hostname not in LOOPBACK:
-        parser.error("--url must be a loopback address")
+    harness.check_service_flags(parser, args)
+    return harness.guarded("bench/submit.py", lambda: measure(args))
 
-    stack = pause = None
-    key_prefix = None
-    env: dict[str, str] = dict(os.environ)
-    rc = 1
-    try:
-        if args.start:
-            say("stack: starting `python -m devstack up` ...")
-            started = time.monotonic()
-            stack = OwnStack(embedded=False, alert_url="", ready_timeout=args.ready_timeout, prefix="fda-bench-submit", extra_env=NO_LIMITS)
-            say(f"stack: ready in {time.monotonic() - started:.0f} s: {stack.description}")
-            env, base = stack.service_env, stack.base
-        else:
-            base = args.url.rstrip("/")
-        key = args.key if not args.start else ""
-        if not key:
-            key, key_prefix = api_key_create(env, KEY_NAME)
-        upload = Upload(args.photo)
-        run = uuid.uuid4().hex[:6]
-        if args.pause_detection:
-            pause = DetectionPause(env)
-            pause.pause()
-        say(f"== bench/submit.py ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}) ==")
-        say(f"{base}: POST /api/v1/images/ of {args.photo.name} ({upload.size / 1024:.1f} KiB), {args.uploads} per level, "
-            f"detection {'paused' if pause else 'running'}")
-        ids: list[str] = []
-        if args.warmup:
-            warm = level(base, key, upload, clients=min(4, args.warmup), count=args.warmup, tag=f"bench-submit-{run}-warmup")
-            ids += warm["ids"]
-            if warm["others"]:
-                say(f"warm-up: {warm['others']} (429: run the service with API_RATE_LIMIT= API_UPLOAD_RATE_LIMIT=)")
-        stack_cpu = Stack(stack.stack.process.pid, stack.database) if stack is not None else running_stack(env)
-        say(f"{'clients':>7} {'uploads':>7} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'non-202':>8} "
-            f"{'stack CPU':>11} {'bench CPU':>11} {'others %':>9}")
-        for number, clients in enumerate(levels):
-            tag = f"bench-submit-{run}-{number}-{clients}"
-            figures = level(base, key, upload, clients=clients, count=args.uploads, tag=tag, stack=stack_cpu)
-            ids += figures["ids"]
-            say(level_line(figures))
-        if pause is not None:
-            pause.resume()
-        if args.wait:
-            say(f"waiting for the {len(ids)} accepted jobs (warm-up included) to finish ...")
-            waited = time.monotonic()
-            counts = wait_finished(base, key, ids, args.wait_timeout)
-            say(f"jobs: {counts['completed']} completed, {counts['failed']} failed, {counts['lost']} lost "
-                f"(not finished within {args.wait_timeout:.0f} s), after {time.monotonic() - waited:.0f} s")
-        rc = 0
-    except (BenchFailed, SmokeFailed) as exc:
-        say(f"bench/submit.py: FAILED: {exc}")
-    except KeyboardInterrupt:
-        say("bench/submit.py: interrupted")
-    except Exception as exc:  # a network error, an unexpected answer: a failure all the same
-        say(f"bench/submit.py: FAILED: {type(exc).__name__}: {exc}")
-    finally:
-        if pause is not None:
-            try:
+
+def measure(args) -> int:
+    pause = None
+    with harness.service(args, key_name=KEY_NAME, prefix="fda-bench-submit", extra_env=NO_LIMITS) as svc:
+        try:
+            base, key = svc.base, svc.key
+            upload = Upload(args.photo)
+            run = uuid.uuid4().hex[:6]
+            if args.pause_detection:
+                pause = DetectionPause(svc.env)
+                pause.pause()
+            say(harness.banner("bench/submit.py"))
+            say(f"{base}: POST /api/v1/images/ of {args.photo.name} ({upload.size / 1024:.1f} KiB), {args.uploads} per level, "
+                f"detection {'paused' if pause else 'running'}")
+            ids: list[str] = []
+            if args.warmup:
+                warm = level(base, key, upload, clients=min(4, args.warmup), count=args.warmup, tag=f"bench-submit-{run}-warmup")
+                ids += warm["ids"]
+                if warm["others"]:
+                    say(f"warm-up: {warm['others']} (429: run the service with API_RATE_LIMIT= API_UPLOAD_RATE_LIMIT=)")
+            stack_cpu = (svc.stack.root_pid(), svc.stack.database) if svc.stack is not None else running_stack(svc.env)
+            say(f"{'clients':>7} {'uploads':>7} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'non-202':>8} "
+                f"{'stack CPU':>11} {'bench CPU':>11} {'others %':>9}")
+            for number, clients in enumerate(args.levels):
+                tag = f"bench-submit-{run}-{number}-{clients}"
+                figures = level(base, key, upload, clients=clients, count=args.uploads, tag=tag, stack=stack_cpu)
+                ids += figures["ids"]
+                say(level_line(figures))
+            if pause is not None:
                 pause.resume()
-            except Exception as exc:
-                say(f"could not resume detection: {exc}; by hand: celery -A face_detect_api control add_consumer {pause.queue}")
-        if stack is None:  # a stack of the bench's own goes with its database
-            api_key_revoke(env, key_prefix, say)
-        if stack is not None:
-            for problem in stack.close(keep=rc != 0):
-                say(f"stack: {problem}")
-    return rc
+            if args.wait:
+                say(f"waiting for the {len(ids)} accepted jobs (warm-up included) to finish ...")
+                waited = time.monotonic()
+                counts = wait_finished(base, key, ids, args.wait_timeout)
+                say(f"jobs: {counts['completed']} completed, {counts['failed']} failed, {counts['lost']} lost "
+                    f"(not finished within {args.wait_timeout:.0f} s), after {time.monotonic() - waited:.0f} s")
+            return 0
+        finally:
+            if pause is not None:
+                try:
+                    pause.resume()
+                except Exception as exc:  # noqa: BLE001 - said, with the way to do it by hand
+                    say(f"could not resume detection: {exc}; by hand: celery -A face_detect_api control add_consumer {pause.queue}")
 
 
 if __name__ == "__main__":

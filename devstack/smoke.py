@@ -12,10 +12,7 @@ annotated image stored, and check one face. The stack is always stopped; any fai
 """
 
 import argparse
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,99 +21,20 @@ from pathlib import Path
 
 import requests
 
-from devstack.__main__ import ROOT, embedded_fallbacks
-from devstack.net import isolated_env
+from devstack.runner import ROOT, embedded_fallbacks
+from devstack.stack import SERVICES, Stack, StackFailed, free_port, refusing_port, stack_env, wait_ready
 
 PHOTO = ROOT / "tests" / "data" / "photos" / "grace_hopper_1face.jpg"
-SERVICES = ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL")
 
 
 class SmokeFailed(Exception):
-    pass
-
-
-def refusing_port() -> socket.socket:
-    """A loopback port that is bound but not listening: connections to it are refused, and no
-    other process can take it while the socket is open."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def smoke_env(var: Path, dead_port: int, api_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "FDA_RUN")}
-    env.update(isolated_env("fda-smoke"))  # its own S3 ports, bucket and queue names
-    env.update(
-        FDA_VAR_DIR=str(var),
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:{dead_port}/face_detect_api",
-        CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{dead_port}//",
-        CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{dead_port}/0",
-        CACHE_URL=f"redis://127.0.0.1:{dead_port}/1",
-        API_BIND=f"127.0.0.1:{api_port}",
-        PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
-        DETECTOR_DEVICE="cpu",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-class Stack:
-    """`python -m devstack up` as a subprocess, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "devstack", "up"],
-            cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise SmokeFailed(f"`devstack up` exited with {self.process.returncode} before the job finished")
-
-    def stop(self, timeout: float = 90) -> int | None:
-        """SIGTERM (what `make down` sends), then SIGKILL to its process group past the timeout."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait()
-                return None
-        return self.process.returncode
-
-
-def wait_ready(stack: Stack, base: str, timeout: float) -> None:
-    deadline, last = time.monotonic() + timeout, "no answer"
-    while time.monotonic() < deadline:
-        stack.check_alive()
-        try:
-            response = requests.get(f"{base}/readyz", timeout=5)
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text[:300]}"
-        except requests.RequestException as exc:
-            last = f"{type(exc).__name__}"
-        time.sleep(0.5)
-    raise SmokeFailed(f"/readyz not 200 within {timeout:.0f} s: {last}")
+    """A check of the smoke failed."""
 
 
 def create_api_key(env: dict[str, str]) -> str:
     done = subprocess.run(
-        [sys.executable, "manage.py", "create_api_key", "smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", "create_api_key", "smoke"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     if done.returncode != 0 or not done.stdout.strip():
         raise SmokeFailed(f"create_api_key exited with {done.returncode}: {done.stderr[-1000:]}")
@@ -169,7 +87,7 @@ def main() -> int:
     var = Path(tempfile.mkdtemp(prefix="fda-smoke-"))
     dead = refusing_port()
     api_port = free_port()
-    env = smoke_env(var, dead.getsockname()[1], api_port)
+    env = stack_env(var, api_port, prefix="fda-smoke", dead_port=dead.getsockname()[1])
     base = f"http://127.0.0.1:{api_port}"
     stack = None
     ok = False
@@ -188,9 +106,9 @@ def main() -> int:
         body = run_job(stack, base, key, args.photo, args.job_timeout)
         job_s = time.monotonic() - job_started
         ok = True
-    except SmokeFailed as exc:
+    except (SmokeFailed, StackFailed) as exc:
         print(f"smoke: FAILED: {exc}", file=sys.stderr)
-    except Exception as exc:  # an unexpected answer, a network error: a failure all the same
+    except Exception as exc:  # noqa: BLE001 - an unexpected answer, a network error: a failure all the same
         print(f"smoke: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
         rc = stack.stop() if stack is not None else 0

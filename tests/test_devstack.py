@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from devstack.__main__ import (
+from devstack.net import answers
+from devstack.runner import (
     ROOT,
     AlreadyRunning,
-    answers,
     embedded_fallbacks,
     pid_alive,
     pidfile_claim,
@@ -168,7 +168,7 @@ def test_simultaneous_claims_from_separate_processes(tmp_path):
     """The same, across processes (the lock is an flock, not a thread lock)."""
     path = tmp_path / "devstack.pid"
     code = (
-        "import sys, time; from pathlib import Path; from devstack.__main__ import pidfile_claim, AlreadyRunning\n"
+        "import sys, time; from pathlib import Path; from devstack.runner import pidfile_claim, AlreadyRunning\n"
         "while time.time() < float(sys.argv[1]): pass\n"
         "try:\n    pidfile_claim(Path(sys.argv[2])); print('won', flush=True); time.sleep(5)\n"
         "except AlreadyRunning as exc:\n    print('refused', exc.pid, flush=True)\n"
