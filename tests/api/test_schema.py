@@ -216,12 +216,12 @@ def test_linked_operations_honour_the_schema(fuzz_key):
                 recorder=self.recorder,
             )
 
-    # 60 scenarios: with 30, whether any of them followed a link to a job made was a coin flip that
+    # 150 scenarios of up to 8 steps: with 30 (and 60) of 6, whether any of them followed a link to a job made was a coin flip that
     # changed with the schema and the tests run before (the draws are fixed, the answers are not).
     # Generate only: the API keeps state between examples (jobs made earlier answer a repeated
     # request_id with 200), so replaying an example to shrink it could not draw the same steps.
     Machine.run(
-        settings=hypothesis_settings(SETTINGS, max_examples=60, stateful_step_count=6, phases=[Phase.explicit, Phase.generate])
+        settings=hypothesis_settings(SETTINGS, max_examples=150, stateful_step_count=8, phases=[Phase.explicit, Phase.generate])
     )
     # The links were followed: jobs were made, and reached through the submission's id (only an
     # existing job answers its read with 200, or its annotated image or redelivery with 409, as
