@@ -166,3 +166,11 @@ def storage_ping() -> None:
         raise _wrap(exc) from exc
     if not exists:
         raise StorageError(f"bucket {settings.S3_BUCKET} does not exist")
+
+
+def storage_size(*, key: str) -> int:
+    """The object's size in bytes (a HEAD request: nothing is downloaded). Raises ObjectNotFound."""
+    try:
+        return int(client().stat_object(settings.S3_BUCKET, key).size)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key) from exc
