@@ -207,7 +207,7 @@ MODEL_CHECK_SECONDS = env.float("MODEL_CHECK_SECONDS", default=120.0)
 MODEL_CHECK_MEMORY_BYTES = env.int("MODEL_CHECK_MEMORY_BYTES", default=4 * 1024 * 1024 * 1024)
 # Where a worker keeps the model files it fetched from the bucket, by sha256, and how many bytes
 # of them at most (the least recently used are removed first).
-MODEL_CACHE_DIR = Path(env("MODEL_CACHE_DIR", default=str(BASE_DIR / "var" / "model-cache")))
+MODEL_CACHE_DIR = BASE_DIR / env("MODEL_CACHE_DIR", default="var/model-cache")  # relative: to the project (an absolute path stays)
 MODEL_CACHE_MAX_BYTES = env.int("MODEL_CACHE_MAX_BYTES", default=2 * 1024 * 1024 * 1024)
 
 # --- Jobs -------------------------------------------------------------------------------------
