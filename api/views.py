@@ -333,7 +333,7 @@ class ModelCollectionView(APIView):
         responses={
             201: DetectorVersionSerializer,
             200: OpenApiResponse(DetectorVersionSerializer, description="This version was already registered with this very file: the version."),
-            **_errors(400, 401, 403, 409, 413, 415, 429),
+            **_errors(400, 401, 403, 409, 413, 415, 429, 503),
         },
     )
     def post(self, request: Request) -> Response:

@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from core.errors import Conflict, DomainError, TooLarge
+from core.errors import Conflict, DomainError, TooLarge, Unavailable
 from detection.artifact_check import ArtifactRefused, artifact_check
 from detection.base import settings_hash
 from detection.engines import ARTIFACT_IMPLEMENTATIONS
@@ -74,9 +74,12 @@ def _manifest(manifest: Any) -> dict[str, Any]:
     labels = manifest.get("labels")
     if labels is not None and (not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels)):
         raise _refuse("invalid_manifest", "labels must be a non-empty list of class names, in class order.")
-    for key in ("notes", "build", "image"):
-        if not isinstance(manifest.get(key, ""), str):
-            raise _refuse("invalid_manifest", f"{key} must be a string.")
+    for key, limit in (("notes", 100_000), ("build", 64), ("image", 255)):
+        if not isinstance(manifest.get(key, ""), str) or len(manifest.get(key, "")) > limit:
+            raise _refuse("invalid_manifest", f"{key} must be a string of at most {limit} characters.")
+    packages = manifest.get("packages", {})
+    if not isinstance(packages, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in packages.items()):
+        raise _refuse("invalid_manifest", "packages must map package names to versions.")
     return manifest
 
 
@@ -141,7 +144,11 @@ def detector_version_upload(*, manifest: Any, path: Path, sha256: str | None = N
         return existing, False
 
     key = artifact_key(sha256)
-    stored_here = _store(key, path, size)
+    try:
+        stored_here = _store(key, path, size)
+    except storage.StorageError as exc:
+        logger.error("storing model file %s failed: %s", key, exc)
+        raise Unavailable("storage_unavailable", "The model file could not be stored; try again.") from exc
     try:
         with transaction.atomic():
             version = DetectorVersion.objects.create(

@@ -146,6 +146,7 @@ REFUSALS = {
     "absurd_input_size": (lambda: yolo_models.tiny_v8(size=(100_000, 100_000)), MANIFEST, "artifact_sizes"),
     "manifest_not_json": (yolo_models.tiny_v8, "{not json", "invalid_manifest"),
     "manifest_wrong_implementation": (yolo_models.tiny_v8, {**MANIFEST, "implementation": "mtcnn"}, "invalid_manifest"),
+    "manifest_build_too_long": (yolo_models.tiny_v8, {**MANIFEST, "build": "b" * 65}, "invalid_manifest"),
 }
 
 
@@ -157,6 +158,19 @@ def test_refused_uploads_leave_nothing_behind(operator, s3, case):
     assert response.status_code == 400, response.json()
     error = response.json()["error"]
     assert error["code"] == code and error["field"] in ("artifact", "manifest") and error["message"]
+    assert nothing_stored()
+
+
+def test_storage_down_is_503_and_leaves_no_version(operator, s3, settings):
+    """The bucket unreachable while storing: 503, no version registered."""
+    settings.S3_ENDPOINT = "127.0.0.1:9"
+    storage.reset_clients()
+    try:
+        response = post_model(operator, yolo_models.tiny_v8())
+    finally:
+        settings.S3_ENDPOINT = s3.endpoint
+        storage.reset_clients()
+    assert response.status_code == 503 and response.json()["error"]["code"] == "storage_unavailable"
     assert nothing_stored()
 
 
