@@ -9,6 +9,7 @@ from django.http import JsonResponse
 
 from celery import current_app as celery_app
 
+from registry.artifacts import artifact_readable
 from registry.services import detector_version_active, detector_version_verify_weights
 from storage import s3 as storage
 
@@ -35,6 +36,10 @@ def _check_detector() -> None:
     version = detector_version_active()
     if version is None:
         raise RuntimeError("no detector version is active")
+    if version.artifact_sha256:
+        # An uploaded model: its file is in the bucket with its registered size (a HEAD request).
+        artifact_readable(version)
+        return
     detector_version_verify_weights(version)
 
 

@@ -201,6 +201,14 @@ def detector_version_representation(version, *, active_id: str | None) -> dict[s
         # The labels it can return ("face" for face models): what an upload's `labels` may ask for.
         "labels": list(version.labels),
         "evaluation": version.evaluation,
+        # The uploaded model file, when the version has one.
+        "artifact": {
+            "sha256": version.artifact_sha256,
+            "size": version.artifact_size,
+            "format": version.artifact_format,
+            "input_size": list(version.input_size or []),
+            "label_map": dict(version.label_map or {}),
+        } if version.artifact_sha256 else None,
         "created_at": iso(version.created_at),
     }
 
@@ -352,6 +360,27 @@ class DatasetSerializer(serializers.Serializer):
     sha256 = serializers.CharField(required=False)
 
 
+class ArtifactSerializer(serializers.Serializer):
+    sha256 = serializers.CharField(help_text="Its sha256: its name in the bucket (models/sha256/<digest>) and its one weight.")
+    size = serializers.IntegerField(help_text="Bytes.")
+    format = serializers.CharField(help_text='"onnx".')
+    input_size = serializers.ListField(child=serializers.IntegerField(), help_text="The network's input, [width, height].")
+    label_map = serializers.DictField(
+        child=serializers.CharField(), help_text='The model\'s class names that were changed to fit the label pattern, e.g. {"traffic light": "traffic_light"}.'
+    )
+
+
+class ModelUploadSerializer(serializers.Serializer):
+    artifact = serializers.FileField(help_text="The model file: an Ultralytics ONNX export (`yolo export model=best.pt format=onnx`).")
+    manifest = serializers.CharField(
+        help_text=(
+            'JSON: {"name", "version", "implementation": "yolo-onnx", "settings": {"min_confidence", "iou", ...}, '
+            'and optionally "labels" (class names in class order, when the model has no names metadata), "notes", '
+            '"dataset": {"tag", "sha256"}, "build", "image"}.'
+        )
+    )
+
+
 class DetectorVersionSerializer(serializers.Serializer):
     id = serializers.CharField(help_text="name@version")
     name = serializers.CharField()
@@ -376,6 +405,7 @@ class DetectorVersionSerializer(serializers.Serializer):
     evaluation = serializers.DictField(
         allow_null=True, help_text="The latest `detector_evaluate` result on a labelled photo set (e.g. f1); null until evaluated."
     )
+    artifact = ArtifactSerializer(allow_null=True, help_text="The uploaded model file; null for versions whose weights ship in a package.")
     created_at = serializers.DateTimeField()
 
 

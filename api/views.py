@@ -4,6 +4,8 @@ Every route needs an API key (api.auth); a client sees only its own jobs (others
 """
 
 import copy
+import json
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
@@ -22,9 +24,12 @@ from jobs import selectors as job_selectors
 from jobs import services as job_services
 from jobs.models import JobStatus
 from jobs.representation import image_representation, image_submitted_representation
+from registry import artifacts as registry_artifacts
 from registry import selectors as registry_selectors
+from rest_framework.permissions import IsAuthenticated
 from storage import s3 as storage
 
+from .auth import IsOperator
 from .errors import ApiError
 from .pagination import JobPagination
 from .serializers import (
@@ -36,6 +41,7 @@ from .serializers import (
     ImageSerializer,
     ImageSubmitSerializer,
     ImageSubmittedSerializer,
+    ModelUploadSerializer,
     RedeliverSerializer,
     detector_version_representation,
 )
@@ -48,6 +54,7 @@ def _errors(*codes: int) -> dict:
     descriptions = {
         400: "Invalid input; `error.field` names the field.",
         401: "No API key, or an invalid or revoked one.",
+        403: "A client's key where an operator's key is needed (`error.code` forbidden).",
         404: "No such job for this client.",
         409: "Conflict; `error.code` says which.",
         410: "Gone: deleted after the retention period (`expired`) or erased on request (`deleted`).",
@@ -83,6 +90,58 @@ class _MaxSizeUploadHandler(FileUploadHandler):
 
     def file_complete(self, file_size):
         return None
+
+
+class _ArtifactUploadHandler(FileUploadHandler):
+    """Streams a model upload's ``artifact`` part to a temporary file, hashing it as it goes and
+    stopping past MODEL_ARTIFACT_MAX_BYTES: the bytes are never held whole in memory and are
+    read once. Other file parts (a manifest sent as a file) may have at most MANIFEST_MAX_BYTES
+    and go on to Django's own handlers."""
+
+    MANIFEST_MAX_BYTES = 1024 * 1024
+
+    def new_file(self, field_name, file_name, content_type, content_length, charset=None, content_type_extra=None):
+        super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
+        self.file = None
+        if field_name == "artifact":
+            import hashlib
+
+            from django.core.files.uploadedfile import TemporaryUploadedFile
+            from django.core.files.uploadhandler import StopFutureHandlers
+
+            self.file = TemporaryUploadedFile(file_name or "model.onnx", content_type, 0, charset, content_type_extra)
+            self.digest = hashlib.sha256()
+            raise StopFutureHandlers()
+
+    def receive_data_chunk(self, raw_data, start):
+        if self.file is None:
+            if start + len(raw_data) > self.MANIFEST_MAX_BYTES:
+                raise ApiError("file_too_large", f"A part other than the artifact is larger than {self.MANIFEST_MAX_BYTES} bytes.", status_code=413)
+            return raw_data
+        if start + len(raw_data) > settings.MODEL_ARTIFACT_MAX_BYTES:
+            raise _artifact_too_large()
+        self.digest.update(raw_data)
+        self.file.write(raw_data)
+        return None
+
+    def file_complete(self, file_size):
+        if self.file is None:
+            return None
+        self.file.seek(0)
+        self.file.size = file_size
+        self.file.sha256 = self.digest.hexdigest()
+        return self.file
+
+    def upload_interrupted(self):
+        # The client went away mid-upload: the partial file goes now (nothing else was stored).
+        if getattr(self, "file", None) is not None:
+            self.file.close()
+
+
+def _artifact_too_large() -> ApiError:
+    return ApiError(
+        "file_too_large", f"The model file is larger than {settings.MODEL_ARTIFACT_MAX_BYTES} bytes.", field="artifact", status_code=413
+    )
 
 
 CALLBACK_DOC = OpenApiCallback(
@@ -287,6 +346,53 @@ class ModelCollectionView(APIView):
         return _paginated(
             request, self, registry_selectors.detector_version_list(), lambda v: detector_version_representation(v, active_id=active_id)
         )
+
+
+    @extend_schema(
+        operation_id="models_upload",
+        summary="Register a version from your own model file (operators)",
+        description=(
+            "Multipart: `artifact` (an Ultralytics ONNX export) and `manifest` (JSON). The file is checked "
+            "before anything is stored (loaded in a separate process with a time and memory limit, its input "
+            "and output shapes matched against a supported layout, one inference on a blank image); a refusal "
+            "is a 400 whose `error.code` names the problem (artifact_not_onnx, artifact_external_data, "
+            "artifact_custom_operators, artifact_input, artifact_output, artifact_labels, artifact_sizes, "
+            "artifact_does_not_run, ...) and leaves nothing behind. Stored in the bucket under its sha256. "
+            "The same id with the same file and manifest: 200 with the version; with other ones: 409."
+        ),
+        request={"multipart/form-data": ModelUploadSerializer},
+        responses={
+            201: DetectorVersionSerializer,
+            200: OpenApiResponse(DetectorVersionSerializer, description="This version was already registered with this very file: the version."),
+            **_errors(400, 401, 403, 409, 413, 415, 429, 503),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        content_length = request.META.get("CONTENT_LENGTH") or "0"
+        if content_length.isdigit() and int(content_length) > settings.MODEL_ARTIFACT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
+            raise _artifact_too_large()  # refused before a byte of the body is read
+        request._request.upload_handlers = [_ArtifactUploadHandler(request._request), *request._request.upload_handlers]
+        serializer = ModelUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        artifact = serializer.validated_data["artifact"]
+        try:
+            manifest = json.loads(serializer.validated_data["manifest"])
+        except ValueError:
+            raise ApiError("invalid_manifest", "The manifest is not JSON.", field="manifest") from None
+        try:
+            version, created = registry_artifacts.detector_version_upload(
+                manifest=manifest, path=Path(artifact.temporary_file_path()), sha256=getattr(artifact, "sha256", None), size=artifact.size
+            )
+        finally:
+            artifact.close()  # the temporary file goes
+        body = detector_version_representation(version, active_id=registry_selectors.detector_version_active_id())
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    def get_permissions(self):
+        # Anyone with a key reads the versions; only an operator's key registers one.
+        if self.request is not None and self.request.method == "POST":
+            return [IsAuthenticated(), IsOperator()]
+        return super().get_permissions()
 
 
 class ModelDetailView(APIView):

@@ -89,13 +89,13 @@ DETECTION_CPU_SECONDS = Counter(
 )
 STORAGE_ERRORS = Counter(
     "fda_storage_errors_total",
-    "Calls to the object store that failed, by operation (put, get, delete, list, bucket) and reason "
+    "Calls to the object store that failed, by operation (put, get, delete, list, bucket, stat) and reason "
     "(unreachable, timeout, denied, no_bucket, full, server_error, client_error, other); a missing object is not one.",
     ["operation", "reason"],
 )
 
 CALLBACK_OUTCOMES = ("delivered", "retry", "failed", "refused")
-STORAGE_OPERATIONS = ("put", "get", "delete", "list", "bucket")
+STORAGE_OPERATIONS = ("put", "get", "delete", "list", "bucket", "stat")
 
 
 def multiprocess_dir() -> str | None:

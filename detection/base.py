@@ -23,6 +23,11 @@ class DetectorUnavailable(RuntimeError):
     """The detector cannot run here (e.g. CUDA asked for but absent)."""
 
 
+class ArtifactInvalid(DetectorUnavailable):
+    """A version's model file (an uploaded artifact) cannot be run by its engine: a job on it
+    fails with ``model_artifact_invalid``."""
+
+
 @dataclass(frozen=True)
 class DetectorSpec:
     """A registered version, as a worker needs it to load the detector (no database objects)."""

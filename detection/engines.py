@@ -11,7 +11,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .base import Detector, DetectorSpec
+from pathlib import Path
+
+from .base import Detector, DetectorSpec, DetectorUnavailable
+from .weights import WeightsMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +48,30 @@ def _cascade(spec: DetectorSpec, device: str) -> Detector:
     return CascadeDetector(spec=spec, device=device, threads=threads)
 
 
+# Where a version's model file is on this machine: a function of its sha256 that returns a
+# local, checked copy (fetching it on first use). Django's registry app sets it
+# (registry.artifacts.artifact_local_path); plain-Python callers may set their own.
+artifact_source: Callable[[str], Path] | None = None
+
+
+def _yolo_onnx(spec: DetectorSpec, device: str) -> Detector:
+    from .yolo_onnx import YoloOnnxDetector
+
+    if artifact_source is None:
+        raise DetectorUnavailable(f"{spec.id} needs its model file, and nothing here can fetch one")
+    digests = list(spec.weights.values())
+    if len(digests) != 1:
+        raise WeightsMismatch(f"{spec.id} must register exactly one weight (its model file), not {len(digests)}")
+    return YoloOnnxDetector(spec=spec, device=device, threads=threads, model_path=artifact_source(digests[0]))
+
+
 def _stub(spec: DetectorSpec, device: str) -> Detector:
     from .stub import StubDetector
 
     return StubDetector(spec=spec, device=device)
 
 
-IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface, "cascade": _cascade}
+IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface, "cascade": _cascade, "yolo-onnx": _yolo_onnx}
 
 
 # The modules each implementation runs on, for a worker to import in its parent process before
@@ -62,7 +82,12 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "mtcnn-openvino": ("openvino", "onnx", "cv2"),
     "blazeface": ("ai_edge_litert.interpreter",),
     "cascade": ("cv2",),
+    "yolo-onnx": ("openvino", "onnx", "cv2"),
 }
+
+# The implementations whose one weight is an uploaded model file in the bucket (an artifact),
+# not a file some installed package ships.
+ARTIFACT_IMPLEMENTATIONS = ("yolo-onnx",)
 
 
 def preload(implementation: str) -> None:

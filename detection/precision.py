@@ -35,7 +35,7 @@ def precision_of(spec_id: str, settings: dict[str, Any]) -> str:
 # The implementations whose runtime could lower precision by itself (OpenVINO on bfloat16 CPUs,
 # torch's cuDNN in TF32, LiteRT's XNNPACK on a file that allows fp16). The registry records their
 # precision explicitly, f32 when a version file names none, so the record says what runs.
-PINNED_IMPLEMENTATIONS = ("mtcnn", "mtcnn-openvino", "blazeface")
+PINNED_IMPLEMENTATIONS = ("mtcnn", "mtcnn-openvino", "blazeface", "yolo-onnx")
 
 
 def settings_with_precision(implementation: str, settings: dict[str, Any]) -> dict[str, Any]:

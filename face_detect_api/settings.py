@@ -210,6 +210,18 @@ DETECTOR_NICE = env.int("DETECTOR_NICE", default=5)
 # engine near 850 MB: docs/benchmarks.md); 0: no limit.
 WORKER_MAX_MEMORY_MB = env.int("WORKER_MAX_MEMORY_MB", default=1536)
 
+# --- Uploaded models (POST /api/v1/models/, detector_register --artifact) ----------------------
+# The largest model file accepted, in bytes (413 beyond). YOLO11x's ONNX is about 220 MB.
+MODEL_ARTIFACT_MAX_BYTES = env.int("MODEL_ARTIFACT_MAX_BYTES", default=512 * 1024 * 1024)
+# The check before a file is accepted runs in a child process with these limits: seconds of
+# wall time, and bytes of address space (RLIMIT_AS).
+MODEL_CHECK_SECONDS = env.float("MODEL_CHECK_SECONDS", default=120.0)
+MODEL_CHECK_MEMORY_BYTES = env.int("MODEL_CHECK_MEMORY_BYTES", default=4 * 1024 * 1024 * 1024)
+# Where a worker keeps the model files it fetched from the bucket, by sha256, and how many bytes
+# of them at most (the least recently used are removed first).
+MODEL_CACHE_DIR = BASE_DIR / env("MODEL_CACHE_DIR", default="var/model-cache")  # relative: to the project (an absolute path stays)
+MODEL_CACHE_MAX_BYTES = env.int("MODEL_CACHE_MAX_BYTES", default=2 * 1024 * 1024 * 1024)
+
 # --- Jobs -------------------------------------------------------------------------------------
 # Transient errors (storage, database) are retried with exponential backoff and full jitter.
 JOB_RETRY_BACKOFF_BASE = env.float("JOB_RETRY_BACKOFF_BASE", default=2.0)

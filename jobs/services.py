@@ -29,6 +29,7 @@ from detection.annotate import annotate_jpeg
 from detection.compare import agreement, boxes_of, labels_of
 # The label rule; api/serializers.py reads it from here (api does not import detection).
 from detection.labels import FACE, LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS, label_valid, labels_unique
+from detection.base import ArtifactInvalid
 from detection.weights import WeightsMismatch
 from registry.services import detector_spec, detector_version_for_job
 from rollouts.models import Variant
@@ -403,6 +404,8 @@ def _detector_for(version) -> tuple:
 
 def _detector_failure(exc: Exception) -> str:
     """The error code of a detector that could not be had (its details are for the log)."""
+    if isinstance(exc, ArtifactInvalid):
+        return "model_artifact_invalid"
     return "model_weights_mismatch" if isinstance(exc, WeightsMismatch) else "detector_unavailable"
 
 
@@ -452,6 +455,7 @@ JOB_ERROR_MESSAGES = {
     "dependency_unavailable": "Storage or the database stayed unavailable through every retry; try again later.",
     "detector_unavailable": "The detector version for this job cannot run on the workers; the operators have been told.",
     "model_weights_mismatch": "The detector version's weight files do not match their registered checksums; the operators have been told.",
+    "model_artifact_invalid": "The detector version's model file cannot be run; the operators have been told.",
 }
 
 

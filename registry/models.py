@@ -35,6 +35,16 @@ class DetectorVersion(models.Model):
     # The labels this version can return (the version file's "labels"; ["face"] when it declares
     # none). Part of the immutable record; an upload may only ask to keep labels from it.
     labels = models.JSONField(default=default_labels)
+    # An uploaded model file (the artifact), when the version has one: its sha256 (its name in the
+    # bucket, models/sha256/<digest>, and its one weight), size in bytes, format ("onnx") and the
+    # network's input size [width, height]. Empty for versions whose weights ship in a package.
+    artifact_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    artifact_size = models.BigIntegerField(null=True, blank=True)
+    artifact_format = models.CharField(max_length=16, blank=True)
+    input_size = models.JSONField(null=True, blank=True)
+    # The model's class names that were changed to fit the label pattern ({"traffic light":
+    # "traffic_light"}): what a label stands for in the team's own data set.
+    label_map = models.JSONField(default=dict, blank=True)
     # The latest `detector_evaluate` result on a labelled photo set (not part of the immutable
     # spec: a version can be evaluated again on other data).
     evaluation = models.JSONField(null=True, blank=True)
@@ -52,6 +62,11 @@ class DetectorVersion(models.Model):
     def weights_digest(self) -> str:
         lines = sorted(f"{w['file']}:{w['sha256']}" for w in self.weights)
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    @property
+    def artifact_key(self) -> str:
+        """The bucket key of the uploaded model file ("" when the version has none)."""
+        return f"models/sha256/{self.artifact_sha256}" if self.artifact_sha256 else ""
 
     @property
     def label(self) -> str:

@@ -233,3 +233,11 @@ def storage_check_write() -> None:
     key = f"{HEALTH_KEY_PREFIX}{socket.gethostname()}-{os.getpid()}"
     storage_put(key=key, data=b"ok", length=2, content_type="text/plain")
     storage_delete(key=key)
+
+
+def storage_size(*, key: str) -> int:
+    """The object's size in bytes (a HEAD request: nothing is downloaded). Raises ObjectNotFound."""
+    try:
+        return int(client().stat_object(settings.S3_BUCKET, key).size)
+    except _TRANSPORT_ERRORS as exc:
+        raise _wrap(exc, key, operation="stat") from exc

@@ -25,7 +25,8 @@ ALLOWED = {
     # Rollouts route jobs and judge figures handed to them; they never read the jobs tables.
     "rollouts": {"registry", "callbacks", "detection", "core"},
     "callbacks": {"storage", "core"},
-    "registry": {"detection", "core"},
+    # Model artifacts are objects in the bucket: the registry stores and fetches them.
+    "registry": {"detection", "core", "storage"},
     "clients": {"core"},
     "storage": {"core"},
     "detection": set(),
