@@ -72,7 +72,7 @@ def test_an_unexpected_error_fails_the_job_with_a_fixed_message(job, api_client,
 
 
 def test_giving_up_on_a_dependency_fails_the_job_with_a_fixed_message(job, api_client, monkeypatch, caplog, settings):
-    def unavailable(*, image_id, redelivered=False):
+    def unavailable(*, image_id, redelivered=False, attempt=None):
         raise StorageError(f"EndpointConnectionError: {SECRET}")
 
     settings.JOB_MAX_RETRIES = 0  # the first transient error is the last one allowed
