@@ -74,3 +74,42 @@ def test_finished_and_fresh_jobs_are_left_alone(unpublished, monkeypatch):
     Image.objects.filter(id=unpublished.id).update(status="completed")
     _age(unpublished, created_at=10_000, enqueued_at=10_000)
     assert services.image_jobs_sweep() == {"republished": 0, "failed": 0}
+
+
+def _second_job(api_client) -> Image:
+    body = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="after").json()
+    return Image.objects.get(id=body["id"])
+
+
+def test_a_queued_job_overtaken_by_a_later_one_is_published_again_soon(unpublished, api_client, monkeypatch, settings):
+    """Queued JOB_QUEUED_STUCK after publishing while a job made after it has started: its message
+    is gone, so it is published again long before JOB_QUEUED_TIMEOUT."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    _age(unpublished, enqueued_at=settings.JOB_QUEUED_STUCK + 1, created_at=settings.JOB_QUEUED_STUCK + 2)
+    _age(later, enqueued_at=settings.JOB_QUEUED_STUCK, created_at=settings.JOB_QUEUED_STUCK)
+    assert services.image_jobs_sweep()["republished"] == 0  # nothing has moved past it
+    services.image_job_start(image_id=later.id)
+    assert services.image_jobs_sweep()["republished"] == 1
+    unpublished.refresh_from_db()
+    assert unpublished.enqueue_count == 2
+
+
+def test_a_queued_job_overtaken_recently_is_left_to_wait(unpublished, api_client, monkeypatch, settings):
+    """Within JOB_QUEUED_STUCK (a retry waiting out its backoff) it is not published again."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    _age(unpublished, enqueued_at=settings.JOB_QUEUED_STUCK - 30, created_at=settings.JOB_QUEUED_STUCK + 2)
+    services.image_job_start(image_id=later.id)
+    assert services.image_jobs_sweep()["republished"] == 0
+
+
+def test_a_dead_lettered_job_is_published_by_the_next_sweep(unpublished, monkeypatch, settings):
+    """A detect message recorded as a dead letter leaves its job unpublished: the sweeper takes it."""
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1, enqueued_at=timezone.now())
+    _age(unpublished, created_at=settings.JOB_UNPUBLISHED_GRACE + 1)
+    services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], error="OperationalError: gone")
+    assert services.image_jobs_sweep()["republished"] == 1
