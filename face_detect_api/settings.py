@@ -213,8 +213,8 @@ JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=6)
 SWEEP_INTERVAL = env.float("SWEEP_INTERVAL", default=30.0)
 JOB_UNPUBLISHED_GRACE = env.float("JOB_UNPUBLISHED_GRACE", default=30.0)
 JOB_QUEUED_TIMEOUT = env.float("JOB_QUEUED_TIMEOUT", default=3600.0)
-# Sooner: a job still queued JOB_QUEUED_STUCK seconds after publishing while a job made after it
-# has already started (the queue moved past it: its message was lost). Keep it above
+# Sooner: a job still queued JOB_QUEUED_STUCK seconds after publishing (and its last retry) while
+# a job published after it has already started (the queue moved past it: its message was lost). Keep it above
 # JOB_RETRY_BACKOFF_MAX, the longest a retry waits before its message comes back.
 JOB_QUEUED_STUCK = env.float("JOB_QUEUED_STUCK", default=120.0)
 JOB_MAX_ENQUEUES = env.int("JOB_MAX_ENQUEUES", default=3)

@@ -565,11 +565,11 @@ def _callback_delivery_create(*, image_id: uuid.UUID) -> CallbackDelivery:
 
 def image_job_requeue(*, image_id: uuid.UUID) -> None:
     """Put a processing job back to queued before a retry, so that the next start is not taken
-    for the redelivery of a crashed attempt. The retry is a publish of its own: the sweeper's
-    clock for a stuck queued job starts again (the count of the sweeper's publishes does not)."""
-    now = timezone.now()
+    for the redelivery of a crashed attempt. Touches updated_at even for a job still queued: the
+    sweeper leaves a job alone JOB_QUEUED_STUCK after its last retry (a retry waits out its
+    backoff outside the queue)."""
     Image.objects.filter(id=image_id, status__in=(JobStatus.PROCESSING, JobStatus.QUEUED)).update(
-        status=JobStatus.QUEUED, enqueued_at=now, updated_at=now
+        status=JobStatus.QUEUED, updated_at=timezone.now()
     )
 
 
@@ -578,8 +578,9 @@ def image_jobs_sweep() -> dict[str, int]:
 
     - queued and never published (the broker was down at submit, or its message went to the
       dead-letter queue: dead_letter_record), after JOB_UNPUBLISHED_GRACE;
-    - queued JOB_QUEUED_STUCK after publishing while a job made after it has already started:
-      the queue moved past it, so its message is gone (a task that acked it unmoved);
+    - queued JOB_QUEUED_STUCK after publishing (and after its last retry) while a job published
+      after it has already started: the queue, first in first out, moved past it, so its message
+      is gone (a task that acked it unmoved);
     - queued long after publishing (the message was lost and nothing else moves), after
       JOB_QUEUED_TIMEOUT, the last resort;
     - processing past the hard time limit (the worker vanished and the message with it).
@@ -593,12 +594,13 @@ def image_jobs_sweep() -> dict[str, int]:
         | Q(status=JobStatus.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
         | Q(status=JobStatus.PROCESSING, started_at__lt=now - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30))
     )
-    overtaken_before = _latest_started_creation(now)
+    overtaken_before = _latest_started_publish(now)
     if overtaken_before is not None:
+        quiet_since = now - dt.timedelta(seconds=settings.JOB_QUEUED_STUCK)
         stuck |= Q(
             status=JobStatus.QUEUED,
-            enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_STUCK),
-            created_at__lt=overtaken_before,
+            enqueued_at__lt=min(overtaken_before, quiet_since),
+            updated_at__lt=quiet_since,
         )
     counts = {"republished": 0, "failed": 0}
     for image_id, enqueue_count in Image.objects.filter(stuck).values_list("id", "enqueue_count")[:500]:
@@ -614,16 +616,17 @@ def image_jobs_sweep() -> dict[str, int]:
     return counts
 
 
-def _latest_started_creation(now: dt.datetime) -> dt.datetime | None:
-    """When the newest job that a worker has started (within JOB_QUEUED_TIMEOUT) was made. The
-    detect queue is first in, first out: a job made before it and still queued long after its
-    publish was skipped over, its message gone. By creation, for the (status, created_at) index."""
+def _latest_started_publish(now: dt.datetime) -> dt.datetime | None:
+    """The latest publish (enqueued_at: the queue's own, never a retry's) of a job that a worker
+    has started, among the jobs made within JOB_QUEUED_TIMEOUT (the (status, created_at) index
+    bounds the scan). The detect queue is first in, first out: a job published before it and
+    still queued was skipped over, its message gone."""
     return (
         Image.objects.filter(
             status__in=(JobStatus.PROCESSING, *TERMINAL_STATUSES),
             created_at__gte=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT),
             started_at__isnull=False,
-        ).aggregate(latest=Max("created_at"))["latest"]
+        ).aggregate(latest=Max("enqueued_at"))["latest"]
     )
 
 

@@ -140,17 +140,19 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
         attempt = caught.attempt if isinstance(caught, services.JobInterrupted) else attempt
         if self.request.retries >= settings.JOB_MAX_RETRIES:
             logger.error("job %s: transient error persisted through %d retries; failing it", image_id, self.request.retries, exc_info=exc)
+            # Failed (its shadow runs and its callback follow, below and in the chain), or
+            # dead-lettered (Ignore: the task ends here).
             _give_up(self, exc, _job_fail(job_id, "dependency_unavailable", services.JOB_ERROR_MESSAGES["dependency_unavailable"]))
-            return image_id
-        logger.warning("job %s: transient error, retry %d: %s", image_id, self.request.retries + 1, exc)
-        try:
-            services.image_job_requeue(image_id=job_id)
-        except DATABASE_ERRORS:
-            # The job may still say processing: the retry carries the attempt to resume it.
-            logger.warning("job %s: could not put it back to queued (database unavailable); the retry resumes it", image_id)
-        # Only a retry that resumes a started attempt says so: the first message's arguments
-        # stay what they were.
-        _retry(self, exc, **({"attempt": attempt} if attempt is not None else {}))
+        else:
+            logger.warning("job %s: transient error, retry %d: %s", image_id, self.request.retries + 1, exc)
+            try:
+                services.image_job_requeue(image_id=job_id)
+            except DATABASE_ERRORS:
+                # The job may still say processing: the retry carries the attempt to resume it.
+                logger.warning("job %s: could not put it back to queued (database unavailable); the retry resumes it", image_id)
+            # Only a retry that resumes a started attempt says so: the first message's arguments
+            # stay what they were.
+            _retry(self, exc, **({"attempt": attempt} if attempt is not None else {}))
     # Only now that the job is over do its shadow runs (rollouts) go out: the client's job first.
     services.image_job_shadows_enqueue(image_id=job_id)
     return image_id

@@ -82,13 +82,14 @@ def _second_job(api_client) -> Image:
 
 
 def test_a_queued_job_overtaken_by_a_later_one_is_published_again_soon(unpublished, api_client, monkeypatch, settings):
-    """Queued JOB_QUEUED_STUCK after publishing while a job made after it has started: its message
-    is gone, so it is published again long before JOB_QUEUED_TIMEOUT."""
+    """Queued JOB_QUEUED_STUCK after publishing while a job published after it has started: its
+    message is gone, so it is published again long before JOB_QUEUED_TIMEOUT."""
     later = _second_job(api_client)
     monkeypatch.undo()
     Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
-    _age(unpublished, enqueued_at=settings.JOB_QUEUED_STUCK + 1, created_at=settings.JOB_QUEUED_STUCK + 2)
-    _age(later, enqueued_at=settings.JOB_QUEUED_STUCK, created_at=settings.JOB_QUEUED_STUCK)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(unpublished, enqueued_at=stuck + 2, created_at=stuck + 3, updated_at=stuck + 2)
+    _age(later, enqueued_at=stuck + 1, created_at=stuck + 1)
     assert services.image_jobs_sweep()["republished"] == 0  # nothing has moved past it
     services.image_job_start(image_id=later.id)
     assert services.image_jobs_sweep()["republished"] == 1
@@ -96,12 +97,29 @@ def test_a_queued_job_overtaken_by_a_later_one_is_published_again_soon(unpublish
     assert unpublished.enqueue_count == 2
 
 
-def test_a_queued_job_overtaken_recently_is_left_to_wait(unpublished, api_client, monkeypatch, settings):
-    """Within JOB_QUEUED_STUCK (a retry waiting out its backoff) it is not published again."""
+def test_a_queued_job_retried_recently_is_left_to_wait(unpublished, api_client, monkeypatch, settings):
+    """Within JOB_QUEUED_STUCK of its last retry (waiting out its backoff) it is not published again."""
     later = _second_job(api_client)
     monkeypatch.undo()
     Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
-    _age(unpublished, enqueued_at=settings.JOB_QUEUED_STUCK - 30, created_at=settings.JOB_QUEUED_STUCK + 2)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(unpublished, enqueued_at=stuck + 10, created_at=stuck + 10, updated_at=stuck + 10)
+    _age(later, enqueued_at=stuck + 5, created_at=stuck + 5)
+    services.image_job_start(image_id=later.id)
+    services.image_job_requeue(image_id=unpublished.id)  # its retry, just now
+    assert services.image_jobs_sweep()["republished"] == 0
+    _age(unpublished, updated_at=stuck + 1)
+    assert services.image_jobs_sweep()["republished"] == 1
+
+
+def test_a_queued_job_published_after_every_started_one_is_left_to_wait(unpublished, api_client, monkeypatch, settings):
+    """Nothing published after it has started: it is waiting its turn in a long queue."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(later, enqueued_at=stuck + 20, created_at=stuck + 1)  # made later, published earlier
+    _age(unpublished, enqueued_at=stuck + 10, created_at=stuck + 10, updated_at=stuck + 10)
     services.image_job_start(image_id=later.id)
     assert services.image_jobs_sweep()["republished"] == 0
 

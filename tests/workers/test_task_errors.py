@@ -179,3 +179,33 @@ def test_out_of_retries_with_the_database_still_away_the_message_is_dead_lettere
     assert letter.task == "workers.tasks.detect_faces" and letter.args == [str(job.id)]
     assert letter.task_id == result.id and "OperationalError" in letter.error and letter.died_at is not None
     assert Image.objects.get(id=job.id).enqueued_at is None  # the sweeper publishes it after the grace
+
+
+def test_the_delivery_step_retries_a_database_error_instead_of_losing_the_callback(job, monkeypatch, receiver):
+    """Without its delivery row a finished job would never be called back: the step retries."""
+    from callbacks.models import CallbackDelivery
+    from workers.tasks import deliver_result
+
+    Image.objects.filter(id=job.id).update(callback_url=receiver.url())
+    run_task(job)
+    monkeypatch.setattr("jobs.services.image_job_callback_delivery", _down_for(2, services.image_job_callback_delivery))
+    result = deliver_result.apply(args=[str(job.id)])
+    assert result.successful(), result.traceback
+    assert CallbackDelivery.objects.get(image_id=job.id).status == "delivered"
+    assert len(receiver.wait(1)) == 1
+
+
+def test_beats_periodic_tasks_skip_a_tick_with_the_database_away(monkeypatch):
+    """The sweeper and the guardrail evaluation: no crash, no retry; the next tick is theirs."""
+    from workers.tasks import evaluate_rollouts, sweep
+
+    def gone(**kwargs):
+        from django.db import OperationalError
+
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr("workers.tasks.dead_letters_drain", lambda: 0)
+    monkeypatch.setattr("jobs.services.image_jobs_sweep", gone)
+    monkeypatch.setattr("rollouts.services.rollout_live", gone)
+    assert sweep.apply().get() is None
+    assert evaluate_rollouts.apply().get() is None
