@@ -678,16 +678,24 @@ def dead_letter_record(
     """Record a task message that gave up (workers.tasks drains them off the broker's dead-letter
     queue) and hand what it was about back to the sweeper's own bounded paths: a queued job or
     shadow run is marked unpublished (published again by the next sweep, counted against
-    JOB_MAX_ENQUEUES), a finished job's delivery step is published again. A job left processing
-    is taken by the sweeper past the hard time limit; a pending callback delivery by its due
-    time. Returns the record."""
+    JOB_MAX_ENQUEUES), and so is a job left processing by the very attempt that gave up
+    (``kwargs["attempt"]``); a finished job's delivery step is published again. Another job left
+    processing is taken by the sweeper past the hard time limit; a pending callback delivery by
+    its due time. Returns the record."""
     letter = DeadLetter.objects.create(
         task=task[:200], task_id=task_id[:64], args=list(args), kwargs=kwargs or {}, retries=retries, error=error, died_at=died_at
     )
     subject = args[0] if args else None
     try:
         if task == DETECT_TASK:
-            Image.objects.filter(id=uuid.UUID(str(subject)), status=JobStatus.QUEUED).update(enqueued_at=None, updated_at=timezone.now())
+            job = Image.objects.filter(id=uuid.UUID(str(subject)))
+            job.filter(status=JobStatus.QUEUED).update(enqueued_at=None, updated_at=timezone.now())
+            attempt = (kwargs or {}).get("attempt")
+            if attempt is not None:
+                # Started by the attempt that gave up, and by no one since: nobody is running it.
+                job.filter(status=JobStatus.PROCESSING, attempts=int(attempt)).update(
+                    status=JobStatus.QUEUED, enqueued_at=None, updated_at=timezone.now()
+                )
         elif task == SHADOW_DETECT_TASK:
             ShadowRun.objects.filter(id=int(subject), status=ShadowStatus.QUEUED).update(enqueued_at=None)
         elif task == DELIVER_RESULT_TASK:

@@ -69,17 +69,18 @@ def _retry(task, exc: Exception, **kwargs) -> None:
         raise Reject(publish_error, requeue=True) from publish_error
 
 
-def _dead_letter(task, exc: Exception) -> None:
+def _dead_letter(task, exc: Exception, **kwargs) -> None:
     """Put this message on the dead-letter queue: its transient error outlived every retry and
     the outcome could not be written. Ends the task with Ignore: the message is acknowledged and
     a chain stops here (the job's delivery step is published again with the job). Raises
-    Reject(requeue=True) instead when even that publish fails, so that the broker keeps it."""
+    Reject(requeue=True) instead when even that publish fails, so that the broker keeps it.
+    ``kwargs``: added to the message's own (what the sweeper needs to hand the job back)."""
     request = task.request
     body = {
         "task": task.name,
         "task_id": request.id or "",
         "args": list(request.args or ()),
-        "kwargs": dict(request.kwargs or {}),
+        "kwargs": {**(request.kwargs or {}), **kwargs},
         "retries": request.retries,
         "error": f"{type(exc).__name__}: {exc}"[:2000],
         "died_at": timezone.now().isoformat(),
@@ -98,13 +99,13 @@ def _dead_letter(task, exc: Exception) -> None:
     raise Ignore()
 
 
-def _give_up(task, exc: Exception, record) -> None:
+def _give_up(task, exc: Exception, record, **kwargs) -> None:
     """Out of retries: ``record()`` writes the outcome (a failed job, run...). When the database
-    is what is missing, the message goes to the dead-letter queue instead."""
+    is what is missing, the message goes to the dead-letter queue instead (with ``kwargs``)."""
     try:
         record()
     except DATABASE_ERRORS as record_error:
-        _dead_letter(task, record_error if isinstance(exc, DATABASE_ERRORS) else exc)
+        _dead_letter(task, record_error if isinstance(exc, DATABASE_ERRORS) else exc, **kwargs)
 
 
 def _job_fail(job_id: uuid.UUID, code: str, message: str):
@@ -142,7 +143,10 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
             logger.error("job %s: transient error persisted through %d retries; failing it", image_id, self.request.retries, exc_info=exc)
             # Failed (its shadow runs and its callback follow, below and in the chain), or
             # dead-lettered (Ignore: the task ends here).
-            _give_up(self, exc, _job_fail(job_id, "dependency_unavailable", services.JOB_ERROR_MESSAGES["dependency_unavailable"]))
+            _give_up(
+                self, exc, _job_fail(job_id, "dependency_unavailable", services.JOB_ERROR_MESSAGES["dependency_unavailable"]),
+                **({"attempt": attempt} if attempt is not None else {}),
+            )
         else:
             logger.warning("job %s: transient error, retry %d: %s", image_id, self.request.retries + 1, exc)
             try:

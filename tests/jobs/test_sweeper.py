@@ -131,3 +131,16 @@ def test_a_dead_lettered_job_is_published_by_the_next_sweep(unpublished, monkeyp
     _age(unpublished, created_at=settings.JOB_UNPUBLISHED_GRACE + 1)
     services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], error="OperationalError: gone")
     assert services.image_jobs_sweep()["republished"] == 1
+
+
+def test_a_job_left_processing_by_the_attempt_that_gave_up_is_published_too(unpublished, monkeypatch, settings):
+    """The dead letter names the attempt: still at it, the job goes back to queued, unpublished."""
+    monkeypatch.undo()
+    services.image_job_start(image_id=unpublished.id)
+    _age(unpublished, created_at=settings.JOB_UNPUBLISHED_GRACE + 1)
+    services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], kwargs={"attempt": 0})
+    assert Image.objects.get(id=unpublished.id).status == "processing"  # another attempt's: left alone
+    services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], kwargs={"attempt": 1})
+    unpublished.refresh_from_db()
+    assert unpublished.status == "queued" and unpublished.enqueued_at is None
+    assert services.image_jobs_sweep()["republished"] == 1
