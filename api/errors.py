@@ -3,7 +3,9 @@
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -56,16 +58,21 @@ def _first_field_error(detail: Any) -> tuple[str | None, Any]:
     return None, detail
 
 
-# How long a client is asked to wait (Retry-After) before trying again after a 503: a dependency
-# (the store) that is down; long enough not to hammer it, short enough for a blip.
-UNAVAILABLE_RETRY_AFTER_SECONDS = 30
+# The database cannot be reached (stopped, restarting, its connection broken): the request can
+# be tried again as it is, so a 503, never a 500 with the driver's text.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+def database_unavailable_body() -> dict[str, Any]:
+    return error_body("database_unavailable", "The service cannot reach its database; try again shortly.")
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     response = _error_response(exc, context)
     _count_refused_upload(context, response)
-    if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and "Retry-After" not in response:
-        response["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
+    if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        # When to try again: a client (and a proxy) waits this long instead of hammering.
+        response.setdefault("Retry-After", str(settings.UNAVAILABLE_RETRY_AFTER))
     return response
 
 
@@ -81,6 +88,10 @@ def _count_refused_upload(context: dict, response: Response | None) -> None:
 
 
 def _error_response(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        # The operators get the driver's words; the client a fixed sentence.
+        logger.warning("database unavailable: %s", exc)
+        return Response(database_unavailable_body(), status=status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.field), status=domain_error_status(exc))
     if isinstance(exc, RequestDataTooBig):

@@ -71,3 +71,31 @@ class RequestIdMiddleware:
                 },
             )
         return response
+
+
+class DatabaseUnavailableMiddleware:
+    """A view outside DRF (the probes, the admin, the dashboard) that meets the database gone
+    answers 503 with Retry-After, as the API does (api.errors), rather than a 500: the request
+    may simply be sent again. JSON where the API answers JSON."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        from django.conf import settings
+        from django.http import HttpResponse, JsonResponse
+
+        from .errors import DATABASE_UNAVAILABLE, database_unavailable_body
+
+        if not isinstance(exception, DATABASE_UNAVAILABLE):
+            return None
+        logging.getLogger("api.errors").warning("database unavailable: %s", exception)
+        if request.path.startswith(("/api/", "/healthz", "/readyz")):
+            response = JsonResponse(database_unavailable_body(), status=503)
+        else:
+            response = HttpResponse("The service cannot reach its database; try again shortly.\n", status=503, content_type="text/plain")
+        response["Retry-After"] = str(settings.UNAVAILABLE_RETRY_AFTER)
+        return response

@@ -59,4 +59,5 @@ def isolated_env(prefix: str) -> dict[str, str]:
         "S3_PUBLIC_ENDPOINT": "",
         "CELERY_QUEUE_DETECT": f"{prefix}-{run}-detect",
         "CELERY_QUEUE_DELIVER": f"{prefix}-{run}-deliver",
+        "CELERY_QUEUE_DEAD": f"{prefix}-{run}-dead",
     }

@@ -53,6 +53,8 @@ MIDDLEWARE = [
     # First: every answer gets X-Request-ID (the others' redirects and errors too), and every log
     # line of the request its http_request_id; it writes the access log.
     "api.middleware.RequestIdMiddleware",
+    # A view outside DRF that meets the database gone answers 503 with Retry-After, not 500.
+    "api.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -83,7 +85,15 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+# A persistent connection is checked before its first use in each request or task, so that one
+# broken by a database restart is replaced instead of failing the request (docs/reliability.md).
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Seconds to wait for a connection: a database host that does not answer fails the request
+    # (503) or the task (retried) after this, rather than holding a gunicorn worker for minutes.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+# The Retry-After (seconds) of a 503 answer: the database or storage is unavailable.
+UNAVAILABLE_RETRY_AFTER = env.int("UNAVAILABLE_RETRY_AFTER", default=5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -233,6 +243,10 @@ JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=6)
 SWEEP_INTERVAL = env.float("SWEEP_INTERVAL", default=30.0)
 JOB_UNPUBLISHED_GRACE = env.float("JOB_UNPUBLISHED_GRACE", default=30.0)
 JOB_QUEUED_TIMEOUT = env.float("JOB_QUEUED_TIMEOUT", default=3600.0)
+# Sooner: a job still queued JOB_QUEUED_STUCK seconds after publishing (and its last retry) while
+# a job published after it has already started (the queue moved past it: its message was lost). Keep it above
+# JOB_RETRY_BACKOFF_MAX, the longest a retry waits before its message comes back.
+JOB_QUEUED_STUCK = env.float("JOB_QUEUED_STUCK", default=120.0)
 JOB_MAX_ENQUEUES = env.int("JOB_MAX_ENQUEUES", default=3)
 
 # --- Rollouts ----------------------------------------------------------------------------------
@@ -284,6 +298,10 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
 CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
 CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
+# Where a task message goes when its transient error (database, storage) outlived every retry and
+# not even the failure could be recorded: no worker consumes it; the sweeper records each one
+# (jobs.DeadLetter, in the admin) once the database is back (docs/reliability.md).
+CELERY_QUEUE_DEAD = env("CELERY_QUEUE_DEAD", default="dead")
 # Each queue has a direct exchange of its own, named after it, and is bound to it with its own name
 # as the routing key: a message for one queue can never land in the other. (Releases before this
 # bound both queues to one shared exchange, named after the detect queue, with key "detect"; on

@@ -13,7 +13,7 @@ from core.errors import DomainError
 from storage import s3 as storage
 
 from .erasure import image_job_erase
-from .models import Face, Image, JobStatus, ShadowRun
+from .models import DeadLetter, Face, Image, JobStatus, ShadowRun
 from .services import image_job_redeliver
 
 
@@ -29,7 +29,7 @@ class ShadowRunInline(ReadOnlyInline):
     """The other version of a rollout run on this job's photo: never shown to the client."""
 
     model = ShadowRun
-    fields = ("variant", "detector_version", "status", "face_count", "agreement", "detection_ms", "detector_cold", "error_code", "created_at", "finished_at")
+    fields = ("variant", "detector_version", "status", "face_count", "agreement", "detection_ms", "detector_cold", "error_code", "attempts", "enqueue_count", "created_at", "finished_at")
 
 
 class DeliveryInline(ReadOnlyInline):
@@ -145,3 +145,24 @@ class ImageAdmin(ReadOnlyAdmin):
     @admin.display(description="Annotated")
     def annotated_thumbnail(self, obj: Image) -> str:
         return self._thumbnail(obj, "annotated", bool(obj.annotated_key))
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    """Task messages that gave up with the database (or storage) away, recorded by the sweeper
+    once it was back: what each was about and why. The sweeper has already handed the job, run
+    or delivery back to its own bounded path (docs/reliability.md)."""
+
+    list_display = ("task", "subject", "retries", "error_short", "died_at", "recorded_at")
+    list_filter = ("task",)
+    search_fields = ("task_id", "args")
+    date_hierarchy = "recorded_at"
+    readonly_fields = ("task", "task_id", "args", "kwargs", "retries", "error", "died_at", "recorded_at")
+
+    @admin.display(description="About")
+    def subject(self, obj: DeadLetter) -> str:
+        return ", ".join(str(arg) for arg in obj.args) or "-"
+
+    @admin.display(description="Error")
+    def error_short(self, obj: DeadLetter) -> str:
+        return obj.error[:120]

@@ -170,6 +170,12 @@ class ShadowRun(models.Model):
     detection_ms = models.PositiveIntegerField(null=True, blank=True)
     detector_cold = models.BooleanField(default=False)
     error_code = models.CharField(max_length=64, blank=True)
+    # How many times a worker started this run (a message that keeps killing workers is failed
+    # with too_many_attempts), and when its message was last published and how many times (the
+    # sweeper publishes runs whose publish was lost, a bounded number of times).
+    attempts = models.PositiveIntegerField(default=0)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    enqueue_count = models.PositiveIntegerField(default=0)
     # F1 of the candidate's faces against the baseline's on this photo (IoU >= 0.5), 0 to 1.
     agreement = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -182,3 +188,28 @@ class ShadowRun(models.Model):
 
     def __str__(self) -> str:
         return f"shadow {self.variant} {self.detector_version_id} of {self.job_id}"
+
+
+class DeadLetter(models.Model):
+    """A task message that gave up: its transient error (the database, storage) outlived every
+    retry and not even the failure could be written. The worker leaves it on the broker's
+    dead-letter queue (CELERY_QUEUE_DEAD); the sweeper records it here once the database is back.
+    A record for operators: the job, shadow run or delivery it was about is pushed on by the
+    sweeper from its own row, a bounded number of times."""
+
+    task = models.CharField(max_length=200)
+    task_id = models.CharField(max_length=64, blank=True)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    retries = models.PositiveIntegerField(default=0)
+    # The exception's class and text: for operators only, never shown to a client.
+    error = models.TextField(blank=True)
+    # When the worker gave up; when the sweeper took the message off the queue.
+    died_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-recorded_at"]
+
+    def __str__(self) -> str:
+        return f"{self.task}{tuple(self.args)}"

@@ -14,8 +14,8 @@ from typing import IO
 
 from celery import signature
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from callbacks.models import CallbackDelivery
@@ -37,7 +37,7 @@ from rollouts.services import rollout_route, shadow_sampled, shadow_variant
 from storage import s3 as storage
 
 from .imaging import ImageRejected, image_decode_rgb, image_probe
-from .models import TERMINAL_STATUSES, Face, Image, JobStatus, ShadowRun, ShadowStatus
+from .models import TERMINAL_STATUSES, DeadLetter, Face, Image, JobStatus, ShadowRun, ShadowStatus
 from .representation import detection_representation, image_representation
 from .selectors import JOB_PREFETCH
 
@@ -51,6 +51,17 @@ SHADOW_DETECT_TASK = "workers.tasks.shadow_detect"
 # A job whose detection was started this many times (redelivered after worker crashes or hard
 # time limits) is failed instead of being tried again: one poisonous photo must not loop forever.
 MAX_DETECT_ATTEMPTS = 3
+
+
+class JobInterrupted(Exception):
+    """A transient error (storage, the database) after this task had started the job. ``attempt``
+    is the job's attempt number that the task ran as: its retry passes it back to image_job_start,
+    which then takes the job over even if it still says processing (the requeue needed the
+    database that had just gone away). The cause is the exception's __cause__."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"interrupted during attempt {attempt}")
+        self.attempt = attempt
 
 
 # --- Submission -------------------------------------------------------------------------------
@@ -289,12 +300,15 @@ class FaceData:
     label: str = FACE
 
 
-def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False) -> Image | None:
+def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: int | None = None) -> Image | None:
     """Move a job to processing. Returns None when there is no work to do here: the job is
     terminal or unknown, another worker is running it, or it failed for too many attempts.
 
     ``redelivered`` is the broker's flag: the message was handed out before and not acknowledged,
-    so the worker that had it died and this one takes over.
+    so the worker that had it died and this one takes over. ``attempt`` is given by a task's own
+    retry after a transient error (JobInterrupted): the attempt it ran as. While the job is still
+    at that attempt nobody else started it, so the retry resumes it; it did not crash, so it is
+    not counted against MAX_DETECT_ATTEMPTS.
     """
     with transaction.atomic():
         image = Image.objects.select_for_update(of=("self",)).select_related("detector_version").filter(id=image_id).first()
@@ -305,11 +319,12 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False) -> Image 
             logger.info("job %s is already %s; skipping", image_id, image.status)
             return None
         if image.status == JobStatus.PROCESSING:
-            if not (redelivered or _processing_is_stale(image)):
+            resumed = attempt is not None and image.attempts == attempt
+            if not (redelivered or resumed or _processing_is_stale(image)):
                 # A second copy of the message (the sweeper re-published it) while the first runs.
                 logger.info("job %s is being processed elsewhere; skipping this copy", image_id)
                 return None
-            if image.attempts >= MAX_DETECT_ATTEMPTS:
+            if not resumed and image.attempts >= MAX_DETECT_ATTEMPTS:
                 _fail(image, "too_many_attempts", f"Detection was started {image.attempts} times without finishing.")
                 return None
         image.status = JobStatus.PROCESSING
@@ -459,15 +474,27 @@ JOB_ERROR_MESSAGES = {
 }
 
 
-def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False) -> None:
+def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False, attempt: int | None = None) -> None:
     """Run detection for a job: load the photo, orient it, detect, store the faces.
 
     Permanent problems (an undecodable photo, a detector that cannot load) fail the job at once.
-    Transient ones (storage.StorageError, database errors) propagate for the task to retry.
+    Transient ones (storage.StorageError, database errors) propagate for the task to retry: as
+    they are before the job was started, as JobInterrupted (caused by them) after it.
+    ``attempt``: see image_job_start.
     """
-    image = image_job_start(image_id=image_id, redelivered=redelivered)
+    image = image_job_start(image_id=image_id, redelivered=redelivered, attempt=attempt)
     if image is None:
         return
+    try:
+        _image_job_detect_started(image)
+    except storage.ObjectNotFound:
+        raise
+    except (storage.StorageError, OperationalError, InterfaceError) as exc:
+        raise JobInterrupted(attempt=image.attempts) from exc
+
+
+def _image_job_detect_started(image: Image) -> None:
+    image_id = image.id
     data = storage.storage_get(key=image.original_key)
     try:
         rgb = image_decode_rgb(data)
@@ -559,8 +586,10 @@ def _callback_delivery_create(*, image_id: uuid.UUID) -> CallbackDelivery:
 
 def image_job_requeue(*, image_id: uuid.UUID) -> None:
     """Put a processing job back to queued before a retry, so that the next start is not taken
-    for the redelivery of a crashed attempt."""
-    Image.objects.filter(id=image_id, status=JobStatus.PROCESSING).update(
+    for the redelivery of a crashed attempt. Touches updated_at even for a job still queued: the
+    sweeper leaves a job alone JOB_QUEUED_STUCK after its last retry (a retry waits out its
+    backoff outside the queue)."""
+    Image.objects.filter(id=image_id, status__in=(JobStatus.PROCESSING, JobStatus.QUEUED)).update(
         status=JobStatus.QUEUED, updated_at=timezone.now()
     )
 
@@ -568,10 +597,17 @@ def image_job_requeue(*, image_id: uuid.UUID) -> None:
 def image_jobs_sweep() -> dict[str, int]:
     """Find jobs that would otherwise never finish and push them on (Celery beat calls this).
 
-    - queued and never published (the broker was down at submit), after JOB_UNPUBLISHED_GRACE;
-    - queued long after publishing (the message was lost), after JOB_QUEUED_TIMEOUT;
+    - queued and never published (the broker was down at submit, or its message went to the
+      dead-letter queue: dead_letter_record), after JOB_UNPUBLISHED_GRACE;
+    - queued JOB_QUEUED_STUCK after publishing (and after its last retry) while a job published
+      after it has already started: the queue, first in first out, moved past it, so its message
+      is gone (a task that acked it unmoved);
+    - queued long after publishing (the message was lost and nothing else moves), after
+      JOB_QUEUED_TIMEOUT, the last resort;
     - processing past the hard time limit (the worker vanished and the message with it).
     Each is re-published, at most JOB_MAX_ENQUEUES times in all; then it fails with "stuck".
+    A copy of a job that is in fact still waiting costs nothing but a message: the worker that
+    takes the second copy finds the job started, or finished, and skips it.
     """
     now = timezone.now()
     stuck = (
@@ -579,6 +615,14 @@ def image_jobs_sweep() -> dict[str, int]:
         | Q(status=JobStatus.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
         | Q(status=JobStatus.PROCESSING, started_at__lt=now - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30))
     )
+    overtaken_before = _latest_started_publish(now)
+    if overtaken_before is not None:
+        quiet_since = now - dt.timedelta(seconds=settings.JOB_QUEUED_STUCK)
+        stuck |= Q(
+            status=JobStatus.QUEUED,
+            enqueued_at__lt=min(overtaken_before, quiet_since),
+            updated_at__lt=quiet_since,
+        )
     counts = {"republished": 0, "failed": 0}
     for image_id, enqueue_count in Image.objects.filter(stuck).values_list("id", "enqueue_count")[:500]:
         if enqueue_count >= settings.JOB_MAX_ENQUEUES:
@@ -591,6 +635,98 @@ def image_jobs_sweep() -> dict[str, int]:
     if any(counts.values()):
         logger.warning("sweeper: %s", counts)
     return counts
+
+
+def _latest_started_publish(now: dt.datetime) -> dt.datetime | None:
+    """The latest publish (enqueued_at: the queue's own, never a retry's) of a job that a worker
+    has started, among the jobs made within JOB_QUEUED_TIMEOUT (the (status, created_at) index
+    bounds the scan). The detect queue is first in, first out: a job published before it and
+    still queued was skipped over, its message gone."""
+    return (
+        Image.objects.filter(
+            status__in=(JobStatus.PROCESSING, *TERMINAL_STATUSES),
+            created_at__gte=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT),
+            started_at__isnull=False,
+        ).aggregate(latest=Max("enqueued_at"))["latest"]
+    )
+
+
+def shadow_runs_sweep() -> dict[str, int]:
+    """Publish the shadow runs that would otherwise wait forever (Celery beat calls this): queued
+    runs of a finished job whose message was never published (the broker was down when the job
+    ended, or the message went to the dead-letter queue), after JOB_UNPUBLISHED_GRACE, or was
+    published JOB_QUEUED_TIMEOUT ago. At most JOB_MAX_ENQUEUES times; then the run fails with
+    "stuck" (the job itself is never touched)."""
+    now = timezone.now()
+    grace = now - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE)
+    stuck = ShadowRun.objects.filter(status=ShadowStatus.QUEUED, job__status__in=TERMINAL_STATUSES).filter(
+        Q(enqueued_at__isnull=True, job__finished_at__lt=grace)
+        | Q(enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
+    )
+    counts = {"shadows_republished": 0, "shadows_failed": 0}
+    for run_id, enqueue_count in stuck.values_list("id", "enqueue_count")[:500]:
+        if enqueue_count >= settings.JOB_MAX_ENQUEUES:
+            counts["shadows_failed"] += shadow_run_fail(shadow_run_id=run_id, code="stuck")
+        elif _shadow_run_publish(run_id):
+            counts["shadows_republished"] += 1
+    if any(counts.values()):
+        logger.warning("sweeper: %s", counts)
+    return counts
+
+
+def _shadow_run_publish(run_id: int) -> bool:
+    """Publish one shadow run and record it. A broker outage is logged, not raised: the run
+    stays unpublished, for the sweeper."""
+    try:
+        signature(SHADOW_DETECT_TASK, args=(run_id,)).apply_async()
+    except Exception:
+        logger.exception("could not publish shadow run %s; the sweeper will retry", run_id)
+        return False
+    try:
+        ShadowRun.objects.filter(id=run_id).update(enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1)
+    except (OperationalError, InterfaceError):
+        # Published all the same; at worst the sweeper publishes it again and one copy skips.
+        logger.warning("shadow run %s published but not recorded (database unavailable)", run_id)
+    return True
+
+
+# --- Dead letters ------------------------------------------------------------------------------------
+
+
+def dead_letter_record(
+    *, task: str, args: Sequence = (), kwargs: dict | None = None, task_id: str = "", retries: int = 0, error: str = "", died_at: dt.datetime | None = None
+) -> DeadLetter:
+    """Record a task message that gave up (workers.tasks drains them off the broker's dead-letter
+    queue) and hand what it was about back to the sweeper's own bounded paths: a queued job or
+    shadow run is marked unpublished (published again by the next sweep, counted against
+    JOB_MAX_ENQUEUES), and so is a job left processing by the very attempt that gave up
+    (``kwargs["attempt"]``); a finished job's delivery step is published again. Another job left
+    processing is taken by the sweeper past the hard time limit; a pending callback delivery by
+    its due time. Returns the record."""
+    letter = DeadLetter.objects.create(
+        task=task[:200], task_id=task_id[:64], args=list(args), kwargs=kwargs or {}, retries=retries, error=error, died_at=died_at
+    )
+    subject = args[0] if args else None
+    try:
+        if task == DETECT_TASK:
+            job = Image.objects.filter(id=uuid.UUID(str(subject)))
+            job.filter(status=JobStatus.QUEUED).update(enqueued_at=None, updated_at=timezone.now())
+            attempt = (kwargs or {}).get("attempt")
+            if attempt is not None:
+                # Started by the attempt that gave up, and by no one since: nobody is running it.
+                job.filter(status=JobStatus.PROCESSING, attempts=int(attempt)).update(
+                    status=JobStatus.QUEUED, enqueued_at=None, updated_at=timezone.now()
+                )
+        elif task == SHADOW_DETECT_TASK:
+            ShadowRun.objects.filter(id=int(subject), status=ShadowStatus.QUEUED).update(enqueued_at=None)
+        elif task == DELIVER_RESULT_TASK:
+            job = str(uuid.UUID(str(subject)))
+            # Idempotent: a job with a delivery already reuses it (image_job_callback_delivery).
+            transaction.on_commit(lambda: signature(DELIVER_RESULT_TASK, args=(job,)).apply_async(ignore_result=True), robust=True)
+    except (TypeError, ValueError):
+        logger.error("dead letter %s: %s with unusable arguments %r", letter.id, task, args)
+    logger.error("dead letter %s recorded: %s%r after %d retries: %s", letter.id, task, tuple(args), retries, error)
+    return letter
 
 
 # --- Shadow runs (rollouts) ------------------------------------------------------------------------
@@ -612,26 +748,39 @@ def image_job_shadows_enqueue(*, image_id: uuid.UUID) -> int:
             ShadowRun.objects.filter(job_id=image_id, job__status__in=TERMINAL_STATUSES, status=ShadowStatus.QUEUED).values_list("id", flat=True)
         )
         for run_id in run_ids:
-            # By name, after commit: the worker must never see a run whose row it cannot read.
-            transaction.on_commit(lambda run_id=run_id: signature(SHADOW_DETECT_TASK, args=(run_id,)).apply_async(), robust=True)
+            # By name, after commit: the worker must never see a run whose row it cannot read. A
+            # publish that fails leaves the run unpublished, for the sweeper (shadow_runs_sweep).
+            transaction.on_commit(lambda run_id=run_id: _shadow_run_publish(run_id), robust=True)
     except Exception:
         logger.exception("could not publish the shadow runs of job %s", image_id)
         return 0
     return len(run_ids)
 
 
-def shadow_run_detect(*, shadow_run_id: int) -> None:
+def shadow_run_detect(*, shadow_run_id: int, redelivered: bool = False) -> None:
     """Run a shadow run's version on its job's photo and store the faces, in the shape the API
     shows faces, with the detection time and the agreement with the job's own faces (null when
     the job failed: there is nothing to compare with). Nothing reaches the client.
 
     Does nothing unless the run is queued. Permanent problems fail the run; transient ones
-    (storage, database) propagate for the task to retry.
+    (storage, database) propagate for the task to retry. Every start is counted; a message
+    ``redelivered`` (the worker that had it died) to a run started MAX_DETECT_ATTEMPTS times
+    fails it with too_many_attempts instead: a photo that kills workers must not loop forever.
     """
-    run = ShadowRun.objects.select_related("job", "detector_version").filter(id=shadow_run_id).first()
-    if run is None or run.status != ShadowStatus.QUEUED:
-        logger.info("shadow run %s is not queued; skipping", shadow_run_id)
-        return
+    with transaction.atomic():
+        run = ShadowRun.objects.select_for_update(of=("self",)).select_related("job", "detector_version").filter(id=shadow_run_id).first()
+        if run is None or run.status != ShadowStatus.QUEUED:
+            logger.info("shadow run %s is not queued; skipping", shadow_run_id)
+            return
+        if redelivered and run.attempts >= MAX_DETECT_ATTEMPTS:
+            run.status = ShadowStatus.FAILED
+            run.error_code = "too_many_attempts"
+            run.finished_at = timezone.now()
+            run.save(update_fields=["status", "error_code", "finished_at"])
+            logger.warning("shadow run %s failed: started %d times without finishing", shadow_run_id, run.attempts)
+            return
+        run.attempts += 1
+        run.save(update_fields=["attempts"])
     if run.job.error_code == "too_many_attempts":
         # Workers died on this photo again and again: another run would only kill one more (and
         # a redelivered shadow message has no attempt limit of its own).

@@ -268,7 +268,7 @@ def _delete_test_queues() -> None:
 
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        for name in (settings.CELERY_QUEUE_DETECT, settings.CELERY_QUEUE_DELIVER):
+        for name in (settings.CELERY_QUEUE_DETECT, settings.CELERY_QUEUE_DELIVER, settings.CELERY_QUEUE_DEAD):
             # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
             for delete in (channel.queue_delete, channel.exchange_delete):
                 try:

@@ -140,6 +140,33 @@ def test_storage_down_is_a_503_and_leaves_no_row(api_client, s3, settings):
     assert_nothing_left()
 
 
+def test_the_database_gone_at_the_insert_is_a_503_with_retry_after_and_leaves_nothing(api_client, s3, monkeypatch, settings):
+    """The photo is stored, then the row cannot be written: 503, Retry-After, no object left, no
+    driver text (the whole path against a stopped server: tests/e2e/test_database_outage.py)."""
+    from django.db import OperationalError
+
+    def gone(**kwargs):
+        raise OperationalError("connection to server at db.internal (10.0.0.5), port 5432 failed")
+
+    monkeypatch.setattr("jobs.models.Image.objects.create", gone)
+    response = upload(api_client, photo_bytes("coffee.png"), request_id="db-gone")
+    error = assert_error(response, 503, None, "database_unavailable")
+    assert response["Retry-After"] == str(settings.UNAVAILABLE_RETRY_AFTER)
+    assert "db.internal" not in response.content.decode() and "5432" not in error["message"]
+    assert_nothing_left()
+
+
+def test_storage_down_answers_with_retry_after_too(api_client, s3, settings):
+    settings.S3_ENDPOINT = "127.0.0.1:9"
+    storage.reset_clients()
+    try:
+        response = upload(api_client, photo_bytes("coffee.png"), request_id="r")
+    finally:
+        settings.S3_ENDPOINT = s3.endpoint
+        storage.reset_clients()
+    assert response.status_code == 503 and response["Retry-After"] == str(settings.UNAVAILABLE_RETRY_AFTER)
+
+
 def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monkeypatch):
     """Idempotent per request_id: same photo, same callback_url -> 200 with the same id."""
     monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)

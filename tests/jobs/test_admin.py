@@ -84,3 +84,14 @@ def test_admin_addresses_from_before_the_split_redirect(staff_client, finished):
     assert staff_client.get("/admin/api/detectorversion/").url == "/admin/registry/detectorversion/"
     assert staff_client.get(response["Location"]).status_code == 200
     assert staff_client.get("/admin/api/nosuchmodel/").status_code == 404
+
+
+def test_dead_letters_are_listed_and_shown(staff_client, finished):
+    """The sweeper's records of messages that gave up: task, subject and error, list and page."""
+    letter = services.dead_letter_record(
+        task=services.DELIVER_RESULT_TASK, args=[str(finished.id)], task_id="t-1", retries=6, error="OperationalError: gone"
+    )
+    listed = staff_client.get("/admin/jobs/deadletter/")
+    assert listed.status_code == 200 and str(finished.id) in listed.content.decode()
+    page = staff_client.get(f"/admin/jobs/deadletter/{letter.id}/change/")
+    assert page.status_code == 200 and "OperationalError: gone" in page.content.decode()

@@ -111,12 +111,14 @@ def test_an_unknown_implementation_fails_the_job_with_a_code(job):
 
 
 def test_storage_trouble_propagates_for_the_task_to_retry(job, settings, s3):
-    """Transient errors are raised, not turned into a failed job."""
+    """Transient errors are raised, not turned into a failed job: after the start, as
+    JobInterrupted with the attempt that the task's retry resumes."""
     settings.S3_ENDPOINT = "127.0.0.1:9"
     storage.reset_clients()
     try:
-        with pytest.raises(storage.StorageError):
+        with pytest.raises(services.JobInterrupted) as raised:
             services.image_job_detect(image_id=job.id)
+        assert isinstance(raised.value.__cause__, storage.StorageError) and raised.value.attempt == 1
     finally:
         settings.S3_ENDPOINT = s3.endpoint
         storage.reset_clients()

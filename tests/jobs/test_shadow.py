@@ -365,3 +365,55 @@ def test_a_job_the_sweeper_fails_publishes_its_shadow_run(api_client, published,
     with django_capture_on_commit_callbacks(execute=True):
         assert services.image_jobs_sweep()["failed"] == 1
     assert published == [(services.SHADOW_DETECT_TASK, (ShadowRun.objects.get(job=job).id,))]
+
+
+def test_a_shadow_run_whose_publish_failed_is_published_by_the_sweeper(api_client, published, settings, monkeypatch):
+    """The broker was down when the job ended: the run stays unpublished until the sweeper's turn."""
+    shadow_rollout()
+    job = submit(api_client, "publish-lost")
+    services.image_job_detect(image_id=job.id)
+    with monkeypatch.context() as broker_down:
+        broker_down.setattr("jobs.services._shadow_run_publish", lambda run_id: False)
+        assert services.image_job_shadows_enqueue(image_id=job.id) == 1
+    run = ShadowRun.objects.get(job=job)
+    assert run.enqueued_at is None and published == []
+    assert services.shadow_runs_sweep() == {"shadows_republished": 0, "shadows_failed": 0}  # within the grace
+    Image.objects.filter(id=job.id).update(finished_at=timezone.now() - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE + 1))
+    assert services.shadow_runs_sweep() == {"shadows_republished": 1, "shadows_failed": 0}
+    assert published == [(services.SHADOW_DETECT_TASK, (run.id,))]
+    run.refresh_from_db()
+    assert run.enqueued_at is not None and run.enqueue_count == 1
+
+
+def test_a_shadow_run_published_too_often_fails_as_stuck(api_client, published, settings):
+    shadow_rollout()
+    job = submit(api_client, "publish-stuck")
+    services.image_job_detect(image_id=job.id)
+    Image.objects.filter(id=job.id).update(finished_at=timezone.now() - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE + 1))
+    ShadowRun.objects.filter(job=job).update(enqueue_count=settings.JOB_MAX_ENQUEUES)
+    assert services.shadow_runs_sweep() == {"shadows_republished": 0, "shadows_failed": 1}
+    run = ShadowRun.objects.get(job=job)
+    assert run.status == "failed" and run.error_code == "stuck"
+    assert Image.objects.get(id=job.id).status == "completed"  # the job itself is untouched
+
+
+def test_a_shadow_message_that_keeps_killing_workers_ends_too_many_attempts(api_client, published):
+    """Each start is counted; redelivered once more after MAX_DETECT_ATTEMPTS starts, it fails."""
+    shadow_rollout()
+    job = submit(api_client, "shadow-poison")
+    services.image_job_detect(image_id=job.id)
+    run = ShadowRun.objects.get(job=job)
+    ShadowRun.objects.filter(id=run.id).update(attempts=services.MAX_DETECT_ATTEMPTS)
+    services.shadow_run_detect(shadow_run_id=run.id, redelivered=True)
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error_code == "too_many_attempts" and run.detection_ms is None
+
+
+def test_a_shadow_run_counts_its_starts(api_client, published):
+    shadow_rollout()
+    job = submit(api_client, "shadow-count")
+    services.image_job_detect(image_id=job.id)
+    run = ShadowRun.objects.get(job=job)
+    services.shadow_run_detect(shadow_run_id=run.id)
+    run.refresh_from_db()
+    assert run.status == "completed" and run.attempts == 1

@@ -74,3 +74,73 @@ def test_finished_and_fresh_jobs_are_left_alone(unpublished, monkeypatch):
     Image.objects.filter(id=unpublished.id).update(status="completed")
     _age(unpublished, created_at=10_000, enqueued_at=10_000)
     assert services.image_jobs_sweep() == {"republished": 0, "failed": 0}
+
+
+def _second_job(api_client) -> Image:
+    body = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="after").json()
+    return Image.objects.get(id=body["id"])
+
+
+def test_a_queued_job_overtaken_by_a_later_one_is_published_again_soon(unpublished, api_client, monkeypatch, settings):
+    """Queued JOB_QUEUED_STUCK after publishing while a job published after it has started: its
+    message is gone, so it is published again long before JOB_QUEUED_TIMEOUT."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(unpublished, enqueued_at=stuck + 2, created_at=stuck + 3, updated_at=stuck + 2)
+    _age(later, enqueued_at=stuck + 1, created_at=stuck + 1)
+    assert services.image_jobs_sweep()["republished"] == 0  # nothing has moved past it
+    services.image_job_start(image_id=later.id)
+    assert services.image_jobs_sweep()["republished"] == 1
+    unpublished.refresh_from_db()
+    assert unpublished.enqueue_count == 2
+
+
+def test_a_queued_job_retried_recently_is_left_to_wait(unpublished, api_client, monkeypatch, settings):
+    """Within JOB_QUEUED_STUCK of its last retry (waiting out its backoff) it is not published again."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(unpublished, enqueued_at=stuck + 10, created_at=stuck + 10, updated_at=stuck + 10)
+    _age(later, enqueued_at=stuck + 5, created_at=stuck + 5)
+    services.image_job_start(image_id=later.id)
+    services.image_job_requeue(image_id=unpublished.id)  # its retry, just now
+    assert services.image_jobs_sweep()["republished"] == 0
+    _age(unpublished, updated_at=stuck + 1)
+    assert services.image_jobs_sweep()["republished"] == 1
+
+
+def test_a_queued_job_published_after_every_started_one_is_left_to_wait(unpublished, api_client, monkeypatch, settings):
+    """Nothing published after it has started: it is waiting its turn in a long queue."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(later, enqueued_at=stuck + 20, created_at=stuck + 1)  # made later, published earlier
+    _age(unpublished, enqueued_at=stuck + 10, created_at=stuck + 10, updated_at=stuck + 10)
+    services.image_job_start(image_id=later.id)
+    assert services.image_jobs_sweep()["republished"] == 0
+
+
+def test_a_dead_lettered_job_is_published_by_the_next_sweep(unpublished, monkeypatch, settings):
+    """A detect message recorded as a dead letter leaves its job unpublished: the sweeper takes it."""
+    monkeypatch.undo()
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1, enqueued_at=timezone.now())
+    _age(unpublished, created_at=settings.JOB_UNPUBLISHED_GRACE + 1)
+    services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], error="OperationalError: gone")
+    assert services.image_jobs_sweep()["republished"] == 1
+
+
+def test_a_job_left_processing_by_the_attempt_that_gave_up_is_published_too(unpublished, monkeypatch, settings):
+    """The dead letter names the attempt: still at it, the job goes back to queued, unpublished."""
+    monkeypatch.undo()
+    services.image_job_start(image_id=unpublished.id)
+    _age(unpublished, created_at=settings.JOB_UNPUBLISHED_GRACE + 1)
+    services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], kwargs={"attempt": 0})
+    assert Image.objects.get(id=unpublished.id).status == "processing"  # another attempt's: left alone
+    services.dead_letter_record(task=services.DETECT_TASK, args=[str(unpublished.id)], kwargs={"attempt": 1})
+    unpublished.refresh_from_db()
+    assert unpublished.status == "queued" and unpublished.enqueued_at is None
+    assert services.image_jobs_sweep()["republished"] == 1
