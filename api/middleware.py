@@ -3,7 +3,7 @@
 Every answer carries ``X-Request-ID``: the client's own when it sent a sane one, else one made
 up here. Every log line written while the request is handled carries it as ``http_request_id``,
 and so does the job the request makes (jobs.services.image_job_create stores it on the row; the
-Celery tasks get it as a message header: workers/signals.py), so one id finds the request, its
+Celery tasks get it as a message header: workers/tasklogs.py), so one id finds the request, its
 job and its callback in the logs of the API and of the workers.
 """
 

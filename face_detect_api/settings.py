@@ -365,7 +365,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=4.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# A new worker process loads the detector before taking work (workers/signals.py): give it time.
+# A new worker process loads the detector before taking work (workers/process.py): give it time.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 60
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded fallback of the local runner: a broker made of folders.

@@ -91,7 +91,7 @@ class ActiveDetector(models.Model):
 
 class WorkerHeartbeat(models.Model):
     """A detection worker process and the detector versions it has loaded, reported every few
-    seconds (workers/signals.py). A rollout counts the live ones holding its candidate."""
+    seconds (workers/prewarm.py). A rollout counts the live ones holding its candidate."""
 
     worker = models.CharField(max_length=255, unique=True)  # hostname:pid
     versions = models.JSONField(default=list)  # version ids loaded in this process

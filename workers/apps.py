@@ -6,4 +6,4 @@ class WorkersConfig(AppConfig):
 
     def ready(self) -> None:
         # Connects the worker-process signals (detector preload); nothing is loaded here.
-        from . import sending, signals  # noqa: F401
+        from . import signals  # noqa: F401

@@ -1,9 +1,9 @@
 """The callback sender (callbacks.sender) in the processes of a worker on the delivery queue:
-started in each pool process, or by the first delivery task a process runs, and stopped with it."""
+started in each pool process, or by the first delivery task a process runs, and stopped with it
+(connected in workers/signals.py)."""
 
 import logging
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from django.conf import settings
 
 from callbacks.sender import Sender, sender_running, sender_start, sender_stop
@@ -15,22 +15,21 @@ logger = logging.getLogger(__name__)
 _delivers = False
 
 
-@worker_init.connect
-def _note_queues(sender=None, **_: object) -> None:
+def note_queues(sender) -> None:
+    """In the worker's parent: whether it consumes the delivery queue."""
     global _delivers
     queues = set(sender.app.amqp.queues.consume_from or sender.app.amqp.queues) if sender is not None else set()
     _delivers = settings.CELERY_QUEUE_DELIVER in queues
 
 
-@worker_process_init.connect
-def _start(**_: object) -> None:
+def child_start() -> None:
+    """In a new pool process of a delivering worker: its sender, at once."""
     # At once, not at the first task: retries due after a restart go out without waiting for one.
     if _delivers:
         sender()
 
 
-@worker_process_shutdown.connect
-def _stop(**_: object) -> None:
+def child_stop() -> None:
     if sender_running() is not None:
         sender_stop()
 

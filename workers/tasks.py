@@ -119,7 +119,7 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     delivery runs for failed jobs too. ``attempt``: set by this task's own retry (see
     jobs.services.image_job_start)."""
     job_id = uuid.UUID(image_id)
-    # The job's fields on this task's log lines (its scope: workers/signals.py); the header's
+    # The job's fields on this task's log lines (its scope: workers/tasklogs.py); the header's
     # request id, when there is one, wins over the row's. A best effort: the database may be gone.
     log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))

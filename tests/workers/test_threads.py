@@ -2,7 +2,7 @@
 
 import os
 
-from workers.signals import detector_threads
+from workers.process import detector_threads
 
 
 def cores() -> int:
