@@ -23,7 +23,7 @@ from core.errors import Conflict, DomainError, NotFound
 from registry.models import DetectorVersion
 from registry.services import RegistryError, detector_version_activate, detector_version_active
 
-from .models import LIVE_STATUSES, Rollout, RolloutEvent, RolloutMode, RolloutStatus, Variant
+from .models import DEFAULT_GUARDRAILS, LIVE_STATUSES, Rollout, RolloutEvent, RolloutMode, RolloutStatus, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ GUARDRAIL_RANGES: dict[str, tuple[float, float]] = {
     "consecutive_breaches": (1, 100),
 }
 INTEGER_GUARDRAILS = {"window_seconds", "min_jobs", "consecutive_breaches"}
-DEFAULT_GUARDRAILS = {"window_seconds": 600, "min_jobs": 20, "consecutive_breaches": 2}
 STAGE_KEYS = {"weight", "min_seconds", "min_jobs"}
 MAX_STAGE_SECONDS = 30 * 24 * 3600
 # The usual canary plan when none is given (Argo Rollouts' setWeight steps, Flagger's stepWeight).

@@ -12,7 +12,6 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
-from django.utils import timezone
 
 from callbacks import services as delivery
 from core.logging import log_context_add
@@ -140,12 +139,9 @@ def evaluate_rollouts() -> dict | None:
     rollout = rollouts.rollout_live()
     if rollout is None:
         return None
-    window = rollout.guardrails.get("window_seconds", rollouts.DEFAULT_GUARDRAILS["window_seconds"])
-    now = timezone.now()
-    figures = stats.rollout_figures(rollout=rollout, window_seconds=window, now=now)
-    # The current stage's candidate jobs and, after a blue-green switch, the baseline's figures
-    # before it: what the verdict needs besides the window (rollouts never read the job rows).
-    figures.update(stats.rollout_evaluation_figures(rollout=rollout, window_seconds=window, now=now))
+    # The window's figures, the current stage's candidate jobs and, after a blue-green switch,
+    # the baseline's figures before it (rollouts never read the job rows).
+    figures = stats.rollout_guardrail_figures(rollout=rollout)
     warm = registry.workers_warm(version_id=rollout.candidate_id)
     return guardrails.rollout_evaluate(rollout_id=rollout.id, figures=figures, warm=warm)
 
