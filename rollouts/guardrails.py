@@ -26,19 +26,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from callbacks.services import callback_delivery_enqueue
+
+from .alerts import rollout_alert_create
 from .models import DEFAULT_GUARDRAILS, Rollout, RolloutEvent, RolloutMode, RolloutStatus
 from .services import rollout_advance, rollout_rollback, rollout_switch
 
 logger = logging.getLogger(__name__)
 
-# The Celery task that announces an automatic rollback (workers/tasks.py), by name: this app
-# never imports the workers.
-ALERT_TASK = "workers.tasks.send_rollout_alert"
 GUARDRAILS_ACTOR = "system:guardrails"
 STAGES_ACTOR = "system:stages"
 # The order guardrails are judged and reported in.
@@ -220,16 +219,6 @@ def _stage_ready(rollout: Rollout, figures: dict[str, Any], now: dt.datetime) ->
     return elapsed >= stage.min_seconds and jobs >= stage.min_jobs, words
 
 
-def _enqueue_alert(event_id: int) -> None:
-    # After the commit (transaction.on_commit): the task must find the event. A broker outage
-    # must not undo the rollback, which is committed already: logged, the alert is lost (it is
-    # one try only; the rollback is in the event log, the API and the ERROR line regardless).
-    try:
-        current_app.send_task(ALERT_TASK, args=(event_id,))
-    except Exception:
-        logger.exception("could not enqueue the alert for rollout event %s", event_id)
-
-
 def rollout_evaluate(*, rollout_id, figures: dict[str, Any], warm: dict[str, int]) -> dict[str, Any]:
     """Judge the live rollout on ``figures`` and act: count a breach (an event with the figures),
     roll back after ``consecutive_breaches`` in a row, reset the count on a clean verdict; while
@@ -322,5 +311,9 @@ def _breach(rollout: Rollout, verdict: Verdict, recorded: dict[str, Any]) -> dic
         rollout.id, rollout.mode, rollout.candidate_id, rollout.baseline_id, verdict.reason,
     )
     if settings.ROLLOUT_ALERT_URL and event is not None:
-        transaction.on_commit(lambda: _enqueue_alert(event.id))
+        # In this transaction: the alert exists exactly when the rollback does. Its first try is
+        # asked for after the commit; a broker that refuses the task cannot undo the committed
+        # rollback (robust), and the senders' polls find the row regardless.
+        alert = rollout_alert_create(event=event)
+        callback_delivery_enqueue(delivery_id=alert.id, robust=True)
     return {"action": "rollback", "breaches": rollout.breaches, "guardrails": guardrails, "status": rolled_back.status, "event": event.id if event else None}

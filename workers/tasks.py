@@ -148,5 +148,8 @@ def evaluate_rollouts() -> dict | None:
 
 @shared_task
 def send_rollout_alert(event_id: int) -> None:
-    """POST a rollout event (an automatic rollback) to ROLLOUT_ALERT_URL, signed."""
-    alerts.rollout_alert_send(event_id=event_id)
+    """Deliver a rollout event's alert to ROLLOUT_ALERT_URL through the outbox. Rollbacks now
+    make the alert's delivery themselves; this task stays for messages published before."""
+    alert = alerts.rollout_alert_send(event_id=event_id)
+    if alert is not None:
+        _attempt(alert.id)
