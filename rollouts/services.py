@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import Conflict, DomainError, NotFound
@@ -86,6 +87,19 @@ def rollout_get(*, rollout_id) -> Rollout:
     if rollout is None:
         raise NotFound("not_found", "No rollout with that id.")
     return rollout
+
+
+def rollout_retire_refusal(version_id: str) -> str | None:
+    """Why ``version_id`` cannot be retired now: a live rollout routes jobs to it, as its
+    candidate or its baseline (None: none does). Consulted by registry.services.detector_version_retire."""
+    rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).filter(Q(candidate_id=version_id) | Q(baseline_id=version_id)).first()
+    if rollout is None:
+        return None
+    role = "candidate" if rollout.candidate_id == version_id else "baseline"
+    return (
+        f"{version_id} is the {role} of the live {rollout.mode} rollout {rollout.id} ({rollout.status}): "
+        "roll it back, promote or end it first"
+    )
 
 
 # --- Routing --------------------------------------------------------------------------------------
@@ -207,7 +221,13 @@ def _candidate(candidate_id: Any) -> DetectorVersion:
     id_length = DetectorVersion._meta.get_field("id").max_length
     # Looked up only when it could be an id: PostgreSQL refuses a NUL in a query parameter
     # (a server error, not an unknown version).
-    version = None if len(candidate_id) > id_length or "\x00" in candidate_id else DetectorVersion.objects.filter(id=candidate_id).first()
+    # Locked (rollout_start is atomic): a retirement of it waits for this start, then sees the
+    # live rollout and is refused (registry.services.detector_version_retire).
+    version = (
+        None
+        if len(candidate_id) > id_length or "\x00" in candidate_id
+        else DetectorVersion.objects.select_for_update().filter(id=candidate_id).first()
+    )
     if version is None:
         raise _invalid("candidate", f"No model version {candidate_id!r}; see /api/v1/models/.", code="unknown_model_version")
     if version.retired_at:
