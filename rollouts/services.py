@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -122,13 +122,36 @@ def variant_for(rollout: Rollout, key: str) -> str:
     return Variant.CANDIDATE if assignment_bucket(rollout.id, key) < rollout.weight else Variant.BASELINE
 
 
-def rollout_route(*, client_id: int, cohort: str = "") -> Route | None:
+def _live_rollout_share_locked() -> Rollout | None:
+    """The live rollout's row under a share lock until the transaction ends (PostgreSQL's FOR
+    SHARE, which Django's select_for_update does not offer). Uploads share it with each other;
+    every transition holds FOR UPDATE (_locked_live), so a rollback waits for the uploads routed
+    under the state it ends, and an upload that reads after the rollback took its lock waits and
+    then sees the rollout ended (the row is checked again once the lock is free)."""
+    if connection.vendor != "postgresql":
+        return Rollout.objects.filter(status__in=LIVE_STATUSES).first()
+    table = connection.ops.quote_name(Rollout._meta.db_table)
+    found = Rollout.objects.raw(f"SELECT * FROM {table} WHERE status IN (%s, %s) LIMIT 1 FOR SHARE", list(LIVE_STATUSES))
+    return next(iter(found), None)
+
+
+def rollout_route(*, client_id: int, cohort: str = "", locked: bool = False) -> Route | None:
     """The variant and version a new job gets from the live rollout (None: no rollout). Shadow
-    mode always serves the baseline; the candidate runs on copies (see shadow_sampled)."""
+    mode always serves the baseline; the candidate runs on copies (see shadow_sampled).
+
+    ``locked``: read under a share lock of the rollout row, held until the caller's transaction
+    ends; in the transaction that records the job, so that the job and any transition of the
+    rollout (a rollback above all) are ordered: no job is routed by a rollout state that a
+    committed transition has already ended."""
     # Every upload asks, and most of the time no rollout is live: the row alone, without joining
     # both versions (a query that costs the API more to build than the database to answer). The
     # version the job is routed to is read below, only when there is one.
-    rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).first()
+    if locked:
+        if not connection.in_atomic_block:
+            raise RuntimeError("rollout_route(locked=True) must run in the transaction that records the job")
+        rollout = _live_rollout_share_locked()
+    else:
+        rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).first()
     if rollout is None:
         return None
     key = cohort_key(client_id=client_id, cohort=cohort)
