@@ -13,7 +13,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core import metrics
-from core.errors import Conflict, DomainError, NotFound, TooLarge, Unavailable, UnsupportedFormat
+from core.errors import Conflict, DomainError, Gone, NotFound, TooLarge, Unavailable, UnsupportedFormat
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 DOMAIN_STATUS = {
     NotFound: status.HTTP_404_NOT_FOUND,
     Conflict: status.HTTP_409_CONFLICT,
+    Gone: status.HTTP_410_GONE,
     TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     UnsupportedFormat: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,

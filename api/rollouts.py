@@ -38,16 +38,10 @@ def rollout_actor(request: Request) -> str:
 
 
 def _stage(rollout: Rollout) -> dict[str, Any] | None:
-    if not rollout.stages:
+    stage = rollout.current_stage
+    if stage is None:
         return None
-    index = min(rollout.stage_index, len(rollout.stages) - 1)
-    return {
-        "index": index,
-        "number": index + 1,
-        "of": len(rollout.stages),
-        **rollout.stages[index],
-        "started_at": iso(rollout.stage_started_at),
-    }
+    return {**stage.as_dict(), "started_at": iso(rollout.stage_started_at)}
 
 
 def rollout_event_representation(event: RolloutEvent) -> dict[str, Any]:
@@ -87,15 +81,11 @@ def rollout_summary_representation(rollout: Rollout) -> dict[str, Any]:
     }
 
 
-def rollout_figures_window(rollout: Rollout) -> float:
-    return rollout.guardrails.get("window_seconds", rollouts.DEFAULT_GUARDRAILS["window_seconds"])
-
-
 def rollout_representation(rollout: Rollout) -> dict[str, Any]:
     """One rollout with the figures the guardrails judge (per variant, on the window and since the
     start), the workers holding the candidate, and every event."""
     # An ended rollout's window is the last one before it ended (a window ending now would be empty).
-    figures = job_stats.rollout_figures(rollout=rollout, window_seconds=rollout_figures_window(rollout), now=rollout.ended_at)
+    figures = job_stats.rollout_guardrail_figures(rollout=rollout, evaluation=False)
     return {
         **rollout_summary_representation(rollout),
         "figures": figures,

@@ -19,15 +19,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs import erasure as job_erasure
-from jobs import retention as job_retention
 from jobs import selectors as job_selectors
 from jobs import services as job_services
-from jobs.models import JobStatus
 from jobs.representation import image_representation, image_submitted_representation
 from registry import artifacts as registry_artifacts
 from registry import selectors as registry_selectors
 from rest_framework.permissions import IsAuthenticated
-from storage import s3 as storage
 
 from .auth import IsOperator
 from .errors import ApiError
@@ -290,32 +287,13 @@ class ImageAnnotatedView(APIView):
         },
     )
     def get(self, request: Request, image_id: str):
-        image = job_selectors.image_get(client=request.user, image_id=image_id)
-        if image.status == JobStatus.DELETED:
-            raise ApiError("deleted", "The job was erased; its images are gone.", status_code=410)
-        if image.annotated_expired_at is not None:
-            raise _expired()
-        if not image.annotated_key:
-            if image.status == JobStatus.FAILED:
-                raise ApiError("not_available", "The job failed; there is no annotated image.", status_code=404)
-            raise ApiError("not_ready", "The annotated image is not ready yet.", status_code=409)
-        if settings.S3_PUBLIC_ENDPOINT:
-            return HttpResponseRedirect(storage.storage_presigned_url(key=image.annotated_key))
-        try:
-            chunks = storage.storage_stream(key=image.annotated_key)
-        except storage.ObjectNotFound as exc:
-            if job_retention.image_expired(image, "annotated"):  # a bucket lifecycle rule came first
-                raise _expired() from exc
-            raise ApiError("not_available", "The annotated image is missing from storage.", status_code=404) from exc
-        except storage.StorageError as exc:
-            raise ApiError("storage_unavailable", "Storage is unavailable; try again.", status_code=503) from exc
-        response = StreamingHttpResponse(chunks, content_type="image/jpeg")
-        response["Content-Disposition"] = f'inline; filename="{image.id}.jpg"'
+        # The selector decides (failed: 404, not drawn yet: 409, storage down: 503); this renders.
+        annotated = job_selectors.image_annotated_get(client=request.user, image_id=image_id)
+        if annotated.url is not None:
+            return HttpResponseRedirect(annotated.url)
+        response = StreamingHttpResponse(annotated.chunks, content_type="image/jpeg")
+        response["Content-Disposition"] = f'inline; filename="{annotated.image.id}.jpg"'
         return response
-
-
-def _expired() -> ApiError:
-    return ApiError("expired", "The annotated image was deleted at the end of its retention period.", status_code=410)
 
 
 class ImageRedeliverView(APIView):

@@ -17,9 +17,9 @@ class AttemptInline(ReadOnlyInline):
 
 @admin.register(CallbackDelivery)
 class CallbackDeliveryAdmin(ReadOnlyAdmin):
-    list_display = ("webhook_id", "image", "host", "status", "attempt_count", "last_status_code", "next_attempt_at", "created_at")
-    list_filter = ("status",)
-    search_fields = ("webhook_id", "image__request_id", "url")
+    list_display = ("webhook_id", "kind", "image", "subject", "host", "status", "attempt_count", "last_status_code", "next_attempt_at", "created_at")
+    list_filter = ("status", "kind")
+    search_fields = ("webhook_id", "image__request_id", "url", "subject")
     inlines = [AttemptInline]
     readonly_fields = [f.name for f in CallbackDelivery._meta.fields]
 

@@ -1,4 +1,6 @@
-"""The callback outbox: a delivery row per message, an attempt row per HTTP try."""
+"""The delivery outbox: a delivery row per message, an attempt row per HTTP try. It belongs to no
+one domain: a job's callback and an operator's rollout alert are both deliveries (the link to a
+job is there only for callbacks)."""
 
 from django.db import models
 
@@ -9,11 +11,23 @@ class DeliveryStatus(models.TextChoices):
     FAILED = "failed"
 
 
-class CallbackDelivery(models.Model):
-    """One message to a job's callback_url (an outbox row): the exact body, signed on each try
-    under the same webhook id, retried on a schedule until delivered or failed."""
+class DeliveryKind(models.TextChoices):
+    # A job's result to the callback_url its client gave: only public addresses are called.
+    CALLBACK = "callback"
+    # An operator's alert to a URL from the settings (ROLLOUT_ALERT_URL), often an internal
+    # address: the address policy that guards clients' URLs does not apply.
+    ALERT = "alert"
 
-    image = models.ForeignKey("jobs.Image", on_delete=models.CASCADE, related_name="deliveries")
+
+class CallbackDelivery(models.Model):
+    """One message to a URL (an outbox row): the exact body, signed on each try under the same
+    webhook id, retried on a schedule until delivered or failed. A callback points at its job;
+    an alert at no job (``subject`` says what it is about)."""
+
+    image = models.ForeignKey("jobs.Image", on_delete=models.CASCADE, related_name="deliveries", null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=DeliveryKind.choices, default=DeliveryKind.CALLBACK)
+    # What a delivery without a job is about, in words ("rollout 3f2c... rollback, event 42").
+    subject = models.CharField(max_length=200, blank=True, default="")
     webhook_id = models.CharField(max_length=64, unique=True)
     url = models.URLField(max_length=2048)
     # The receiver (host:port of the URL): per-host caps and the circuit breaker go by it.

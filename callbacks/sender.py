@@ -1,4 +1,4 @@
-"""The sender of a delivery worker process: callback POSTs on a pool of threads, so that a POST
+"""The sender of a delivery worker process: callback (and rollout alert) POSTs on a pool of threads, so that a POST
 waiting on a slow receiver holds a thread, never a worker slot.
 
 One loop thread owns the database work: it claims due deliveries fairly across receivers
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from core.logging import log_context_add
 
@@ -79,6 +79,13 @@ class Sender:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # A stopped sender leaves no database connection of its thread behind.
+            connections.close_all()
+
+    def _loop(self) -> None:
         while True:
             try:
                 self._record_results()
@@ -108,7 +115,7 @@ class Sender:
 
     def _post(self, claim: Claim) -> None:
         try:
-            result = post_signed(claim.url, claim.body, webhook_id=claim.webhook_id)
+            result = post_signed(claim.url, claim.body, webhook_id=claim.webhook_id, check_policy=claim.check_policy)
         except Exception as exc:  # post_signed never raises for the network; anything else is a bug
             logger.exception("callback %s: the POST crashed", claim.webhook_id)
             result = exc

@@ -26,7 +26,7 @@ from django.utils import timezone
 from core import metrics
 
 from .http import PostResult, post_signed
-from .models import CallbackAttempt, CallbackDelivery, CallbackHost, DeliveryStatus
+from .models import CallbackAttempt, CallbackDelivery, CallbackHost, DeliveryKind, DeliveryStatus
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +53,32 @@ def callback_delivery_create(
     return outbox_row
 
 
-def callback_delivery_enqueue(*, delivery_id: int) -> None:
+def alert_delivery_create(*, url: str, body: bytes, webhook_id: str, subject: str) -> CallbackDelivery:
+    """A pending delivery of an operator's alert (``body``, JSON bytes, sent as they are) to
+    ``url``, a URL from the settings: signed, retried and recorded like a job's callback, under
+    the same per-host caps and breakers, but not held to the public-address policy that guards
+    clients' URLs. Idempotent by ``webhook_id``: asked again, it returns the delivery made first."""
+    outbox_row, created = CallbackDelivery.objects.get_or_create(
+        webhook_id=webhook_id,
+        defaults={
+            "kind": DeliveryKind.ALERT,
+            "subject": subject[:200],
+            "url": url,
+            "host": host_of(url),
+            "body": body.decode(),
+            "next_attempt_at": timezone.now(),
+        },
+    )
+    if created:
+        CallbackHost.objects.get_or_create(host=outbox_row.host)
+    return outbox_row
+
+
+def callback_delivery_enqueue(*, delivery_id: int, robust: bool = False) -> None:
     """Try the delivery on a worker once the transaction that made it commits (the task is named,
-    not imported: services sit below the task modules)."""
-    transaction.on_commit(lambda: current_app.send_task(DELIVER_CALLBACK_TASK, args=(delivery_id,)))
+    not imported: services sit below the task modules). ``robust``: a broker that refuses the
+    task is logged, not raised (the row is committed; the senders' polls find it regardless)."""
+    transaction.on_commit(lambda: current_app.send_task(DELIVER_CALLBACK_TASK, args=(delivery_id,)), robust=robust)
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -100,6 +122,8 @@ class Claim:
     webhook_id: str
     number: int
     host: str
+    # Whether the URL is held to the public-address policy: a client's is, an operator's is not.
+    check_policy: bool = True
 
 
 def _claim(outbox_row: CallbackDelivery, now: dt.datetime) -> Claim:
@@ -115,6 +139,7 @@ def _claim(outbox_row: CallbackDelivery, now: dt.datetime) -> Claim:
         webhook_id=outbox_row.webhook_id,
         number=outbox_row.attempt_count,
         host=outbox_row.host or host_of(outbox_row.url),
+        check_policy=outbox_row.kind != DeliveryKind.ALERT,
     )
 
 
@@ -196,7 +221,7 @@ def callback_delivery_attempt(*, delivery_id: int) -> float | None:
 
 def callback_delivery_send(*, claim: Claim) -> float | None:
     """POST a claimed try and record it (callback_delivery_record). Never raises for the network."""
-    result = post_signed(claim.url, claim.body, webhook_id=claim.webhook_id)
+    result = post_signed(claim.url, claim.body, webhook_id=claim.webhook_id, check_policy=claim.check_policy)
     return callback_delivery_record(claim=claim, result=result)
 
 
@@ -249,6 +274,9 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
     # Apart from the delivery's transaction: claims lock the host first, then its deliveries.
     if not result.refused:
         _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error)
+    if delivery.kind == DeliveryKind.ALERT:
+        _alert_logged(delivery, number=number, code=code, error=result.error, next_delay=next_delay)
+        return next_delay
     _attempt_counted(delivery, refused=result.refused, retried=next_delay is not None)
 
     logger.log(
@@ -262,6 +290,18 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
         f" (next in {next_delay:.1f}s)" if next_delay is not None else "",
     )
     return next_delay
+
+
+def _alert_logged(delivery: CallbackDelivery, *, number: int, code: int | None, error: str, next_delay: float | None) -> None:
+    """An alert's try in the log, where operators look for it (the callback metrics are the
+    clients' and leave alerts out): delivered at WARNING, a retry at WARNING, given up at ERROR."""
+    outcome = f"HTTP {code}" if code is not None else error
+    if delivery.status == DeliveryStatus.DELIVERED:
+        logger.warning("alert %s (%s) delivered on attempt %d (%s)", delivery.webhook_id, delivery.subject, number, outcome)
+    elif next_delay is not None:
+        logger.warning("alert %s (%s), attempt %d: %s; next try in %.1fs", delivery.webhook_id, delivery.subject, number, outcome, next_delay)
+    else:
+        logger.error("alert %s (%s) not delivered, gave up after %d attempts: %s", delivery.webhook_id, delivery.subject, number, outcome)
 
 
 def _breaker_record(host: str, *, failed: bool, error: str) -> None:

@@ -24,6 +24,10 @@ class Conflict(DomainError):
     """The request contradicts the current state (409)."""
 
 
+class Gone(DomainError):
+    """It existed and was deleted on purpose: erased on request or past its retention (410)."""
+
+
 class TooLarge(DomainError):
     """The upload or the image is larger than accepted (413)."""
 

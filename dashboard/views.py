@@ -5,7 +5,8 @@ baseline against the candidate on the guardrails' window, the thresholds drawn o
 and the rollout's event log beside them.
 
 Every figure comes from jobs.stats (indexed reads of the job rows); the verdicts shown are
-rollouts.guardrails.judge's own, on the same figures the beat task hands it.
+rollouts.guardrails.rollout_verdict's own, on the figures the beat task reads
+(jobs.stats.rollout_guardrail_figures).
 """
 
 import datetime as dt
@@ -25,7 +26,7 @@ from jobs import stats as job_stats
 from registry import selectors as registry_selectors
 from rollouts import guardrails as rollout_guardrails
 from rollouts.models import Rollout, RolloutMode
-from rollouts.services import DEFAULT_GUARDRAILS, rollout_live
+from rollouts.services import rollout_live
 
 from . import charts
 
@@ -90,21 +91,19 @@ def _parse_window(raw: str | None) -> int | None:
 
 
 def _rollout_panel(rollout: Rollout, now: dt.datetime) -> dict[str, Any]:
-    """The live rollout's guardrail window, per side, with each guardrail's verdict now."""
-    window = rollout.guardrails.get("window_seconds", DEFAULT_GUARDRAILS["window_seconds"])
-    figures = job_stats.rollout_figures(rollout=rollout, window_seconds=window, now=now)
-    figures.update(job_stats.rollout_evaluation_figures(rollout=rollout, window_seconds=window, now=now))
+    """The live rollout's guardrail window, per side, with each guardrail's verdict now: the
+    figures and the verdict the beat task reads and acts on (never re-derived here)."""
+    figures = job_stats.rollout_guardrail_figures(rollout=rollout, now=now)
     base, cand = figures["window"]["baseline"], figures["window"]["candidate"]
-    reference, source = base, "window"
-    if rollout.mode == RolloutMode.BLUE_GREEN and rollout.switched_at is not None:
-        # After the switch the baseline serves nobody: it is judged on its window before the switch.
-        reference, source = (figures.get("before_switch") or {}).get("baseline") or {}, "baseline before the switch"
-    verdict = rollout_guardrails.judge(rollout.guardrails, figures, baseline=reference if source != "window" else None, baseline_source=source)
+    verdict = rollout_guardrails.rollout_verdict(rollout, figures)
+    reference, source = rollout_guardrails.verdict_baseline(rollout, figures)
+    if reference is None:
+        reference = base
     agreement = figures["window"]["agreement"]
     rules = rollout.guardrails
     rows = [
         {"label": "Jobs", "baseline": str(base["jobs"]), "candidate": str(cand["jobs"]),
-         "rule": f"≥ {rules.get('min_jobs', DEFAULT_GUARDRAILS['min_jobs'])} each"},
+         "rule": f"≥ {rollout.guardrail_setting('min_jobs')} each"},
         {"label": "Error rate", "baseline": _pct(base["error_rate"]), "candidate": _pct(cand["error_rate"]),
          "rule": f"≤ {_pct(rules['error_rate_max'])}" if "error_rate_max" in rules else ""},
         {"label": "p95 time", "baseline": _ms(base["p95_detection_ms"]), "candidate": _ms(cand["p95_detection_ms"]),
@@ -115,10 +114,7 @@ def _rollout_panel(rollout: Rollout, now: dt.datetime) -> dict[str, Any]:
         {"label": "Agreement", "both": f"F1 {_num(agreement['mean'], 3)} over {agreement['pairs']} pairs",
          "rule": f"≥ {rules['agreement_min']:g}" if "agreement_min" in rules else ""},
     ]
-    stage = None
-    if rollout.stages:
-        index = min(rollout.stage_index, len(rollout.stages) - 1)
-        stage = f"stage {index + 1} of {len(rollout.stages)}"
+    stage = rollout.current_stage
     events = [
         {
             "at": event.at,
@@ -133,8 +129,8 @@ def _rollout_panel(rollout: Rollout, now: dt.datetime) -> dict[str, Any]:
     return {
         "rollout": rollout,
         "mode": MODE_NAMES.get(rollout.mode, rollout.mode),
-        "stage": stage,
-        "window": _duration(window),
+        "stage": f"stage {stage.label}" if stage is not None else None,
+        "window": _duration(rollout.window_seconds),
         "rows": rows,
         "checks": [{"name": c.guardrail, "outcome": c.outcome, "detail": c.detail} for c in verdict.checks],
         "outcome": verdict.outcome if verdict.checks else None,

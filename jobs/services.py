@@ -145,6 +145,15 @@ def image_job_create(
 
     try:
         with transaction.atomic():
+            if route is not None:
+                # Routed again, under a share lock of the rollout row held until this commits:
+                # a rollback that committed since the first read is seen (the job goes to the
+                # active version, outside the rollout), and one that comes now waits for this job.
+                route = rollout_route(client_id=client.id, cohort=cohort, locked=True)
+                routed = route.version if route is not None else detector_version_for_job(requested=None)
+                if routed.id != version.id:
+                    version = routed
+                    _labels_check(version, labels)
             image = Image.objects.create(
                 id=image_id,
                 client=client,

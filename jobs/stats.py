@@ -123,6 +123,20 @@ def rollout_evaluation_figures(*, rollout, window_seconds: float, now: dt.dateti
     return extra
 
 
+def rollout_guardrail_figures(*, rollout, now: dt.datetime | None = None, evaluation: bool = True) -> dict[str, Any]:
+    """A rollout's figures on its guardrails' window (Rollout.window_seconds): rollout_figures,
+    and with ``evaluation`` what the verdict needs besides (rollout_evaluation_figures). The one
+    read of them for the beat task, the API, the dashboard and the shell command.
+
+    The window ends at ``now``; by default now for a live rollout, and for an ended one the
+    moment it ended (a window ending now would be empty)."""
+    now = now or rollout.ended_at or timezone.now()
+    figures = rollout_figures(rollout=rollout, window_seconds=rollout.window_seconds, now=now)
+    if evaluation:
+        figures.update(rollout_evaluation_figures(rollout=rollout, window_seconds=rollout.window_seconds, now=now))
+    return figures
+
+
 # --- Per detector version, in time buckets (GET /api/v1/models/{id}/stats/, the dashboard) ---------
 
 MIN_WINDOW_SECONDS = 60

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -158,14 +159,34 @@ def detector_version_activate(*, version_id: str) -> DetectorVersion:
     return version
 
 
+# Checks that may refuse to retire a version, added by the apps that route jobs to versions
+# (rollouts: a live rollout's candidate and baseline) when they load, so that the registry never
+# imports them. Each takes a version id and returns why it cannot be retired, or None.
+RETIRE_GUARDS: list[Callable[[str], str | None]] = []
+
+
+def detector_version_retire_guard_add(guard: Callable[[str], str | None]) -> None:
+    """Have ``guard`` consulted by every retirement (once, however often it is added)."""
+    if guard not in RETIRE_GUARDS:
+        RETIRE_GUARDS.append(guard)
+
+
 def detector_version_retire(*, version_id: str) -> DetectorVersion:
-    """Refuse this version for new jobs. The active version cannot be retired."""
+    """Refuse this version for new jobs. The active version cannot be retired, nor one that a
+    guard refuses (a live rollout's candidate or baseline): RegistryError says why. The API, the
+    shell command and the admin all retire through here."""
     with transaction.atomic():
+        # The version's row lock orders this with rollout_start, which locks its candidate: a
+        # rollout that starts meanwhile is seen by the guards below, or sees the retirement.
         version = DetectorVersion.objects.select_for_update().filter(id=version_id).first()
         if version is None:
             raise RegistryError(f"no version {version_id}")
         if ActiveDetector.objects.filter(version=version).exists():
             raise RegistryError(f"{version_id} is active: activate another version first")
+        for guard in RETIRE_GUARDS:
+            refusal = guard(version_id)
+            if refusal:
+                raise RegistryError(refusal)
         if not version.retired_at:
             version.retired_at = timezone.now()
             version.save(update_fields=["retired_at"])

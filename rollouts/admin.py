@@ -64,10 +64,8 @@ class RolloutAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Stage")
     def stage(self, obj: Rollout) -> str:
-        if not obj.stages:
-            return "-"
-        index = min(obj.stage_index, len(obj.stages) - 1)
-        return f"{index + 1} of {len(obj.stages)}"
+        stage = obj.current_stage
+        return stage.label if stage is not None else "-"
 
     @admin.display(description="Workers warm")
     def workers(self, obj: Rollout) -> str:

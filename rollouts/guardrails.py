@@ -5,7 +5,9 @@ switches once every live detection worker has the candidate loaded.
 
 ``judge`` is pure (figures in, verdict out) so it is tested on hand-made figures; the figures
 themselves are read from the job rows by jobs.stats and handed in by the task (this app never
-reads the jobs tables). ``rollout_evaluate`` acts on a verdict under the rollout's row lock.
+reads the jobs tables). ``rollout_verdict`` is the verdict of a rollout on its figures, the one
+that every page showing a verdict shows; ``rollout_evaluate`` acts on it under the rollout's row
+lock.
 
 Each guardrail is judged on its own:
 
@@ -24,19 +26,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Rollout, RolloutEvent, RolloutMode, RolloutStatus
-from .services import DEFAULT_GUARDRAILS, rollout_advance, rollout_rollback, rollout_switch
+from callbacks.services import callback_delivery_enqueue
+
+from .alerts import rollout_alert_create
+from .models import DEFAULT_GUARDRAILS, Rollout, RolloutEvent, RolloutMode, RolloutStatus
+from .services import rollout_advance, rollout_rollback, rollout_switch
 
 logger = logging.getLogger(__name__)
 
-# The Celery task that announces an automatic rollback (workers/tasks.py), by name: this app
-# never imports the workers.
-ALERT_TASK = "workers.tasks.send_rollout_alert"
 GUARDRAILS_ACTOR = "system:guardrails"
 STAGES_ACTOR = "system:stages"
 # The order guardrails are judged and reported in.
@@ -173,48 +174,49 @@ def judge(guardrails: dict[str, Any], figures: dict[str, Any], *, baseline: dict
     return Verdict(tuple(checks))
 
 
-# --- Acting on the verdict ------------------------------------------------------------------------
+# --- The verdict of a rollout ----------------------------------------------------------------------
+
+BASELINE_BEFORE_SWITCH = "baseline before the switch"
 
 
-def _verdict_for(rollout: Rollout, figures: dict[str, Any]) -> Verdict:
+def verdict_baseline(rollout: Rollout, figures: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The baseline figures the candidate is compared with, and where they come from: (None,
+    "window") for the window's own baseline, the usual case.
+
+    After a blue-green switch the baseline serves no one, so the window has no baseline latency
+    to compare with: the candidate is judged against the baseline version's own figures on the
+    window that ended at the switch (jobs.stats.rollout_evaluation_figures, "before_switch").
+    Figures taken for another switch time (a race with the switch) are not used: an empty
+    baseline, so the latency guardrail is inconclusive rather than judged on the wrong window."""
     if rollout.mode == RolloutMode.BLUE_GREEN and rollout.switched_at is not None:
-        # After the switch the baseline serves no one, so the window has no baseline latency to
-        # compare with: the candidate is judged against the baseline version's own figures on the
-        # window that ended at the switch (jobs.stats.rollout_evaluation_figures, "before_switch").
-        # Figures taken for another switch time (a race with the switch) are not used.
         before = figures.get("before_switch") or {}
         same_switch = before.get("until") == rollout.switched_at.isoformat()
-        return judge(
-            rollout.guardrails,
-            figures,
-            baseline=(before.get("baseline") or {}) if same_switch else {},
-            baseline_source="baseline before the switch",
-        )
-    return judge(rollout.guardrails, figures)
+        return ((before.get("baseline") or {}) if same_switch else {}), BASELINE_BEFORE_SWITCH
+    return None, "window"
+
+
+def rollout_verdict(rollout: Rollout, figures: dict[str, Any]) -> Verdict:
+    """The verdict of the rollout's guardrails on ``figures`` (jobs.stats.rollout_guardrail_figures):
+    what the beat task acts on, and what every page that shows a verdict shows."""
+    baseline, source = verdict_baseline(rollout, figures)
+    return judge(rollout.guardrails, figures, baseline=baseline, baseline_source=source)
+
+
+# --- Acting on the verdict ------------------------------------------------------------------------
 
 
 def _stage_ready(rollout: Rollout, figures: dict[str, Any], now: dt.datetime) -> tuple[bool, str]:
     """Whether the current canary stage has met its minimums: min_seconds since it started and
     min_jobs candidate jobs finished since then (counted by jobs.stats, handed in as
     figures["stage"] for this very stage start)."""
-    stage = rollout.stages[rollout.stage_index]
+    stage = rollout.current_stage
     elapsed = (now - rollout.stage_started_at).total_seconds() if rollout.stage_started_at else 0.0
     counted = figures.get("stage") or {}
     started = rollout.stage_started_at.isoformat() if rollout.stage_started_at else None
     # Counted for an earlier stage start (someone advanced or resumed meanwhile): not this stage's.
     jobs = _count(counted, "candidate_jobs") if counted.get("since") == started else 0
-    words = f"{elapsed:.0f} s of {stage['min_seconds']} s, {jobs} of {stage['min_jobs']} candidate jobs"
-    return elapsed >= stage["min_seconds"] and jobs >= stage["min_jobs"], words
-
-
-def _enqueue_alert(event_id: int) -> None:
-    # After the commit (transaction.on_commit): the task must find the event. A broker outage
-    # must not undo the rollback, which is committed already: logged, the alert is lost (it is
-    # one try only; the rollback is in the event log, the API and the ERROR line regardless).
-    try:
-        current_app.send_task(ALERT_TASK, args=(event_id,))
-    except Exception:
-        logger.exception("could not enqueue the alert for rollout event %s", event_id)
+    words = f"{elapsed:.0f} s of {stage.min_seconds} s, {jobs} of {stage.min_jobs} candidate jobs"
+    return elapsed >= stage.min_seconds and jobs >= stage.min_jobs, words
 
 
 def rollout_evaluate(*, rollout_id, figures: dict[str, Any], warm: dict[str, int]) -> dict[str, Any]:
@@ -230,7 +232,7 @@ def rollout_evaluate(*, rollout_id, figures: dict[str, Any], warm: dict[str, int
         result: dict[str, Any] = {"rollout": str(rollout_id)}
         if rollout is None or not rollout.is_live:
             return {**result, "action": "none", "status": rollout.status if rollout else None}
-        verdict = _verdict_for(rollout, figures)
+        verdict = rollout_verdict(rollout, figures)
         result.update(verdict=verdict.outcome, status=rollout.status)
         recorded = {
             "verdict": verdict.as_dict(),
@@ -283,7 +285,7 @@ def _breach(rollout: Rollout, verdict: Verdict, recorded: dict[str, Any]) -> dic
     """Count one breach (an event), and roll back when it completes a streak."""
     rollout.breaches += 1
     rollout.save(update_fields=["breaches", "updated_at"])
-    needed = int(rollout.guardrails.get("consecutive_breaches", DEFAULT_GUARDRAILS["consecutive_breaches"]))
+    needed = int(rollout.guardrail_setting("consecutive_breaches"))
     reason = f"{verdict.reason} (breach {rollout.breaches} of {needed} in a row)"
     RolloutEvent.objects.create(
         rollout=rollout,
@@ -309,5 +311,9 @@ def _breach(rollout: Rollout, verdict: Verdict, recorded: dict[str, Any]) -> dic
         rollout.id, rollout.mode, rollout.candidate_id, rollout.baseline_id, verdict.reason,
     )
     if settings.ROLLOUT_ALERT_URL and event is not None:
-        transaction.on_commit(lambda: _enqueue_alert(event.id))
+        # In this transaction: the alert exists exactly when the rollback does. Its first try is
+        # asked for after the commit; a broker that refuses the task cannot undo the committed
+        # rollback (robust), and the senders' polls find the row regardless.
+        alert = rollout_alert_create(event=event)
+        callback_delivery_enqueue(delivery_id=alert.id, robust=True)
     return {"action": "rollback", "breaches": rollout.breaches, "guardrails": guardrails, "status": rolled_back.status, "event": event.id if event else None}

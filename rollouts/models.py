@@ -2,6 +2,8 @@
 decision taken on the way."""
 
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from django.db import models
 
@@ -28,6 +30,42 @@ LIVE_STATUSES = (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
 class Variant(models.TextChoices):
     BASELINE = "baseline"
     CANDIDATE = "candidate"
+
+
+# The guardrails' window settings when a rollout does not set them (rollouts.services validates
+# what it does set).
+DEFAULT_GUARDRAILS = {"window_seconds": 600, "min_jobs": 20, "consecutive_breaches": 2}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where a staged rollout (canary, A/B) stands in its plan."""
+
+    index: int  # 0-based
+    of: int  # how many stages there are
+    weight: int
+    min_seconds: int
+    min_jobs: int
+
+    @property
+    def number(self) -> int:
+        """1-based, as people count stages."""
+        return self.index + 1
+
+    @property
+    def label(self) -> str:
+        """``"2 of 4"``."""
+        return f"{self.number} of {self.of}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "number": self.number,
+            "of": self.of,
+            "weight": self.weight,
+            "min_seconds": self.min_seconds,
+            "min_jobs": self.min_jobs,
+        }
 
 
 class Rollout(models.Model):
@@ -75,6 +113,35 @@ class Rollout(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
+
+    # The one read of a rollout's plan and window: the API, the dashboard, the admin, the shell
+    # command and the beat task all go through these, so none re-derives them.
+
+    @property
+    def current_stage(self) -> Stage | None:
+        """The stage the rollout is at (None: no stages, as in shadow and blue-green). An index
+        past the plan, which no transition leaves, reads as the last stage."""
+        if not self.stages:
+            return None
+        index = min(self.stage_index, len(self.stages) - 1)
+        stage = self.stages[index]
+        return Stage(
+            index=index,
+            of=len(self.stages),
+            weight=stage["weight"],
+            min_seconds=stage.get("min_seconds", 0),
+            min_jobs=stage.get("min_jobs", 0),
+        )
+
+    def guardrail_setting(self, name: str) -> int:
+        """One of the window settings (window_seconds, min_jobs, consecutive_breaches): the
+        rollout's own, else the default."""
+        return self.guardrails.get(name, DEFAULT_GUARDRAILS[name])
+
+    @property
+    def window_seconds(self) -> int:
+        """The sliding window the guardrails judge, in seconds."""
+        return self.guardrail_setting("window_seconds")
 
 
 class RolloutEvent(models.Model):

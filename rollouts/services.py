@@ -16,14 +16,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import Conflict, DomainError, NotFound
 from registry.models import DetectorVersion
 from registry.services import RegistryError, detector_version_activate, detector_version_active
 
-from .models import LIVE_STATUSES, Rollout, RolloutEvent, RolloutMode, RolloutStatus, Variant
+from .models import DEFAULT_GUARDRAILS, LIVE_STATUSES, Rollout, RolloutEvent, RolloutMode, RolloutStatus, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ GUARDRAIL_RANGES: dict[str, tuple[float, float]] = {
     "consecutive_breaches": (1, 100),
 }
 INTEGER_GUARDRAILS = {"window_seconds", "min_jobs", "consecutive_breaches"}
-DEFAULT_GUARDRAILS = {"window_seconds": 600, "min_jobs": 20, "consecutive_breaches": 2}
 STAGE_KEYS = {"weight", "min_seconds", "min_jobs"}
 MAX_STAGE_SECONDS = 30 * 24 * 3600
 # The usual canary plan when none is given (Argo Rollouts' setWeight steps, Flagger's stepWeight).
@@ -89,6 +89,19 @@ def rollout_get(*, rollout_id) -> Rollout:
     return rollout
 
 
+def rollout_retire_refusal(version_id: str) -> str | None:
+    """Why ``version_id`` cannot be retired now: a live rollout routes jobs to it, as its
+    candidate or its baseline (None: none does). Consulted by registry.services.detector_version_retire."""
+    rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).filter(Q(candidate_id=version_id) | Q(baseline_id=version_id)).first()
+    if rollout is None:
+        return None
+    role = "candidate" if rollout.candidate_id == version_id else "baseline"
+    return (
+        f"{version_id} is the {role} of the live {rollout.mode} rollout {rollout.id} ({rollout.status}): "
+        "roll it back, promote or end it first"
+    )
+
+
 # --- Routing --------------------------------------------------------------------------------------
 
 
@@ -109,13 +122,36 @@ def variant_for(rollout: Rollout, key: str) -> str:
     return Variant.CANDIDATE if assignment_bucket(rollout.id, key) < rollout.weight else Variant.BASELINE
 
 
-def rollout_route(*, client_id: int, cohort: str = "") -> Route | None:
+def _live_rollout_share_locked() -> Rollout | None:
+    """The live rollout's row under a share lock until the transaction ends (PostgreSQL's FOR
+    SHARE, which Django's select_for_update does not offer). Uploads share it with each other;
+    every transition holds FOR UPDATE (_locked_live), so a rollback waits for the uploads routed
+    under the state it ends, and an upload that reads after the rollback took its lock waits and
+    then sees the rollout ended (the row is checked again once the lock is free)."""
+    if connection.vendor != "postgresql":
+        return Rollout.objects.filter(status__in=LIVE_STATUSES).first()
+    table = connection.ops.quote_name(Rollout._meta.db_table)
+    found = Rollout.objects.raw(f"SELECT * FROM {table} WHERE status IN (%s, %s) LIMIT 1 FOR SHARE", list(LIVE_STATUSES))
+    return next(iter(found), None)
+
+
+def rollout_route(*, client_id: int, cohort: str = "", locked: bool = False) -> Route | None:
     """The variant and version a new job gets from the live rollout (None: no rollout). Shadow
-    mode always serves the baseline; the candidate runs on copies (see shadow_sampled)."""
+    mode always serves the baseline; the candidate runs on copies (see shadow_sampled).
+
+    ``locked``: read under a share lock of the rollout row, held until the caller's transaction
+    ends; in the transaction that records the job, so that the job and any transition of the
+    rollout (a rollback above all) are ordered: no job is routed by a rollout state that a
+    committed transition has already ended."""
     # Every upload asks, and most of the time no rollout is live: the row alone, without joining
     # both versions (a query that costs the API more to build than the database to answer). The
     # version the job is routed to is read below, only when there is one.
-    rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).first()
+    if locked:
+        if not connection.in_atomic_block:
+            raise RuntimeError("rollout_route(locked=True) must run in the transaction that records the job")
+        rollout = _live_rollout_share_locked()
+    else:
+        rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).first()
     if rollout is None:
         return None
     key = cohort_key(client_id=client_id, cohort=cohort)
@@ -208,7 +244,13 @@ def _candidate(candidate_id: Any) -> DetectorVersion:
     id_length = DetectorVersion._meta.get_field("id").max_length
     # Looked up only when it could be an id: PostgreSQL refuses a NUL in a query parameter
     # (a server error, not an unknown version).
-    version = None if len(candidate_id) > id_length or "\x00" in candidate_id else DetectorVersion.objects.filter(id=candidate_id).first()
+    # Locked (rollout_start is atomic): a retirement of it waits for this start, then sees the
+    # live rollout and is refused (registry.services.detector_version_retire).
+    version = (
+        None
+        if len(candidate_id) > id_length or "\x00" in candidate_id
+        else DetectorVersion.objects.select_for_update().filter(id=candidate_id).first()
+    )
     if version is None:
         raise _invalid("candidate", f"No model version {candidate_id!r}; see /api/v1/models/.", code="unknown_model_version")
     if version.retired_at:

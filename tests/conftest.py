@@ -128,6 +128,9 @@ class CallbackReceiver:
                 self.end_headers()
                 self.wfile.write(b"ok" if status < 300 else b"nope")
 
+            # Any method is recorded (a followed redirect would come back as a GET).
+            do_GET = do_PUT = do_POST
+
             def log_message(self, *args):
                 pass
 

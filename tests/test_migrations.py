@@ -107,6 +107,8 @@ def test_every_row_survives_the_split_and_still_works(old_database):
     assert DetectorVersion.objects.get(id="mtcnn@0.9.0").labels == ["face"]
     delivery = CallbackDelivery.objects.get(image=image)
     assert delivery.webhook_id == "msg_old" and image.latest_delivery == delivery
+    # The outbox took alerts later: an old delivery is its job's callback, as it was.
+    assert delivery.kind == "callback" and delivery.image_id == image.id and delivery.subject == ""
     assert CallbackAttempt.objects.get(delivery=delivery).status_code == 200
     assert DetectorVersion.objects.filter(id="mtcnn@0.9.0").exists()
     assert detector_version_active().id == "mtcnn@0.9.0"

@@ -331,26 +331,11 @@ def _evaluate_rollouts() -> dict | None:
     rollout = rollouts.rollout_live()
     if rollout is None:
         return None
-    window = rollout.guardrails.get("window_seconds", rollouts.DEFAULT_GUARDRAILS["window_seconds"])
-    now = timezone.now()
-    figures = stats.rollout_figures(rollout=rollout, window_seconds=window, now=now)
-    # The current stage's candidate jobs and, after a blue-green switch, the baseline's figures
-    # before it: what the verdict needs besides the window (rollouts never read the job rows).
-    figures.update(stats.rollout_evaluation_figures(rollout=rollout, window_seconds=window, now=now))
+    # The window's figures, the current stage's candidate jobs and, after a blue-green switch,
+    # the baseline's figures before it (rollouts never read the job rows).
+    figures = stats.rollout_guardrail_figures(rollout=rollout)
     warm = registry.workers_warm(version_id=rollout.candidate_id)
     return guardrails.rollout_evaluate(rollout_id=rollout.id, figures=figures, warm=warm)
-
-
-@shared_task(bind=True, max_retries=None)
-def send_rollout_alert(self, event_id: int) -> None:
-    """POST a rollout event (an automatic rollback) to ROLLOUT_ALERT_URL, signed. A database
-    error (the event could not be read) is retried, then dead-lettered."""
-    try:
-        alerts.rollout_alert_send(event_id=event_id)
-    except DATABASE_ERRORS as exc:
-        if self.request.retries < settings.JOB_MAX_RETRIES:
-            _retry(self, exc)
-        _dead_letter(self, exc)
 
 
 @shared_task
@@ -358,3 +343,19 @@ def retention_sweep() -> dict:
     """Periodic (Celery beat): delete photos and annotated images past their retention
     (RETENTION_DAYS_*), and finish erasures the store refused at the time."""
     return retention.retention_sweep()
+
+
+@shared_task(bind=True, max_retries=None)
+def send_rollout_alert(self, event_id: int) -> None:
+    """Deliver a rollout event's alert to ROLLOUT_ALERT_URL through the outbox. Rollbacks now
+    make the alert's delivery themselves; this task stays for messages published before. A
+    database error (the event could not be read) is retried, then dead-lettered."""
+    try:
+        alert = alerts.rollout_alert_send(event_id=event_id)
+    except DATABASE_ERRORS as exc:
+        if self.request.retries < settings.JOB_MAX_RETRIES:
+            _retry(self, exc)
+        _dead_letter(self, exc)
+        return
+    if alert is not None:
+        _attempt(alert.id)

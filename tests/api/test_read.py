@@ -36,6 +36,37 @@ def test_annotated_is_409_until_ready_then_served(api_client, completed):
     assert b"".join(response.streaming_content)[:3] == b"\xff\xd8\xff"
 
 
+def test_annotated_of_a_failed_job_is_404_not_available(api_client, completed):
+    """A failed job has no drawing: 404 not_available, in the one error shape."""
+    from jobs.models import Image
+
+    Image.objects.filter(id=completed).update(status="failed", error_code="internal_error", annotated_key="")
+    response = api_client.get(f"/api/v1/images/{completed}/annotated/")
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_available", "message": "The job failed; there is no annotated image.", "field": None}}
+
+
+def test_annotated_gone_from_storage_is_404_and_storage_down_is_503(api_client, completed, settings, s3):
+    """The object deleted behind the job's back: 404 not_available; the storage server unreachable: 503 storage_unavailable."""
+    from jobs.models import Image
+
+    services.image_job_annotate(image_id=completed)
+    key = Image.objects.get(id=completed).annotated_key
+    settings.S3_ENDPOINT = "127.0.0.1:9"
+    storage.reset_clients()
+    try:
+        response = api_client.get(f"/api/v1/images/{completed}/annotated/")
+    finally:
+        settings.S3_ENDPOINT = s3.endpoint
+        storage.reset_clients()
+    assert response.status_code == 503
+    assert response.json() == {"error": {"code": "storage_unavailable", "message": "Storage is unavailable; try again.", "field": None}}
+    storage.storage_delete(key=key)
+    response = api_client.get(f"/api/v1/images/{completed}/annotated/")
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_available", "message": "The annotated image is missing from storage.", "field": None}}
+
+
 def test_annotated_redirects_to_a_presigned_url_when_storage_is_public(api_client, completed, settings, s3):
     """With S3_PUBLIC_ENDPOINT, a 302 to a URL the client can fetch without credentials."""
     import requests

@@ -265,9 +265,19 @@ def test_pause_resume_and_advance_each_change_the_rollout_and_write_an_event(ope
     assert detector_version_active().id == CANDIDATE
 
 
+def retired_behind_the_rollouts_back(version_id: str) -> None:
+    """Retired as a release before the refusal (detector_version_retire now refuses a live
+    rollout's versions) could leave it: the safe ways out must still work."""
+    from django.utils import timezone
+
+    from registry.models import DetectorVersion
+
+    DetectorVersion.objects.filter(id=version_id).update(retired_at=timezone.now())
+
+
 def test_a_candidate_retired_during_the_rollout_cannot_be_promoted(operator, canary):
     """Promote after the candidate was retired: 409, still running; a rollback still works."""
-    detector_version_retire(version_id=CANDIDATE)
+    retired_behind_the_rollouts_back(CANDIDATE)
     response = operator.post(f"/api/v1/rollouts/{canary['id']}/promote/", format="json")
     assert response.status_code == 409 and response.json()["error"]["code"] == "candidate_not_activatable"
     assert Rollout.objects.get().status == "running" and detector_version_active().id == BASELINE
@@ -277,7 +287,7 @@ def test_a_candidate_retired_during_the_rollout_cannot_be_promoted(operator, can
 def test_a_rollback_ends_the_rollout_even_when_the_baseline_cannot_come_back(operator, canary):
     """Baseline retired meanwhile (after activating another by hand): the rollback still stops the routing, and says so."""
     detector_version_activate(version_id=CANDIDATE)
-    detector_version_retire(version_id=BASELINE)
+    retired_behind_the_rollouts_back(BASELINE)
     response = operator.post(f"/api/v1/rollouts/{canary['id']}/rollback/", format="json")
     assert response.status_code == 200
     body = response.json()

@@ -126,21 +126,16 @@ class Command(BaseCommand):
         out = self.stdout.write
         out(f"rollout {rollout.id}: {rollout.mode} of {rollout.candidate_id} from {rollout.baseline_id}")
         out(f"status {rollout.status}, weight {rollout.weight} %, started by {rollout.created_by} at {rollout.created_at:%Y-%m-%d %H:%M:%S}")
-        if rollout.stages:
-            index = min(rollout.stage_index, len(rollout.stages) - 1)
-            stage = rollout.stages[index]
-            out(
-                f"stage {index + 1} of {len(rollout.stages)}: weight {stage['weight']} %, at least {stage['min_seconds']} s "
-                f"and {stage['min_jobs']} jobs"
-            )
+        stage = rollout.current_stage
+        if stage is not None:
+            out(f"stage {stage.label}: weight {stage.weight} %, at least {stage.min_seconds} s and {stage.min_jobs} jobs")
         if rollout.ended_at:
             out(f"ended at {rollout.ended_at:%Y-%m-%d %H:%M:%S}")
         out(f"guardrails: {json.dumps(rollout.guardrails, sort_keys=True)}; breaches in a row: {rollout.breaches}")
 
-        window = rollout.guardrails.get("window_seconds", rollouts.DEFAULT_GUARDRAILS["window_seconds"])
         # An ended rollout: the last window before it ended (a window ending now would be empty).
-        figures = job_stats.rollout_figures(rollout=rollout, window_seconds=window, now=rollout.ended_at)["window"]
-        out(f"window of {window} s:")
+        figures = job_stats.rollout_guardrail_figures(rollout=rollout, evaluation=False)["window"]
+        out(f"window of {rollout.window_seconds} s:")
         out("  " + "".join(f"{title:>12}" for title in ("variant", *(t for _, t in FIGURE_COLUMNS))))
         for variant in ("baseline", "candidate"):
             row = figures[variant]
