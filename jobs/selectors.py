@@ -11,7 +11,6 @@ from clients.models import ApiClient
 from core.errors import Conflict, Gone, NotFound, Unavailable
 from storage import s3 as storage
 
-from . import retention
 from .models import Image, JobStatus
 
 # What image_representation reads, fetched in a fixed number of queries.
@@ -57,6 +56,9 @@ def image_annotated_get(*, client: ApiClient, image_id: str) -> AnnotatedImage:
     by a bucket lifecycle rule), NotFound ``not_available`` (the job failed, or the object is gone
     from storage), Conflict ``not_ready`` (not drawn yet), Unavailable ``storage_unavailable``
     (storage down)."""
+    # Here, not at the top: retention reaches the services, which import this module.
+    from . import retention
+
     image = image_get(client=client, image_id=image_id)
     if image.status == JobStatus.DELETED:
         raise Gone("deleted", "The job was erased; its images are gone.")
