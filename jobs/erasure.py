@@ -19,8 +19,8 @@ from callbacks.services import callback_deliveries_erase
 from core.errors import Unavailable
 from storage import s3 as storage
 
+from .keys import annotated_object_key
 from .models import Image, JobStatus, ShadowRun, ShadowStatus
-from .services import annotated_object_key
 
 logger = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def test_publishing_a_job_asks_no_result_of_the_backend(monkeypatch):
 
     sent = []
     monkeypatch.setattr(app, "send_task", lambda name, *args, **kwargs: sent.append((name, kwargs)))
-    services._publish_chain(uuid.uuid4())
+    services.submission._publish_chain(uuid.uuid4())
     assert [name for name, _ in sent] == [services.DETECT_TASK]
     assert sent[0][1]["ignore_result"] is True
     # The delivery still follows detection, in the message's chain.
@@ -120,10 +120,10 @@ def test_the_publish_record_does_not_wait_for_the_disk(api_client, s3, monkeypat
     is not worth a second flush: a crash that loses it only makes the sweeper publish it again."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's synchronous_commit")
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     job = Image.objects.get(id=upload(api_client, photo_bytes("coffee.png"), request_id="flush").json()["id"])
     monkeypatch.undo()
-    monkeypatch.setattr("jobs.services._publish_chain", lambda image_id: None)
+    monkeypatch.setattr("jobs.services.submission._publish_chain", lambda image_id: None)
 
     with CaptureQueriesContext(connection) as queries:
         assert services.image_job_enqueue(image_id=job.id)

@@ -46,7 +46,7 @@ def test_a_revoked_key_stops_working(anonymous_client):
 
 def test_clients_see_only_their_own_jobs(api_client, anonymous_client, s3, monkeypatch):
     """Same request_id, two clients: two jobs, each invisible to the other."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     mine = upload(api_client, photo_bytes("coffee.png"), request_id="same").json()["id"]
     anonymous_client.credentials(HTTP_X_API_KEY=api_key_create(client_name="rival")[1])
     theirs = upload(anonymous_client, photo_bytes("coffee.png"), request_id="same").json()["id"]

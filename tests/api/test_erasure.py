@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db]
 
 @pytest.fixture
 def enqueue_off(monkeypatch, s3, stub_detector):
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
 
 
 def submit(api_client, request_id: str, **fields) -> Image:
@@ -137,7 +137,7 @@ def test_an_annotated_image_drawn_while_the_job_was_erased_is_deleted(api_client
         image_job_erase(image_id=job.id)
         real_put(**kwargs)
 
-    monkeypatch.setattr("jobs.services.storage.storage_put", erase_then_put)
+    monkeypatch.setattr("storage.s3.storage_put", erase_then_put)
     services.image_job_annotate(image_id=job.id)
 
     assert storage.storage_list(prefix="annotated/") == []

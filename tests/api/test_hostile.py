@@ -195,7 +195,7 @@ class Ctx:
 def ctx(api_client, anonymous_client, api_key, s3, settings, monkeypatch):
     from clients.services import api_key_create, api_key_revoke
 
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     settings.CALLBACK_ALLOWED_NETWORKS = []  # the real policy, not the tests' loopback allowance
     other = api_key_create(client_name="other-client")[1]
     other_id = upload(Ctx(None, None, None, None, None, settings).with_key(other), png(), request_id="theirs").json()["id"]
@@ -227,7 +227,7 @@ def test_hostile_request_gets_the_right_4xx_and_leaves_nothing(case, ctx):
 def test_odd_filenames_are_ignored_not_refused(api_client, s3, monkeypatch):
     """A valid photo with a path-traversal or control-character filename is accepted; the key is
     the server's choice and the kept name has no control characters."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     for i, name in enumerate(["../../../etc/passwd", "..\\..\\win.ini", "a\x00b\x1b[2J.png", "/" * 300]):
         response = upload(api_client, png(), name=name, request_id=f"name-{i}")
         assert response.status_code == 202, (name, response.content)

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.django_db]
 
 @pytest.fixture
 def completed(api_client, s3, settings, monkeypatch, stub_detector):
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     image_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="read").json()["id"]
     services.image_job_detect(image_id=image_id)
     return image_id

@@ -90,7 +90,7 @@ def fuzz_key(db, s3, monkeypatch, settings):
     """A key for the generated requests; uploads are stored but not enqueued."""
     from clients.services import api_key_create
 
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     # Hundreds of requests on one key would meet the rate limits (tested in test_auth.py), and a
     # 429 that depends on the clock makes a replayed example behave differently (flaky data).
     settings.API_RATE_LIMIT = settings.API_UPLOAD_RATE_LIMIT = ""

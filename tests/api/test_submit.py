@@ -31,7 +31,7 @@ def assert_error(response, status: int, field: str | None, code: str | None = No
 def test_valid_upload_is_accepted_stored_and_enqueued_after_commit(api_client, s3, django_capture_on_commit_callbacks, monkeypatch):
     """202 with id, status_url and Location; the object is stored under a server-chosen key."""
     enqueued = []
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: enqueued.append(image_id))
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: enqueued.append(image_id))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = upload(api_client, photo_bytes("astronaut_1face.png"), name="../../etc/passwd.png",
                           request_id="req-1", callback_url="http://127.0.0.1:9/hook")
@@ -78,7 +78,7 @@ def test_bad_request_id_is_a_400(api_client, s3, request_id):
 def test_any_characters_but_controls_make_a_request_id(api_client, s3, monkeypatch, request_id):
     """Kept exactly as given; characters str.isprintable() refused (other spaces, format
     characters, unassigned code points) are accepted now, as the schema's pattern says."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     response = upload(api_client, photo_bytes("coffee.png"), request_id=request_id)
     assert response.status_code == 202, response.content
     assert response.json()["request_id"] == request_id == Image.objects.get().request_id
@@ -169,7 +169,7 @@ def test_storage_down_answers_with_retry_after_too(api_client, s3, settings):
 
 def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monkeypatch):
     """Idempotent per request_id: same photo, same callback_url -> 200 with the same id."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     first = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="http://127.0.0.1:9/h")
     second = upload(api_client, photo_bytes("coffee.png"), request_id="again", callback_url="http://127.0.0.1:9/h")
     assert first.status_code == 202 and second.status_code == 200
@@ -179,7 +179,7 @@ def test_the_same_submission_again_returns_the_existing_job(api_client, s3, monk
 
 def test_a_used_request_id_with_another_photo_is_a_409(api_client, s3, monkeypatch):
     """A request_id names one submission: a different photo under it is a conflict, and nothing is stored."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     assert upload(api_client, photo_bytes("coffee.png"), request_id="taken").status_code == 202
     response = upload(api_client, photo_bytes("chelsea_cat.png"), request_id="taken")
     assert_error(response, 409, "request_id", "request_id_conflict")

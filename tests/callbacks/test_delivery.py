@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.django_db]
 @pytest.fixture
 def finished_job(api_client, s3, settings, monkeypatch, receiver, stub_detector):
     """A completed job whose callback_url is the receiver (chain not published: driven by hand)."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     body = upload(api_client, photo_bytes("coffee.png"), request_id="outbox", callback_url=receiver.url()).json()
     services.image_job_detect(image_id=body["id"])
     return Image.objects.get(id=body["id"])
@@ -134,7 +134,7 @@ def test_redeliver_makes_a_new_delivery_with_a_new_id(finished_job, api_client, 
 
 
 def test_redeliver_needs_a_finished_job_with_a_callback_url(api_client, s3, monkeypatch):
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     no_url = upload(api_client, photo_bytes("coffee.png"), request_id="no-url").json()["id"]
     Image.objects.filter(id=no_url).update(status="completed")
     response = api_client.post(f"/api/v1/images/{no_url}/redeliver/")

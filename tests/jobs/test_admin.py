@@ -23,7 +23,7 @@ def staff_client(client):
 
 @pytest.fixture
 def finished(api_client, s3, monkeypatch, stub_detector, receiver):
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     image_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="admin-job", callback_url=receiver.url()).json()["id"]
     services.image_job_detect(image_id=image_id)
     services.image_job_annotate(image_id=image_id)

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.django_db]
 @pytest.fixture
 def job(api_client, s3, settings, monkeypatch, stub_detector):
     """A queued job whose chain was not published (the tests drive it by hand)."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     response = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="lifecycle")
     return Image.objects.get(id=response.json()["id"])
 

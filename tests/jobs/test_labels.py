@@ -26,7 +26,7 @@ MIXED = "stub-mixed@1.0.0"  # a face and a person
 def versions(monkeypatch, s3):
     """The object-label test version registered from its file, a mixed one made here; jobs
     driven by hand (nothing published)."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     registry.detector_version_register(path=ROOT / "tests" / "data" / "versions" / f"{OBJECTS}.json")
     DetectorVersion.objects.create(
         id=MIXED, name="stub-mixed", version="1.0.0", implementation="stub", settings={"detections": ["person", "face"]},
@@ -50,7 +50,7 @@ def run(api_client, request_id: str, photo: str = "astronaut_1face.png", **field
 def test_a_face_job_reads_as_it_always_did_plus_its_detections(api_client, s3, monkeypatch, stub_detector):
     """The face stub: faces and face_count unchanged (no label inside a face); the same face in
     detections with its label; labels null (none asked)."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     body = run(api_client, "face-job")
     (face,) = body["faces"]
     assert body["face_count"] == 1 and set(face) == {"box", "confidence", "landmarks"}

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db]
 @pytest.fixture
 def finished_job(api_client, s3, monkeypatch, stub_detector):
     """Make a job, detected and annotated in-process (stub detector), its objects in the store."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
 
     def make(request_id: str, **fields) -> Image:
         response = upload(api_client, photo_bytes("astronaut_1face.png"), request_id=request_id, **fields)

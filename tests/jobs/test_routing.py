@@ -22,7 +22,7 @@ BASELINE, CANDIDATE = "mtcnn@1.0.0", "mtcnn@1.1.0"
 @pytest.fixture(autouse=True)
 def _not_published(monkeypatch, s3):
     """Jobs are accepted and stored, never published: routing is decided at submission."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
 
 
 def canary(*weights: int, shadow_sample: float = 0.0):

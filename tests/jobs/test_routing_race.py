@@ -11,7 +11,7 @@ import pytest
 from django.db import close_old_connections, connection
 
 from clients.models import ApiClient
-from jobs import services
+from jobs.services import submission as services  # the submission stage: image_job_create and what it calls
 from jobs.models import Image
 from rollouts.models import Rollout, RolloutStatus
 from rollouts.services import rollout_rollback, rollout_start
@@ -27,7 +27,7 @@ WAIT = 60  # seconds: a deadline for what must happen, never a pause
 def _setup(monkeypatch, s3):
     require("postgres")  # the row lock is PostgreSQL's
     # Accepted and stored, never published: what is under test is where the job is routed.
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
 
 
 def everyone_on_the_candidate() -> Rollout:
@@ -60,7 +60,7 @@ class Step(threading.Thread):
 
 
 def held_at(monkeypatch, target: str) -> tuple[threading.Event, threading.Event]:
-    """Stop the upload at ``target`` (a jobs.services name) until ``go``; ``reached`` when it is there."""
+    """Stop the upload at ``target`` (a jobs.services.submission name) until ``go``; ``reached`` when it is there."""
     reached, go = threading.Event(), threading.Event()
     original = getattr(services, target)
 
@@ -133,7 +133,7 @@ def test_uploads_do_not_wait_for_each_other(monkeypatch):
     first.start()
     assert reached.wait(WAIT)
     monkeypatch.undo()  # the second upload is not held
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     second = Step(upload("second"))
     second.start()
     second_id = second.outcome()  # finishes while the first still holds its share of the lock

@@ -31,7 +31,7 @@ def published(monkeypatch, s3, stub_detector):
     """Jobs are driven by hand; what would be published by name is recorded here instead. The
     stub (stub@0.0.0) is the baseline and another stub, stub@0.0.1, the candidate."""
     DetectorVersion.objects.create(id=CANDIDATE, name="stub", version="0.0.1", implementation="stub", settings_hash="")
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     sent = []
 
     class Recorded:
@@ -41,7 +41,7 @@ def published(monkeypatch, s3, stub_detector):
         def apply_async(self):
             sent.append((self.name, self.args))
 
-    monkeypatch.setattr("jobs.services.signature", lambda name, args: Recorded(name, args))
+    monkeypatch.setattr("jobs.services.shadow.signature", lambda name, args: Recorded(name, args))
     engines.clear_cache()  # cold starts are counted from here
     yield sent
     engines.clear_cache()
@@ -373,7 +373,7 @@ def test_a_shadow_run_whose_publish_failed_is_published_by_the_sweeper(api_clien
     job = submit(api_client, "publish-lost")
     services.image_job_detect(image_id=job.id)
     with monkeypatch.context() as broker_down:
-        broker_down.setattr("jobs.services._shadow_run_publish", lambda run_id: False)
+        broker_down.setattr("jobs.services.shadow._shadow_run_publish", lambda run_id: False)
         assert services.image_job_shadows_enqueue(image_id=job.id) == 1
     run = ShadowRun.objects.get(job=job)
     assert run.enqueued_at is None and published == []

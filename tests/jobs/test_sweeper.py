@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db]
 def unpublished(api_client, s3, monkeypatch):
     """A job accepted while the broker was down: committed, never published."""
     require("rabbitmq")
-    monkeypatch.setattr("jobs.services._publish_chain", _broker_down)  # tests undo() it
+    monkeypatch.setattr("jobs.services.submission._publish_chain", _broker_down)  # tests undo() it
     body = upload(api_client, photo_bytes("coffee.png"), request_id="stuck").json()
     return Image.objects.get(id=body["id"])
 

@@ -180,7 +180,7 @@ def test_window_and_buckets_are_bounded():
 
 def test_detection_records_its_cpu_time(api_client, s3, monkeypatch, stub_detector):
     """image_job_detect stores the process CPU time measured around detector.detect, in ms."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     job_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="cpu").json()["id"]
     from detection.stub import StubDetector
 

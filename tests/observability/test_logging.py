@@ -239,7 +239,7 @@ def traced_job(api_key, s3, monkeypatch, stub_detector):
     """A job uploaded with X-Request-ID "trace-row", its chain not published (run by hand)."""
     from rest_framework.test import APIClient
 
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     client = APIClient()
     client.credentials(HTTP_X_API_KEY=api_key, HTTP_X_REQUEST_ID="trace-row")
     response = upload(client, photo_bytes("astronaut_1face.png"), request_id="client-trace", cohort="beta")
@@ -317,7 +317,7 @@ def test_the_detect_chain_is_published_with_the_request_id(published):
     from jobs import services
 
     with log_context(http_request_id="trace-publish"):
-        services._publish_chain(uuid.uuid4())
+        services.submission._publish_chain(uuid.uuid4())
     assert [m["task"] for m in published] == [services.DETECT_TASK]
     assert published[0]["headers"]["http_request_id"] == "trace-publish"
 

@@ -300,7 +300,7 @@ def test_readyz_reports_whether_the_active_artifact_can_be_read(operator, s3, an
 
 @pytest.fixture
 def queued_job(api_client, s3, monkeypatch):
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
 
     def make(version_id: str) -> Image:
         response = upload(api_client, photo_bytes("astronaut_1face.png"), request_id=f"artifact-{version_id}", model_version=version_id)

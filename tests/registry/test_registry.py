@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db]
 
 @pytest.fixture
 def no_enqueue(monkeypatch):
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
 
 
 def test_the_shipped_versions_are_registered_with_their_record():

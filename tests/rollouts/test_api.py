@@ -224,7 +224,7 @@ def test_promote_makes_the_candidate_active_and_ends_the_rollout(operator, opera
 
 def test_rollback_leaves_the_baseline_active_for_new_uploads(operator, api_client, s3, monkeypatch):
     """At 100 % new uploads get the candidate; after a rollback they get the baseline."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     rollout = start(operator, stages=[{"weight": 100}]).json()
     during = upload(api_client, png_bytes(1), request_id="during").json()["id"]
     assert Image.objects.get(id=during).detector_version_id == CANDIDATE

@@ -24,7 +24,7 @@ SECRET = "postgres://admin:hunter2@db.internal:5432 /srv/app/secret.key"
 @pytest.fixture
 def job(api_client, s3, monkeypatch, stub_detector):
     """A queued job whose chain was not published (the tests run its task by hand)."""
-    monkeypatch.setattr("jobs.services.image_job_enqueue", lambda *, image_id: None)
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     response = upload(
         api_client, photo_bytes("astronaut_1face.png"), request_id="errors", callback_url="http://127.0.0.1:9/hook"
     )
@@ -127,7 +127,7 @@ def _requeue_needs_the_database_too(monkeypatch) -> None:
 
 def test_a_database_error_at_the_start_is_retried_even_when_the_requeue_fails(job, monkeypatch):
     """The bug of issue 20: the requeue needs the database that is gone; the task retries anyway."""
-    monkeypatch.setattr("jobs.services.image_job_start", _down_for(2, services.image_job_start))
+    monkeypatch.setattr("jobs.services.detection.image_job_start", _down_for(2, services.image_job_start))
     _requeue_needs_the_database_too(monkeypatch)
     run_task(job)
     job.refresh_from_db()
@@ -137,7 +137,7 @@ def test_a_database_error_at_the_start_is_retried_even_when_the_requeue_fails(jo
 def test_a_retry_resumes_the_attempt_it_had_started(job, monkeypatch):
     """Started, then the database went away before completing and before the requeue: the job
     still says processing, and the retry (the same attempt) takes it over without counting a crash."""
-    monkeypatch.setattr("jobs.services.image_job_complete", _down_for(1, services.image_job_complete))
+    monkeypatch.setattr("jobs.services.detection.image_job_complete", _down_for(1, services.image_job_complete))
     _requeue_needs_the_database_too(monkeypatch)
     run_task(job)
     job.refresh_from_db()

@@ -1,0 +1,209 @@
+"""After detection: the annotated image, the callback delivery, redelivery; and the sweeper that
+pushes on stuck jobs, with the dead letters it hands back."""
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+
+from celery import signature
+from django.conf import settings
+from django.db import (
+    transaction,
+)
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from callbacks.models import CallbackDelivery
+from callbacks.services import callback_delivery_create, callback_delivery_enqueue
+from core.errors import Conflict
+from detection.annotate import annotate_jpeg
+
+# The label rule; api/serializers.py reads it from here (api does not import detection).
+from storage import s3 as storage
+
+from ..imaging import image_decode_rgb
+from ..keys import annotated_object_key
+from ..models import (
+    TERMINAL_STATUSES,
+    DeadLetter,
+    Image,
+    JobStatus,
+    ShadowRun,
+    ShadowStatus,
+)
+from ..representation import image_representation
+from ..selectors import JOB_PREFETCH
+from .detection import image_job_fail
+from .shadow import SHADOW_DETECT_TASK, image_job_shadows_enqueue
+from .submission import (
+    DELIVER_RESULT_TASK,
+    DETECT_TASK,
+    _delete_quietly,
+    image_job_enqueue,
+)
+
+logger = logging.getLogger(__name__)
+
+
+
+# --- Result: annotation and callback ------------------------------------------------------------
+
+
+def image_job_annotate(*, image_id: uuid.UUID) -> None:
+    """Draw the faces of a completed job on a copy of its photo and store it as JPEG. Does
+    nothing for a job that is not completed or is already annotated; the key is fixed per job,
+    so a repeat overwrites the same object."""
+    image = Image.objects.get(id=image_id)
+    if image.status != JobStatus.COMPLETED or image.annotated_key:
+        return
+    rgb = image_decode_rgb(storage.storage_get(key=image.original_key))
+    jpeg = annotate_jpeg(rgb, list(image.faces.all()))
+    key = annotated_object_key(image)
+    storage.storage_put(key=key, data=jpeg, length=len(jpeg), content_type="image/jpeg")
+    recorded = Image.objects.filter(id=image_id, status=JobStatus.COMPLETED, annotated_key="").update(
+        annotated_key=key, updated_at=timezone.now()
+    )
+    if not recorded and Image.objects.filter(id=image_id, status=JobStatus.DELETED).exists():
+        # Erased while this was drawn (jobs/erasure.py): the image must not outlive the job.
+        _delete_quietly(key)
+
+
+def image_job_callback_delivery(*, image_id: uuid.UUID) -> CallbackDelivery | None:
+    """The job's automatic callback delivery, made once when its result is ready (None: the job
+    has no callback_url or is not finished)."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(id=image_id)
+        # An erased job calls back nothing: its pending deliveries were cancelled (docs/security.md).
+        if not image.callback_url or image.status not in TERMINAL_STATUSES or image.status == JobStatus.DELETED:
+            return None
+        existing = image.deliveries.order_by("created_at").first()
+        return existing or _callback_delivery_create(image_id=image_id)
+
+
+def image_job_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:
+    """A fresh delivery (new webhook id, current representation) of a finished job's result,
+    tried on a worker once committed."""
+    image = Image.objects.get(id=image_id)
+    if image.status == JobStatus.DELETED:
+        raise Conflict("deleted", "This job was erased; there is nothing to deliver.")
+    if not image.callback_url:
+        raise Conflict("no_callback_url", "This job has no callback_url to deliver to.")
+    if image.status not in TERMINAL_STATUSES:
+        raise Conflict("not_finished", "The job is not finished; its callback will be sent then.")
+    delivery = _callback_delivery_create(image_id=image_id)
+    callback_delivery_enqueue(delivery_id=delivery.id)
+    return delivery
+
+
+def _callback_delivery_create(*, image_id: uuid.UUID) -> CallbackDelivery:
+    image = Image.objects.prefetch_related(*JOB_PREFETCH).get(id=image_id)
+    return callback_delivery_create(
+        image_id=image.id, url=image.callback_url, render=lambda delivery: image_representation(image, delivery=delivery)
+    )
+
+
+def image_job_requeue(*, image_id: uuid.UUID) -> None:
+    """Put a processing job back to queued before a retry, so that the next start is not taken
+    for the redelivery of a crashed attempt. Touches updated_at even for a job still queued: the
+    sweeper leaves a job alone JOB_QUEUED_STUCK after its last retry (a retry waits out its
+    backoff outside the queue)."""
+    Image.objects.filter(id=image_id, status__in=(JobStatus.PROCESSING, JobStatus.QUEUED)).update(
+        status=JobStatus.QUEUED, updated_at=timezone.now()
+    )
+
+
+def image_jobs_sweep() -> dict[str, int]:
+    """Find jobs that would otherwise never finish and push them on (Celery beat calls this).
+
+    - queued and never published (the broker was down at submit, or its message went to the
+      dead-letter queue: dead_letter_record), after JOB_UNPUBLISHED_GRACE;
+    - queued JOB_QUEUED_STUCK after publishing (and after its last retry) while a job published
+      after it has already started: the queue, first in first out, moved past it, so its message
+      is gone (a task that acked it unmoved);
+    - queued long after publishing (the message was lost and nothing else moves), after
+      JOB_QUEUED_TIMEOUT, the last resort;
+    - processing past the hard time limit (the worker vanished and the message with it).
+    Each is re-published, at most JOB_MAX_ENQUEUES times in all; then it fails with "stuck".
+    A copy of a job that is in fact still waiting costs nothing but a message: the worker that
+    takes the second copy finds the job started, or finished, and skips it.
+    """
+    now = timezone.now()
+    stuck = (
+        Q(status=JobStatus.QUEUED, enqueued_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE))
+        | Q(status=JobStatus.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
+        | Q(status=JobStatus.PROCESSING, started_at__lt=now - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30))
+    )
+    overtaken_before = _latest_started_publish(now)
+    if overtaken_before is not None:
+        quiet_since = now - dt.timedelta(seconds=settings.JOB_QUEUED_STUCK)
+        stuck |= Q(
+            status=JobStatus.QUEUED,
+            enqueued_at__lt=min(overtaken_before, quiet_since),
+            updated_at__lt=quiet_since,
+        )
+    counts = {"republished": 0, "failed": 0}
+    for image_id, enqueue_count in Image.objects.filter(stuck).values_list("id", "enqueue_count")[:500]:
+        if enqueue_count >= settings.JOB_MAX_ENQUEUES:
+            if image_job_fail(image_id=image_id, code="stuck", message=f"Published {enqueue_count} times without finishing."):
+                counts["failed"] += 1
+                # Its detection task will not run again to publish them.
+                image_job_shadows_enqueue(image_id=image_id)
+        elif image_job_enqueue(image_id=image_id):
+            counts["republished"] += 1
+    if any(counts.values()):
+        logger.warning("sweeper: %s", counts)
+    return counts
+
+
+def _latest_started_publish(now: dt.datetime) -> dt.datetime | None:
+    """The latest publish (enqueued_at: the queue's own, never a retry's) of a job that a worker
+    has started, among the jobs made within JOB_QUEUED_TIMEOUT (the (status, created_at) index
+    bounds the scan). The detect queue is first in, first out: a job published before it and
+    still queued was skipped over, its message gone."""
+    return (
+        Image.objects.filter(
+            status__in=(JobStatus.PROCESSING, *TERMINAL_STATUSES),
+            created_at__gte=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT),
+            started_at__isnull=False,
+        ).aggregate(latest=Max("enqueued_at"))["latest"]
+    )
+
+
+# --- Dead letters ------------------------------------------------------------------------------------
+
+
+def dead_letter_record(
+    *, task: str, args: Sequence = (), kwargs: dict | None = None, task_id: str = "", retries: int = 0, error: str = "", died_at: dt.datetime | None = None
+) -> DeadLetter:
+    """Record a task message that gave up (workers.tasks drains them off the broker's dead-letter
+    queue) and hand what it was about back to the sweeper's own bounded paths: a queued job or
+    shadow run is marked unpublished (published again by the next sweep, counted against
+    JOB_MAX_ENQUEUES), and so is a job left processing by the very attempt that gave up
+    (``kwargs["attempt"]``); a finished job's delivery step is published again. Another job left
+    processing is taken by the sweeper past the hard time limit; a pending callback delivery by
+    its due time. Returns the record."""
+    letter = DeadLetter.objects.create(
+        task=task[:200], task_id=task_id[:64], args=list(args), kwargs=kwargs or {}, retries=retries, error=error, died_at=died_at
+    )
+    subject = args[0] if args else None
+    try:
+        if task == DETECT_TASK:
+            job = Image.objects.filter(id=uuid.UUID(str(subject)))
+            job.filter(status=JobStatus.QUEUED).update(enqueued_at=None, updated_at=timezone.now())
+            attempt = (kwargs or {}).get("attempt")
+            if attempt is not None:
+                # Started by the attempt that gave up, and by no one since: nobody is running it.
+                job.filter(status=JobStatus.PROCESSING, attempts=int(attempt)).update(
+                    status=JobStatus.QUEUED, enqueued_at=None, updated_at=timezone.now()
+                )
+        elif task == SHADOW_DETECT_TASK:
+            ShadowRun.objects.filter(id=int(subject), status=ShadowStatus.QUEUED).update(enqueued_at=None)
+        elif task == DELIVER_RESULT_TASK:
+            job = str(uuid.UUID(str(subject)))
+            # Idempotent: a job with a delivery already reuses it (image_job_callback_delivery).
+            transaction.on_commit(lambda: signature(DELIVER_RESULT_TASK, args=(job,)).apply_async(ignore_result=True), robust=True)
+    except (TypeError, ValueError):
+        logger.error("dead letter %s: %s with unusable arguments %r", letter.id, task, args)
+    logger.error("dead letter %s recorded: %s%r after %d retries: %s", letter.id, task, tuple(args), retries, error)
+    return letter

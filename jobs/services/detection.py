@@ -1,0 +1,351 @@
+"""The detection state machine of a job: queued -> processing -> completed | failed. Every change
+locks the row and checks the current state first, so a task delivered twice (acks_late
+redelivery, a retry, the sweeper) never applies twice. Also the one detect pipeline a job and a
+shadow run share (photo_detect)."""
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    transaction,
+)
+from django.utils import timezone
+
+from core import metrics
+from detection import DetectorUnavailable, UnknownDetector, engines
+from detection.base import ArtifactInvalid
+
+# The label rule; api/serializers.py reads it from here (api does not import detection).
+from detection.labels import (
+    FACE,
+)
+from detection.weights import WeightsMismatch
+from registry.services import detector_spec
+from storage import s3 as storage
+
+from ..imaging import ImageRejected, image_decode_rgb
+from ..models import (
+    TERMINAL_STATUSES,
+    Face,
+    Image,
+    JobStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+
+
+
+# A job whose detection was started this many times (redelivered after worker crashes or hard
+# time limits) is failed instead of being tried again: one poisonous photo must not loop forever.
+MAX_DETECT_ATTEMPTS = 3
+
+
+class JobInterrupted(Exception):
+    """A transient error (storage, the database) after this task had started the job. ``attempt``
+    is the job's attempt number that the task ran as: its retry passes it back to image_job_start,
+    which then takes the job over even if it still says processing (the requeue needed the
+    database that had just gone away). The cause is the exception's __cause__."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"interrupted during attempt {attempt}")
+        self.attempt = attempt
+
+
+
+# --- Detection --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaceData:
+    """A detection (a face, or another object: ``label``) in integer pixel coordinates, ready to
+    store."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    confidence: float
+    landmarks: dict[str, list[float]]
+    label: str = FACE
+
+
+def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: int | None = None) -> Image | None:
+    """Move a job to processing. Returns None when there is no work to do here: the job is
+    terminal or unknown, another worker is running it, or it failed for too many attempts.
+
+    ``redelivered`` is the broker's flag: the message was handed out before and not acknowledged,
+    so the worker that had it died and this one takes over. ``attempt`` is given by a task's own
+    retry after a transient error (JobInterrupted): the attempt it ran as. While the job is still
+    at that attempt nobody else started it, so the retry resumes it; it did not crash, so it is
+    not counted against MAX_DETECT_ATTEMPTS.
+    """
+    with transaction.atomic():
+        image = Image.objects.select_for_update(of=("self",)).select_related("detector_version").filter(id=image_id).first()
+        if image is None:
+            logger.warning("job %s does not exist; skipping", image_id)
+            return None
+        if image.status in TERMINAL_STATUSES:
+            logger.info("job %s is already %s; skipping", image_id, image.status)
+            return None
+        if image.status == JobStatus.PROCESSING:
+            resumed = attempt is not None and image.attempts == attempt
+            if not (redelivered or resumed or _processing_is_stale(image)):
+                # A second copy of the message (the sweeper re-published it) while the first runs.
+                logger.info("job %s is being processed elsewhere; skipping this copy", image_id)
+                return None
+            if not resumed and image.attempts >= MAX_DETECT_ATTEMPTS:
+                _fail(image, "too_many_attempts", f"Detection was started {image.attempts} times without finishing.")
+                return None
+        image.status = JobStatus.PROCESSING
+        image.attempts += 1
+        image.started_at = timezone.now()
+        image.save(update_fields=["status", "attempts", "started_at", "updated_at"])
+        metrics.job_started(image)
+        return image
+
+
+def _processing_is_stale(image: Image) -> bool:
+    # Past the hard time limit the worker that started it cannot still be running it.
+    deadline = timezone.now() - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+    return image.started_at is None or image.started_at < deadline
+
+
+def image_job_complete(
+    *,
+    image_id: uuid.UUID,
+    faces: Sequence[FaceData],
+    model_version: str,
+    width: int,
+    height: int,
+    detection_ms: int | None = None,
+    detector_cold: bool = False,
+    detection_cpu_ms: int | None = None,
+) -> bool:
+    """Record the detections of a processing job (each marked with the job's detector version
+    and its label), replacing any from an earlier attempt, and mark it completed, with how many
+    are faces, how long the detector took and whether it was loaded for this job. Returns False
+    (and changes nothing) if the job is not processing."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(id=image_id)
+        if image.status != JobStatus.PROCESSING:
+            logger.info("job %s is %s, not processing; not completing it", image_id, image.status)
+            return False
+        image.faces.all().delete()
+        Face.objects.bulk_create(
+            Face(
+                image=image,
+                detector_version_id=image.detector_version_id,
+                index=index,
+                box_x=face.x,
+                box_y=face.y,
+                box_width=face.width,
+                box_height=face.height,
+                confidence=face.confidence,
+                landmarks=face.landmarks,
+                label=face.label,
+            )
+            for index, face in enumerate(faces)
+        )
+        image.status = JobStatus.COMPLETED
+        image.model_version = model_version
+        image.width, image.height = width, height
+        image.face_count = sum(1 for face in faces if face.label == FACE)
+        image.detection_ms, image.detector_cold = detection_ms, detector_cold
+        image.detection_cpu_ms = detection_cpu_ms
+        image.error_code = image.error_message = ""
+        image.finished_at = timezone.now()
+        image.save()
+        transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
+        return True
+
+
+def _fail(image: Image, code: str, message: str) -> None:
+    image.status = JobStatus.FAILED
+    image.error_code = code
+    image.error_message = message[:2000]
+    image.finished_at = timezone.now()
+    image.save(update_fields=["status", "error_code", "error_message", "finished_at", "updated_at"])
+    transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
+    logger.warning("job %s failed: %s: %s", image.id, code, message)
+
+
+def image_job_fail(*, image_id: uuid.UUID, code: str, message: str) -> bool:
+    """Mark a job failed with an error code. Returns False if it was already terminal."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().filter(id=image_id).first()
+        if image is None or image.status in TERMINAL_STATUSES:
+            return False
+        _fail(image, code, message)
+        return True
+
+
+def _detector_for(version) -> tuple:
+    """(detector, cold): the version's loaded detector, and whether it was loaded just now for
+    this run (a cold start, which latency figures leave out). Raises WeightsMismatch,
+    UnknownDetector or DetectorUnavailable."""
+    return engines.acquire(detector_spec(version), device=settings.DETECTOR_DEVICE)
+
+
+def _detector_failure(exc: Exception) -> str:
+    """The error code of a detector that could not be had (its details are for the log)."""
+    if isinstance(exc, ArtifactInvalid):
+        return "model_artifact_invalid"
+    return "model_weights_mismatch" if isinstance(exc, WeightsMismatch) else "detector_unavailable"
+
+
+def _detect_timed(detector, rgb) -> tuple[list, int, int]:
+    """The detections, how long the detector took and the CPU time it used (process_time counts
+    every thread of this process: torch's too), in whole milliseconds."""
+    started, cpu_started = time.monotonic(), time.process_time()
+    detections = detector.detect(rgb)
+    return detections, int(round((time.monotonic() - started) * 1000)), int(round((time.process_time() - cpu_started) * 1000))
+
+
+def detections_kept(detections: Sequence, labels: Sequence[str]) -> list:
+    """The detections whose label is one of ``labels`` (empty: all of them)."""
+    if not labels:
+        return list(detections)
+    return [det for det in detections if det.label in labels]
+
+
+def faces_from_detections(detections: Sequence, *, width: int, height: int) -> list[FaceData]:
+    """Round detector output to whole pixels inside the image, most confident first (a stable
+    sort: ties keep the detector's order); landmarks keep one decimal."""
+    faces = []
+    for det in sorted(detections, key=lambda det: -det.confidence):
+        x1 = min(max(int(round(det.x1)), 0), width)
+        y1 = min(max(int(round(det.y1)), 0), height)
+        x2 = min(max(int(round(det.x2)), 0), width)
+        y2 = min(max(int(round(det.y2)), 0), height)
+        faces.append(
+            FaceData(
+                x=x1,
+                y=y1,
+                width=x2 - x1,
+                height=y2 - y1,
+                confidence=round(float(det.confidence), 6),
+                landmarks={name: [round(px, 1), round(py, 1)] for name, (px, py) in det.landmarks.items()},
+                label=det.label,
+            )
+        )
+    return faces
+
+
+# What a client reads (in the API and the callback) for failures whose cause is the operators'
+# business. Exception text can carry hostnames, paths, SQL or credentials, so it goes to the log
+# with the job id (logger.exception) and the job gets one of these fixed sentences instead.
+JOB_ERROR_MESSAGES = {
+    "internal_error": "An unexpected error stopped detection; the operators have been told.",
+    "dependency_unavailable": "Storage or the database stayed unavailable through every retry; try again later.",
+    "detector_unavailable": "The detector version for this job cannot run on the workers; the operators have been told.",
+    "model_weights_mismatch": "The detector version's weight files do not match their registered checksums; the operators have been told.",
+    "model_artifact_invalid": "The detector version's model file cannot be run; the operators have been told.",
+}
+
+
+def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False, attempt: int | None = None) -> None:
+    """Run detection for a job: load the photo, orient it, detect, store the faces.
+
+    Permanent problems (an undecodable photo, a detector that cannot load) fail the job at once.
+    Transient ones (storage.StorageError, database errors) propagate for the task to retry: as
+    they are before the job was started, as JobInterrupted (caused by them) after it.
+    ``attempt``: see image_job_start.
+    """
+    image = image_job_start(image_id=image_id, redelivered=redelivered, attempt=attempt)
+    if image is None:
+        return
+    try:
+        _image_job_detect_started(image)
+    except storage.ObjectNotFound:
+        raise
+    except (storage.StorageError, OperationalError, InterfaceError) as exc:
+        raise JobInterrupted(attempt=image.attempts) from exc
+
+
+def _image_job_detect_started(image: Image) -> None:
+    try:
+        found = photo_detect(key=image.original_key, version=image.detector_version, variant=image.variant, labels=image.labels)
+    except DetectionRefused as exc:
+        if exc.detector:
+            logger.error("job %s: detector %s cannot run here (%s)", image.id, image.detector_version_id, exc.code, exc_info=exc.__cause__)
+        image_job_fail(image_id=image.id, code=exc.code, message=exc.message)
+        return
+    logger.info(
+        "job %s: %d detections (%d kept) with %s in %d ms%s",
+        image.id, found.found, len(found.detections), found.model_version, found.elapsed_ms, " (cold)" if found.cold else "",
+    )
+    image_job_complete(
+        image_id=image.id,
+        faces=faces_from_detections(found.detections, width=found.width, height=found.height),
+        model_version=found.model_version,
+        width=found.width,
+        height=found.height,
+        detection_ms=found.elapsed_ms,
+        detector_cold=found.cold,
+        detection_cpu_ms=found.cpu_ms,
+    )
+
+
+# --- The detect pipeline a job and a shadow run share ---------------------------------------------
+
+
+class DetectionRefused(Exception):
+    """A permanent reason a photo cannot be detected on a version: an undecodable photo
+    (``detector`` False; ``code`` from the decoder) or a detector that cannot run here
+    (``detector`` True). ``message`` is the client's fixed sentence; the cause is __cause__."""
+
+    def __init__(self, code: str, message: str, *, detector: bool) -> None:
+        super().__init__(code)
+        self.code, self.message, self.detector = code, message, detector
+
+
+@dataclass(frozen=True)
+class PhotoDetections:
+    """What one detection of a stored photo gave: the detections kept (by the job's labels), how
+    many the detector found before that, the decoded size, and how it went."""
+
+    detections: list
+    found: int
+    width: int
+    height: int
+    model_version: str
+    cold: bool
+    elapsed_ms: int
+    cpu_ms: int
+
+
+def photo_detect(*, key: str, version, variant: str, labels: Sequence[str]) -> PhotoDetections:
+    """The stored photo at ``key`` read, decoded upright in RGB, and run through ``version``'s
+    detector (timed, and counted per version and variant), keeping ``labels`` (empty: all).
+    Raises DetectionRefused for what trying again cannot mend; storage errors (ObjectNotFound
+    included) and database errors propagate for the caller to decide."""
+    data = storage.storage_get(key=key)
+    try:
+        rgb = image_decode_rgb(data)
+    except ImageRejected as exc:
+        raise DetectionRefused(exc.code, exc.message, detector=False) from exc
+    try:
+        detector, cold = _detector_for(version)
+    except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
+        code = _detector_failure(exc)
+        raise DetectionRefused(code, JOB_ERROR_MESSAGES[code], detector=True) from exc
+    with metrics.detection_timed(model_version=version.id, variant=variant):
+        detections, elapsed_ms, cpu_ms = _detect_timed(detector, rgb)
+    return PhotoDetections(
+        detections=detections_kept(detections, labels),
+        found=len(detections),
+        width=rgb.width,
+        height=rgb.height,
+        model_version=detector.model_version,
+        cold=cold,
+        elapsed_ms=elapsed_ms,
+        cpu_ms=cpu_ms,
+    )

@@ -1,0 +1,254 @@
+"""The submission of a job: checked, stored, recorded, then published after commit (detect ->
+deliver), idempotently by request_id."""
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import IO
+
+from celery import signature
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from clients.models import ApiClient
+from core.errors import Conflict, DomainError, TooLarge, Unavailable, UnsupportedFormat
+from core.logging import log_context_get
+
+# The label rule; api/serializers.py reads it from here (api does not import detection).
+from detection.labels import LABEL_PATTERN, MAX_LABELS, label_valid, labels_unique
+from registry.services import detector_version_for_job
+from rollouts.models import Variant
+from rollouts.services import rollout_route, shadow_sampled, shadow_variant
+from storage import s3 as storage
+
+from ..imaging import ImageRejected, image_probe
+from ..keys import object_key
+from ..models import Image, JobStatus, ShadowRun
+
+logger = logging.getLogger(__name__)
+
+
+
+# The Celery tasks (workers/tasks.py) that run a job, by name: services never import task modules.
+DETECT_TASK = "workers.tasks.detect_faces"
+DELIVER_RESULT_TASK = "workers.tasks.deliver_result"
+
+
+# --- Submission -------------------------------------------------------------------------------
+
+
+def image_job_create(
+    *,
+    client: ApiClient,
+    upload: IO[bytes],
+    size: int,
+    request_id: str,
+    callback_url: str = "",
+    filename: str = "",
+    model_version: str = "",
+    cohort: str = "",
+    labels: Sequence[str] = (),
+) -> tuple[Image, bool]:
+    """Accept an upload: check the image, store it, record a queued job, and enqueue detection
+    once the row is committed. Returns (job, created).
+
+    Submission is idempotent per client and request_id: the same photo, callback_url, cohort and
+    labels again return the existing job (created False); a different one under a used
+    request_id is a 409. Raises a DomainError (field "image") for an unacceptable file. A refused
+    request leaves no row and no object behind. ``model_version`` (a version id) pins the
+    detector; by default the live rollout routes the job by ``cohort`` (else by its client) to the
+    baseline or the candidate, and outside a rollout the active version is pinned. ``labels``:
+    keep only detections with these labels (empty: all); each must be one the pinned version can
+    return (field "labels").
+    """
+    labels = _labels_asked(labels)
+    route = None
+    if model_version:
+        # Asked for by name: no rollout decides, and the job counts in no rollout's figures.
+        version = detector_version_for_job(requested=model_version)
+    else:
+        route = rollout_route(client_id=client.id, cohort=cohort)
+        version = route.version if route is not None else detector_version_for_job(requested=None)
+    if size > settings.MAX_UPLOAD_BYTES:
+        raise TooLarge(
+            "file_too_large",
+            f"The upload is {size} bytes; at most {settings.MAX_UPLOAD_BYTES} bytes are accepted.",
+            field="image",
+        )
+    try:
+        info = image_probe(upload)
+    except ImageRejected as exc:
+        kind = {"image_too_large": TooLarge, "unsupported_image_format": UnsupportedFormat}.get(exc.code, DomainError)
+        raise kind(exc.code, exc.message, field="image") from exc
+
+    # Most uploads are new: a query without columns first, the whole row only for a repeat.
+    repeat = Image.objects.filter(client=client, request_id=request_id)
+    existing = repeat.first() if repeat.exists() else None
+    if existing is not None and existing.status == JobStatus.DELETED:
+        # The job was erased: its request_id stays spent, so a replayed upload never stores the
+        # photo again. The tombstone is the answer, whatever was sent (docs/security.md).
+        return existing, False
+    if existing is not None:
+        return _same_submission(
+            existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
+        ), False
+    # Checked against the version chosen above (asked for, routed, or active): the one that runs.
+    _labels_check(version, labels)
+
+    image_id = uuid.uuid4()
+    key = object_key("originals", image_id, info.extension)
+    try:
+        storage.storage_put(key=key, data=upload, length=size, content_type=info.content_type)
+    except storage.StorageError as exc:
+        logger.error("storing upload for %s failed: %s", request_id, exc)
+        raise Unavailable("storage_unavailable", "The image could not be stored; try again.") from exc
+
+    try:
+        with transaction.atomic():
+            if route is not None:
+                # Routed again, under a share lock of the rollout row held until this commits:
+                # a rollback that committed since the first read is seen (the job goes to the
+                # active version, outside the rollout), and one that comes now waits for this job.
+                route = rollout_route(client_id=client.id, cohort=cohort, locked=True)
+                routed = route.version if route is not None else detector_version_for_job(requested=None)
+                if routed.id != version.id:
+                    version = routed
+                    _labels_check(version, labels)
+            image = Image.objects.create(
+                id=image_id,
+                client=client,
+                request_id=request_id,
+                # The X-Request-ID of the request making it (api.middleware): the workers' log
+                # lines about this job carry it too.
+                http_request_id=log_context_get("http_request_id"),
+                callback_url=callback_url,
+                # For operators' eyes only; control characters would garble the admin and logs.
+                original_filename="".join(ch for ch in filename if ch.isprintable())[:255],
+                original_key=key,
+                original_content_type=info.content_type,
+                original_size=size,
+                original_sha256=info.sha256,
+                detector_version=version,
+                model_version=version.label,
+                width=info.width,
+                height=info.height,
+                rollout=route.rollout if route else None,
+                variant=route.variant if route else "",
+                cohort=cohort,
+                labels=labels,
+            )
+            if route is not None:
+                _shadow_run_create(image, route.rollout, served=route.variant)
+            # The worker must never see an id whose row is not committed.
+            transaction.on_commit(lambda: image_job_enqueue(image_id=image_id))
+    except IntegrityError:
+        # The same request_id raced in from a concurrent request and won.
+        _delete_quietly(key)
+        existing = Image.objects.get(client=client, request_id=request_id)
+        return _same_submission(
+            existing, sha256=info.sha256, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
+        ), False
+    except Exception:
+        # No row, so no object either.
+        _delete_quietly(key)
+        raise
+    return image, True
+
+
+def _same_submission(
+    existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str, labels: Sequence[str]
+) -> Image:
+    other_version = bool(model_version) and model_version != existing.detector_version_id
+    # The same labels in any order; none asked is "every label", a choice of its own.
+    other_labels = set(labels) != set(existing.labels)
+    if (
+        existing.original_sha256 != sha256
+        or existing.callback_url != callback_url
+        or other_version
+        or existing.cohort != cohort
+        or other_labels
+    ):
+        raise Conflict(
+            "request_id_conflict",
+            "This request_id was already used for a different image, callback_url, model_version, cohort or labels.",
+            field="request_id",
+        )
+    return existing
+
+
+def _labels_asked(labels: Sequence[str]) -> list[str]:
+    """The labels an upload asks to keep: label names, without repeats (first one first), at
+    most MAX_LABELS."""
+    labels = labels_unique(labels)
+    bad = [label for label in labels if not label_valid(label)]
+    if bad:
+        raise DomainError("invalid", f"{bad[0]!r} is not a label name ({LABEL_PATTERN}).", field="labels")
+    if len(labels) > MAX_LABELS:
+        raise DomainError("too_many_labels", f"At most {MAX_LABELS} labels may be asked for; {len(labels)} were.", field="labels")
+    return labels
+
+
+def _labels_check(version, labels: Sequence[str]) -> None:
+    """Refuse labels the job's version cannot return: asking for them would always come back empty."""
+    unknown = [label for label in labels if label not in version.labels]
+    if unknown:
+        raise DomainError(
+            "unsupported_label",
+            f"{version.id} does not detect {', '.join(unknown)}; it returns {', '.join(version.labels)}.",
+            field="labels",
+        )
+
+
+def _shadow_run_create(image: Image, rollout, *, served: str) -> ShadowRun | None:
+    """The job's shadow run, when the rollout copies jobs served by ``served`` and samples this
+    one: made with the job (same transaction), published once the job is over."""
+    side = shadow_variant(rollout, served)
+    if side is None or not shadow_sampled(rollout, image.id):
+        return None
+    version_id = rollout.candidate_id if side == Variant.CANDIDATE else rollout.baseline_id
+    return ShadowRun.objects.create(job=image, rollout=rollout, detector_version_id=version_id, variant=side)
+
+
+def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
+    """Publish the detect -> deliver chain for a committed job and record it. A broker outage
+    is logged, not raised: the job stays queued, unpublished, for the sweeper to publish."""
+    try:
+        _publish_chain(image_id)
+    except Exception:
+        logger.exception("could not enqueue job %s; the sweeper will retry", image_id)
+        return False
+    with transaction.atomic():
+        _commit_without_flush()
+        Image.objects.filter(id=image_id).update(
+            enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1, updated_at=timezone.now()
+        )
+    return True
+
+
+def _commit_without_flush() -> None:
+    """Let the transaction begun just now commit without waiting for its write-ahead log to reach
+    the disk (PostgreSQL; the next flush, a fraction of a second later, takes it). For records a
+    crash may lose at no cost, such as the publish record above: without it the sweeper publishes
+    the job again and its worker skips the copy. An upload waits for one disk flush (its job's),
+    not two. Does nothing inside an outer transaction, whose own commit must wait."""
+    if connection.vendor == "postgresql" and connection.in_atomic_block and not connection.savepoint_ids:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def _publish_chain(image_id: uuid.UUID) -> None:
+    """detect -> deliver for one job, published by task name (routed to their queues by
+    CELERY_TASK_ROUTES)."""
+    job = str(image_id)
+    # ignore_result: nothing reads detect_faces' return value (the job lives in the database), and
+    # without it the result backend (Redis) subscribes to every published task and unsubscribes again.
+    (signature(DETECT_TASK, args=(job,), immutable=True) | signature(DELIVER_RESULT_TASK, args=(job,), immutable=True)).apply_async(ignore_result=True)
+
+
+def _delete_quietly(key: str) -> None:
+    try:
+        storage.storage_delete(key=key)
+    except storage.StorageError:
+        logger.exception("could not delete orphan object %s", key)
