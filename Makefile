@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The install stamp is named after the requirements' hash: editing them reinstalls.
-REQ_HASH := $(shell cat requirements.txt requirements-dev.txt requirements-nodeps.txt | sha256sum | cut -c1-12)
+REQ_HASH := $(shell cat requirements.txt requirements-dev.txt requirements-nodeps.txt requirements-dev-nodeps.txt | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
 .PHONY: install up down test smoke bench flower clean
@@ -17,6 +17,7 @@ $(STAMP):
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-dev-nodeps.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -8,7 +8,8 @@ child reads the file with onnx's protobuf parser (nothing is ever unpickled) and
   - it is self-contained: no tensor keeps its data outside the file (an external_data location
     such as ``../../etc/passwd`` would make the runtime read that path);
   - every operator is a standard ONNX one (no custom domain, no local functions);
-  - one input, an image: [1, 3, H, W] with H and W fixed or dynamic, within MAX_SIDE;
+  - one input, an image: [1, 3, H, W] with H and W fixed or dynamic, within MAX_SIDE (a dynamic
+    one runs at settings.input_size, else at the size the model was exported at: its ``imgsz``);
   - one detections output: [1, 4+nc, N] (v8) or [1, N, 5+nc] (v5), sizes within bounds;
   - the labels (the manifest's, else the model's ``names``) match the class count;
 then compiles it with OpenVINO and runs one inference on a blank (grey) image, whose output must
@@ -88,6 +89,38 @@ def _dims(value_info) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
 
 
+def _size_valid(size: Any) -> bool:
+    return isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_SIDE for v in size)
+
+
+def _dynamic_input_size(settings: dict[str, Any], metadata: dict[str, str]) -> tuple[int, int]:
+    """(width, height) to run an export whose input height or width is dynamic at: the
+    manifest's ``settings.input_size`` ([width, height]) when it gives one (the operator's
+    explicit choice), else the size the model was exported at (Ultralytics' ``imgsz`` metadata,
+    "[height, width]" or one side, read as a literal), else refused. Every photo is then
+    letterboxed into this one size, so the engine compiles one shape."""
+    import ast
+
+    size = settings.get("input_size")
+    if size is not None:
+        if not _size_valid(size):
+            raise ArtifactRefused("artifact_input", f"settings.input_size must be [width, height], each 32 to {MAX_SIDE} pixels.")
+        return int(size[0]), int(size[1])
+    raw = metadata.get("imgsz")
+    if raw is None:
+        raise ArtifactRefused("artifact_input", "The input size is dynamic and the model has no imgsz metadata: settings.input_size must give [width, height].")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if not isinstance(value, list | tuple) or not _size_valid(list(value)):
+        raise ArtifactRefused("artifact_metadata", f"The model's imgsz metadata is not [height, width] of 32 to {MAX_SIDE} pixels: {raw[:100]!r}.")
+    height, width = value
+    return int(width), int(height)
+
+
 def inspect(path: Path, *, labels: list[str] | None, settings: dict[str, Any]) -> ArtifactFacts:
     """The static checks (see the module docstring); raises ArtifactRefused."""
     import onnx
@@ -134,11 +167,9 @@ def inspect(path: Path, *, labels: list[str] | None, settings: dict[str, Any]) -
     fixed = [d for d in (height, width) if isinstance(d, int)]
     if any(d < 1 or d > MAX_SIDE for d in fixed):
         raise ArtifactRefused("artifact_sizes", f"The input declares {dims}; sides must be 1 to {MAX_SIDE} pixels.")
+    metadata = {p.key: p.value for p in model.metadata_props}
     if len(fixed) != 2:
-        size = settings.get("input_size")
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 32 <= v <= MAX_SIDE for v in size)):
-            raise ArtifactRefused("artifact_input", "The input size is dynamic: settings.input_size must give [width, height].")
-        width, height = size
+        width, height = _dynamic_input_size(settings, metadata)
 
     if len(model.graph.output) < 1:
         raise ArtifactRefused("artifact_output", "The model has no output.")
@@ -149,7 +180,6 @@ def inspect(path: Path, *, labels: list[str] | None, settings: dict[str, Any]) -
         raise ArtifactRefused("artifact_sizes", f"The output declares {out_dims}; each side must be 1 to {MAX_CANDIDATES}.")
 
     names = None
-    metadata = {p.key: p.value for p in model.metadata_props}
     if "names" in metadata:
         try:
             names = parse_names(metadata["names"])

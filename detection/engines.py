@@ -48,6 +48,12 @@ def _cascade(spec: DetectorSpec, device: str) -> Detector:
     return CascadeDetector(spec=spec, device=device, threads=threads)
 
 
+def _hog(spec: DetectorSpec, device: str) -> Detector:
+    from .hog import HogDetector
+
+    return HogDetector(spec=spec, device=device, threads=threads)
+
+
 # Where a version's model file is on this machine: a function of its sha256 that returns a
 # local, checked copy (fetching it on first use). Django's registry app sets it
 # (registry.artifacts.artifact_local_path); plain-Python callers may set their own.
@@ -71,7 +77,7 @@ def _stub(spec: DetectorSpec, device: str) -> Detector:
     return StubDetector(spec=spec, device=device)
 
 
-IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface, "cascade": _cascade, "yolo-onnx": _yolo_onnx}
+IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface, "cascade": _cascade, "yolo-onnx": _yolo_onnx, "hog": _hog}
 
 
 # The modules each implementation runs on, for a worker to import in its parent process before
@@ -82,6 +88,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "mtcnn-openvino": ("openvino", "onnx", "cv2"),
     "blazeface": ("ai_edge_litert.interpreter",),
     "cascade": ("cv2",),
+    "hog": ("cv2",),
     "yolo-onnx": ("openvino", "onnx", "cv2"),
 }
 

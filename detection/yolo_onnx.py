@@ -120,7 +120,8 @@ def letterbox(array: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     h, w = array.shape[:2]
     new_w, new_h = size
     r = min(new_h / h, new_w / w)
-    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    # At least one pixel: a thin strip (4000 x 16 into 64 x 64) would otherwise round to nothing.
+    unpad_w, unpad_h = max(1, int(round(w * r))), max(1, int(round(h * r)))
     dw, dh = (new_w - unpad_w) / 2, (new_h - unpad_h) / 2
     if (w, h) != (unpad_w, unpad_h):
         array = cv2.resize(array, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)

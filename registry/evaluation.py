@@ -11,6 +11,10 @@ min(found, expected), which cannot tell a right face from a wrong one in the sam
 figures are over the whole set: precision, recall and F1 from the summed counts, and the mean
 detection time per photo with the detector already loaded and warmed.
 
+A labelled set in COCO format (images and an annotations JSON: what labelling tools export) is
+read by registry.coco and scored by faster-coco-eval (``detector_version_evaluate_coco``):
+mAP@0.5, mAP@0.5:0.95 and per-label precision and recall.
+
 The photo decoding is the caller's (the worker's decoder lives in jobs/, which the registry may
 not import): ``decode`` turns bytes into an RGB image or raises ``PhotoUnreadable``.
 """
@@ -33,6 +37,7 @@ from detection import DetectorUnavailable, UnknownDetector, get_detector
 from detection.compare import Box, f1, match
 from detection.weights import WeightsMismatch, sha256_file
 
+from .coco import CocoError, CocoSet, coco_score
 from .models import DetectorVersion
 from .services import RegistryError, detector_spec
 
@@ -187,28 +192,11 @@ def detector_version_evaluate(
     version = DetectorVersion.objects.filter(id=version_id).first()
     if version is None:
         raise EvaluationError(f"no version {version_id}")
-    images = []
-    for photo in labels.photos:
-        try:
-            images.append(decode(photo.path.read_bytes()))
-        except PhotoUnreadable as exc:
-            raise EvaluationError(f"{photo.file}: cannot be decoded: {exc}") from exc
-    try:
-        detector = get_detector(detector_spec(version), device=settings.DETECTOR_DEVICE)
-    except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
-        raise EvaluationError(f"{version_id} cannot be loaded here: {type(exc).__name__}: {exc}") from exc
-    # The first detection pays one-off costs (torch's lazy set-up), which a serving worker has
-    # long paid: it is not a latency a job would see.
-    detector.detect(images[0])
+    images = _decode_all([(photo.file, photo.path) for photo in labels.photos], decode)
+    detector, answers, timings = _detect_all(version, images, repeat)
 
-    per_photo, timings = [], []
-    for photo, image in zip(labels.photos, images):
-        detections = None
-        for _ in range(repeat):
-            started = time.perf_counter()
-            result = detector.detect(image)
-            timings.append((time.perf_counter() - started) * 1000)
-            detections = result if detections is None else detections
+    per_photo = []
+    for photo, image, detections in zip(labels.photos, images, answers):
         found = [_clipped(d, image.width, image.height) for d in detections]
         per_photo.append(
             {
@@ -236,6 +224,92 @@ def detector_version_evaluate(
         "device": settings.DETECTOR_DEVICE,
         "evaluated_at": timezone.now().isoformat(),
         "per_photo": per_photo,
+    }
+
+
+def _decode_all(files: list[tuple[str, Path]], decode: Callable[[bytes], Image.Image]) -> list[Image.Image]:
+    # Every photo decoded before the detector loads: a bad photo costs no model load.
+    images = []
+    for name, path in files:
+        try:
+            images.append(decode(path.read_bytes()))
+        except PhotoUnreadable as exc:
+            raise EvaluationError(f"{name}: cannot be decoded: {exc}") from exc
+    return images
+
+
+def _detect_all(version: DetectorVersion, images: list[Image.Image], repeat: int):
+    """(detector, each image's detections from its first run, every run's milliseconds)."""
+    try:
+        detector = get_detector(detector_spec(version), device=settings.DETECTOR_DEVICE)
+    except (WeightsMismatch, UnknownDetector, DetectorUnavailable) as exc:
+        raise EvaluationError(f"{version.id} cannot be loaded here: {type(exc).__name__}: {exc}") from exc
+    # The first detection pays one-off costs (torch's lazy set-up), which a serving worker has
+    # long paid: it is not a latency a job would see.
+    detector.detect(images[0])
+    answers, timings = [], []
+    for image in images:
+        detections = None
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = detector.detect(image)
+            timings.append((time.perf_counter() - started) * 1000)
+            detections = result if detections is None else detections
+        answers.append(detections)
+    return detector, answers, timings
+
+
+def detector_version_evaluate_coco(
+    *,
+    version_id: str,
+    coco: CocoSet,
+    decode: Callable[[bytes], Image.Image],
+    repeat: int = 1,
+) -> dict[str, Any]:
+    """Detect every image of a COCO set (registry.coco.coco_load) with the version, in this
+    process, and score it with faster-coco-eval (registry.coco.coco_score): mAP@0.5,
+    mAP@0.5:0.95, precision, recall and F1, and per label. Each decoded image must have the size
+    the set declares (else its boxes would be in other pixels). Returns the evaluation, not stored."""
+    if repeat < 1:
+        raise EvaluationError(f"repeat must be 1 or more, not {repeat}")
+    version = DetectorVersion.objects.filter(id=version_id).first()
+    if version is None:
+        raise EvaluationError(f"no version {version_id}")
+    images = _decode_all([(photo.file, photo.path) for photo in coco.images], decode)
+    for photo, image in zip(coco.images, images):
+        if (image.width, image.height) != (photo.width, photo.height):
+            raise EvaluationError(
+                f"{photo.file}: the annotations say {photo.width}x{photo.height}, the image is {image.width}x{image.height} "
+                "(after its EXIF orientation): its boxes would not fall on it"
+            )
+    detector, answers, timings = _detect_all(version, images, repeat)
+    detections = {}
+    for photo, image, found in zip(coco.images, images, answers):
+        detections[photo.id] = [(d.label, d.confidence, _clipped(d, image.width, image.height)) for d in found]
+    try:
+        scores = coco_score(coco, detections, version_labels=list(version.labels))
+    except CocoError as exc:
+        raise EvaluationError(f"{version_id}: {exc}") from exc
+    scored = set(scores["per_label"])
+    return {
+        "version": version.id,
+        "label": detector.model_version,
+        "labels": {"tag": coco.tag, "sha256": coco.sha256, "images_sha256": coco.images_sha256, "scoring": "coco"},
+        "photos": len(coco.images),
+        "annotations": sum(v["annotations"] for v in scores["per_label"].values()),
+        "detections": sum(v["detections"] for v in scores["per_label"].values()),
+        # The set's labels this version does not return: not scored (its mAP says nothing of them).
+        "labels_not_scored": sorted(set(coco.categories.values()) - scored),
+        **scores,
+        "latency_ms_mean": statistics.fmean(timings),
+        "repeat": repeat,
+        "device": settings.DETECTOR_DEVICE,
+        "evaluated_at": timezone.now().isoformat(),
+        "per_photo": [
+            {"file": photo.file, "detections": sum(1 for d in detections[photo.id] if d[0] in scored),
+             "annotations": sum(1 for a in coco.annotations if a["image_id"] == photo.id and coco.categories[a["category_id"]] in scored)}
+            for photo in coco.images
+        ],
     }
 
 

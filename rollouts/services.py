@@ -263,9 +263,40 @@ def _f1(version: DetectorVersion) -> float | None:
     return float(value) if _number(value) else None
 
 
+def _map(version: DetectorVersion) -> float | None:
+    value = (version.evaluation or {}).get("map_50_95")
+    return float(value) if _number(value) else None
+
+
+def _map_gate(baseline: DetectorVersion, candidate: DetectorVersion, quality_drop_max: float) -> dict[str, Any]:
+    """The quality gate on mAP@0.5:0.95, for two versions evaluated on the same COCO set."""
+    base_sets = (baseline.evaluation or {}).get("labels") or {}
+    cand_sets = (candidate.evaluation or {}).get("labels") or {}
+    base_map, cand_map = _map(baseline), _map(candidate)
+    figures = {"metric": "map_50_95", "baseline_map_50_95": base_map, "candidate_map_50_95": cand_map,
+               "labels": base_sets.get("tag"), "quality_drop_max": quality_drop_max}
+    if base_sets.get("sha256") != cand_sets.get("sha256"):
+        raise DomainError(
+            "quality_gate",
+            f"{baseline.id} and {candidate.id} were evaluated on different COCO label sets "
+            f"({base_sets.get('tag')!r}, {cand_sets.get('tag')!r}): evaluate both on the same one.",
+            field="quality_drop_max",
+        )
+    if cand_map < base_map - quality_drop_max:
+        raise DomainError(
+            "quality_gate",
+            f"{candidate.id} scores mAP@0.5:0.95 {cand_map:.3f}, below {baseline.id}'s {base_map:.3f} minus {quality_drop_max}.",
+            field="candidate",
+        )
+    return figures
+
+
 def _quality_gate(baseline: DetectorVersion, candidate: DetectorVersion, quality_drop_max: float) -> dict[str, Any]:
-    """Refuse a candidate whose stored F1 (detector_evaluate) is worse than the baseline's by
-    more than quality_drop_max. Returns the figures it judged on."""
+    """Refuse a candidate whose stored quality (detector_evaluate) is worse than the baseline's by
+    more than quality_drop_max: mAP@0.5:0.95 when both were evaluated on a COCO set (the same
+    one), else F1. Returns the figures it judged on."""
+    if _map(baseline) is not None and _map(candidate) is not None:
+        return _map_gate(baseline, candidate, quality_drop_max)
     base_f1, cand_f1 = _f1(baseline), _f1(candidate)
     figures = {"baseline_f1": base_f1, "candidate_f1": cand_f1, "quality_drop_max": quality_drop_max}
     if base_f1 is None or cand_f1 is None:

@@ -213,6 +213,28 @@ def test_the_check_is_bounded_in_memory(operator, s3, settings):
     assert nothing_stored()
 
 
+def test_a_dynamic_export_runs_at_its_exported_size(operator, s3):
+    """A dynamic input height and width: the model's imgsz metadata ([height, width]) is the size recorded."""
+    response = post_model(operator, yolo_models.tiny_v8(dynamic=True, metadata={"imgsz": "[48, 80]"}))
+    assert response.status_code == 201, response.json()
+    assert response.json()["artifact"]["input_size"] == [80, 48] and response.json()["settings"]["input_size"] == [80, 48]
+
+
+@pytest.mark.parametrize("metadata, manifest_settings, code", [
+    ({}, {}, "artifact_input"),  # no imgsz and no settings.input_size: no size to run at
+    ({"imgsz": "__import__('os').getcwd()"}, {}, "artifact_metadata"),  # not a literal: never evaluated
+    ({"imgsz": "[8, 8]"}, {}, "artifact_metadata"),  # too small to be a detector's input
+    ({"imgsz": "[64, 64]"}, {"input_size": [64, 99999]}, "artifact_input"),
+])
+def test_a_dynamic_export_without_a_usable_size_is_refused(operator, s3, metadata, manifest_settings, code):
+    """400 naming the problem; nothing stored."""
+    data = yolo_models.build(yolo_models.candidates_v8(yolo_models.V8_ROWS), dynamic=True, metadata=metadata)
+    manifest = {**MANIFEST, "labels": list(yolo_models.V8_NAMES.values()), "settings": manifest_settings}
+    response = post_model(operator, data, manifest)
+    assert response.status_code == 400 and response.json()["error"]["code"] == code, response.json()
+    assert nothing_stored()
+
+
 def test_a_v5_export_with_labels_from_the_manifest(operator, s3):
     """Without names metadata the manifest's labels name the classes (mapped to the pattern)."""
     data = yolo_models.build(yolo_models.candidates_v5(yolo_models.V5_ROWS))
