@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt requirements-nodeps.txt requirements-dev-nodeps.txt | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: install up down test smoke bench flower clean
+.PHONY: install up down test lint format smoke bench flower clean
 
 install: $(STAMP)
 
@@ -30,9 +30,20 @@ up: install
 down:
 	@if test -x $(PY); then $(PY) -m devstack down; else echo "nothing to stop"; fi
 
-## Run the whole test suite. With CI=true, a missing service fails the run instead of skipping.
-test: install
+## Run the whole test suite, after the linter. With CI=true, a missing service fails the run
+## instead of skipping.
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The linter and the formatter's check, as configured in pyproject.toml (ruff). `make format`
+## rewrites the tree as the formatter wants it.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 ## `make up` with PostgreSQL, RabbitMQ and Redis absent (embedded stand-ins, a temporary var dir,
 ## free ports), one photo end to end; the stack is stopped after. About a minute.

@@ -3,11 +3,10 @@
 import threading
 import time
 
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
-
-from celery import current_app as celery_app
 
 from registry.artifacts import artifact_readable
 from registry.services import detector_version_active, detector_version_verify_weights

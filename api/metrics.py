@@ -61,7 +61,9 @@ class PendingDeliveriesCollector:
     in the database at scrape time, so every API process shows the same figure)."""
 
     def collect(self):
-        family = GaugeMetricFamily("fda_callback_deliveries_pending", "Callback deliveries still pending (being tried or waiting for a retry).")
+        family = GaugeMetricFamily(
+            "fda_callback_deliveries_pending", "Callback deliveries still pending (being tried or waiting for a retry)."
+        )
         try:
             family.add_metric([], CallbackDelivery.objects.filter(status=DeliveryStatus.PENDING).count())
         except Exception:
@@ -81,8 +83,12 @@ class CallbackReceiversCollector:
 
     def collect(self):
         in_flight = GaugeMetricFamily("fda_callback_deliveries_in_flight", "Callback POSTs in flight (leased by a sender).")
-        waiting = GaugeMetricFamily("fda_callback_deliveries_waiting", "Callback deliveries due and waiting for a slot (per-host cap, open breaker, busy senders).")
-        hosts = GaugeMetricFamily("fda_callback_hosts", "Receivers with pending deliveries or a breaker not closed, by breaker state.", labels=["breaker"])
+        waiting = GaugeMetricFamily(
+            "fda_callback_deliveries_waiting", "Callback deliveries due and waiting for a slot (per-host cap, open breaker, busy senders)."
+        )
+        hosts = GaugeMetricFamily(
+            "fda_callback_hosts", "Receivers with pending deliveries or a breaker not closed, by breaker state.", labels=["breaker"]
+        )
         busiest = GaugeMetricFamily(
             "fda_callback_busiest_host_deliveries",
             f"Deliveries of the {BUSIEST_HOSTS} receivers with the most waiting, by rank (1: the most); which hosts: the admin.",

@@ -116,13 +116,17 @@ class RolloutGuardrailsSerializer(serializers.Serializer):
     p95_latency_ratio_max = serializers.FloatField(
         **_range("p95_latency_ratio_max"), help_text="Roll back when the candidate's p95 detection time exceeds the baseline's times this."
     )
-    error_rate_max = serializers.FloatField(**_range("error_rate_max"), help_text="Roll back when more than this share of the candidate's jobs fail.")
+    error_rate_max = serializers.FloatField(
+        **_range("error_rate_max"), help_text="Roll back when more than this share of the candidate's jobs fail."
+    )
     agreement_min = serializers.FloatField(
         **_range("agreement_min"),
         help_text="Roll back when the candidate's faces agree with the baseline's (F1 at IoU 0.5) less than this; needs shadow runs.",
     )
     window_seconds = serializers.IntegerField(**_range("window_seconds"), help_text="The sliding window judged (default 600).")
-    min_jobs = serializers.IntegerField(**_range("min_jobs"), help_text="No verdict until each side has this many jobs in the window (default 20).")
+    min_jobs = serializers.IntegerField(
+        **_range("min_jobs"), help_text="No verdict until each side has this many jobs in the window (default 20)."
+    )
     consecutive_breaches = serializers.IntegerField(
         **_range("consecutive_breaches"), help_text="Evaluations in a row that must breach before the rollback (default 2)."
     )
@@ -151,11 +155,15 @@ class RolloutStartSerializer(serializers.Serializer):
     stages = _StagesField(
         required=False,
         allow_null=True,
-        help_text="canary: rising weights (default 5, 25, 50, 100 %); ab: one stage, the split (default 50 %); shadow and blue_green: none.",
+        help_text=(
+            "canary: rising weights (default 5, 25, 50, 100 %); ab: one stage, the split (default 50 %); shadow and blue_green: none."
+        ),
     )
     guardrails = _GuardrailsField(required=False, allow_null=True, help_text="Thresholds that roll the rollout back by themselves.")
     shadow_sample = serializers.FloatField(
-        required=False, allow_null=True, help_text="Share of jobs (0 to 1) also run on the other version to measure agreement (shadow: default 1)."
+        required=False,
+        allow_null=True,
+        help_text="Share of jobs (0 to 1) also run on the other version to measure agreement (shadow: default 1).",
     )
     quality_drop_max = serializers.FloatField(
         required=False,
@@ -371,10 +379,15 @@ RolloutRollbackView = _action_view(
 RolloutPauseView = _action_view(
     "pause", rollouts.rollout_pause, "Pause (operators)", "The weight stays where it is and stages stop advancing; guardrails still watch."
 )
-RolloutResumeView = _action_view("resume", rollouts.rollout_resume, "Resume a paused rollout (operators)", "The stage's clock starts again.")
+RolloutResumeView = _action_view(
+    "resume", rollouts.rollout_resume, "Resume a paused rollout (operators)", "The stage's clock starts again."
+)
 RolloutAdvanceView = _action_view(
     "advance", rollouts.rollout_advance, "Advance a canary to its next stage (operators)", "Past the last stage the candidate is promoted."
 )
 RolloutEndView = _action_view(
-    "end", rollouts.rollout_end, "End the rollout with the baseline active (operators)", "For an A/B test or a shadow run: no verdict implied."
+    "end",
+    rollouts.rollout_end,
+    "End the rollout with the baseline active (operators)",
+    "For an A/B test or a shadow run: no verdict implied.",
 )

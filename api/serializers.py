@@ -208,7 +208,9 @@ def detector_version_representation(version, *, active_id: str | None) -> dict[s
             "format": version.artifact_format,
             "input_size": list(version.input_size or []),
             "label_map": dict(version.label_map or {}),
-        } if version.artifact_sha256 else None,
+        }
+        if version.artifact_sha256
+        else None,
         "created_at": iso(version.created_at),
     }
 
@@ -366,7 +368,8 @@ class ArtifactSerializer(serializers.Serializer):
     format = serializers.CharField(help_text='"onnx".')
     input_size = serializers.ListField(child=serializers.IntegerField(), help_text="The network's input, [width, height].")
     label_map = serializers.DictField(
-        child=serializers.CharField(), help_text='The model\'s class names that were changed to fit the label pattern, e.g. {"traffic light": "traffic_light"}.'
+        child=serializers.CharField(),
+        help_text='The model\'s class names that were changed to fit the label pattern, e.g. {"traffic light": "traffic_light"}.',
     )
 
 
@@ -400,7 +403,9 @@ class DetectorVersionSerializer(serializers.Serializer):
     image = serializers.CharField(allow_null=True, help_text="The serving image's tag; null when not recorded.")
     labels = serializers.ListField(
         child=serializers.CharField(),
-        help_text='The labels its detections can have ("face" for face models; class names otherwise): what a submission\'s `labels` may ask for.',
+        help_text=(
+            'The labels its detections can have ("face" for face models; class names otherwise): what a submission\'s `labels` may ask for.'
+        ),
     )
     evaluation = serializers.DictField(
         allow_null=True, help_text="The latest `detector_evaluate` result on a labelled photo set (e.g. f1); null until evaluated."

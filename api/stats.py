@@ -89,5 +89,7 @@ class VersionStatsView(APIView):
         query.is_valid(raise_exception=True)
         version = registry_selectors.detector_version_get(version_id=version_id)
         return Response(
-            job_stats.version_stats(version_id=version.id, window_seconds=query.validated_data["window"], buckets=query.validated_data["buckets"])
+            job_stats.version_stats(
+                version_id=version.id, window_seconds=query.validated_data["window"], buckets=query.validated_data["buckets"]
+            )
         )

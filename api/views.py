@@ -14,6 +14,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiCallback, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -24,15 +25,14 @@ from jobs import services as job_services
 from jobs.representation import image_representation, image_submitted_representation
 from registry import artifacts as registry_artifacts
 from registry import selectors as registry_selectors
-from rest_framework.permissions import IsAuthenticated
 
 from .auth import IsOperator
 from .errors import ApiError
 from .pagination import JobPagination
 from .serializers import (
-    ErrorSerializer,
     DetectorVersionPageSerializer,
     DetectorVersionSerializer,
+    ErrorSerializer,
     ImageListQuerySerializer,
     ImagePageSerializer,
     ImageSerializer,
@@ -71,9 +71,7 @@ def _paginated(request: Request, view: APIView, queryset, render) -> Response:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        "file_too_large", f"The upload is larger than {limit} bytes.", field="image", status_code=413
-    )
+    return ApiError("file_too_large", f"The upload is larger than {limit} bytes.", field="image", status_code=413)
 
 
 class _MaxSizeUploadHandler(FileUploadHandler):
@@ -113,7 +111,9 @@ class _ArtifactUploadHandler(FileUploadHandler):
     def receive_data_chunk(self, raw_data, start):
         if self.file is None:
             if start + len(raw_data) > self.MANIFEST_MAX_BYTES:
-                raise ApiError("file_too_large", f"A part other than the artifact is larger than {self.MANIFEST_MAX_BYTES} bytes.", status_code=413)
+                raise ApiError(
+                    "file_too_large", f"A part other than the artifact is larger than {self.MANIFEST_MAX_BYTES} bytes.", status_code=413
+                )
             return raw_data
         if start + len(raw_data) > settings.MODEL_ARTIFACT_MAX_BYTES:
             raise _artifact_too_large()
@@ -199,7 +199,9 @@ class ImageCollectionView(APIView):
         request={"multipart/form-data": ImageSubmitSerializer},
         responses={
             202: ImageSubmittedSerializer,
-            200: OpenApiResponse(ImageSubmittedSerializer, description="This request_id was already submitted with this photo: the existing job."),
+            200: OpenApiResponse(
+                ImageSubmittedSerializer, description="This request_id was already submitted with this photo: the existing job."
+            ),
             **_errors(400, 401, 409, 413, 415, 429, 503),
         },
         callbacks=[CALLBACK_DOC],
@@ -325,7 +327,6 @@ class ModelCollectionView(APIView):
             request, self, registry_selectors.detector_version_list(), lambda v: detector_version_representation(v, active_id=active_id)
         )
 
-
     @extend_schema(
         operation_id="models_upload",
         summary="Register a version from your own model file (operators)",
@@ -341,7 +342,9 @@ class ModelCollectionView(APIView):
         request={"multipart/form-data": ModelUploadSerializer},
         responses={
             201: DetectorVersionSerializer,
-            200: OpenApiResponse(DetectorVersionSerializer, description="This version was already registered with this very file: the version."),
+            200: OpenApiResponse(
+                DetectorVersionSerializer, description="This version was already registered with this very file: the version."
+            ),
             **_errors(400, 401, 403, 409, 413, 415, 429, 503),
         },
     )

@@ -91,8 +91,17 @@ def _worker(engine, device, threads, testdata, distinct, repeat, start_barrier, 
             per_photo[name].append((time.perf_counter() - t) * 1000)
             faces[name] = len(out[0]) if engine == FACENET and out[0] is not None else (0 if engine == FACENET else len(out))
     elapsed = time.perf_counter() - began
-    results.put({"what": what, "ready_s": ready_s, "rss_mb": _rss_mb(), "per_photo": per_photo, "faces": faces,
-                 "elapsed": elapsed, "count": repeat * len(images)})
+    results.put(
+        {
+            "what": what,
+            "ready_s": ready_s,
+            "rss_mb": _rss_mb(),
+            "per_photo": per_photo,
+            "faces": faces,
+            "elapsed": elapsed,
+            "count": repeat * len(images),
+        }
+    )
 
 
 def _current_rss_mb() -> float:
@@ -127,16 +136,22 @@ def run(engine, device, processes, threads, args, distinct=False):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     barrier = ctx.Barrier(processes) if processes > 1 else None
-    procs = [ctx.Process(target=_worker, args=(engine, device, threads, args.testdata, distinct, args.repeat, barrier, results))
-             for _ in range(processes)]
+    procs = [
+        ctx.Process(target=_worker, args=(engine, device, threads, args.testdata, distinct, args.repeat, barrier, results))
+        for _ in range(processes)
+    ]
     for p in procs:
         p.start()
     out = [results.get() for _ in procs]
     for p in procs:
         p.join()
     # Throughput of the layout: all photos of all processes over the slowest process's time.
-    return {**out[0], "photos_per_s": sum(o["count"] for o in out) / max(o["elapsed"] for o in out),
-            "rss_mb": max(o["rss_mb"] for o in out), "ready_s": max(o["ready_s"] for o in out)}
+    return {
+        **out[0],
+        "photos_per_s": sum(o["count"] for o in out) / max(o["elapsed"] for o in out),
+        "rss_mb": max(o["rss_mb"] for o in out),
+        "ready_s": max(o["ready_s"] for o in out),
+    }
 
 
 def main() -> None:
@@ -151,9 +166,11 @@ def main() -> None:
     engines = args.engines or ([FACENET, "mtcnn@1.1.0", "mtcnn@1.2.0"] if args.device == "cpu" else [FACENET, "mtcnn@1.1.0"])
     from bench.cpu import cpu_model
 
-    print(f"# bench/detector.py, {time.strftime('%Y-%m-%d')}: device={args.device}, {cores} cores of {cpu_model()}, "
-          f"photos {Path(args.testdata).relative_to(ROOT) if Path(args.testdata).is_relative_to(ROOT) else args.testdata}, "
-          f"{args.repeat} runs each after a warm-up\n")
+    print(
+        f"# bench/detector.py, {time.strftime('%Y-%m-%d')}: device={args.device}, {cores} cores of {cpu_model()}, "
+        f"photos {Path(args.testdata).relative_to(ROOT) if Path(args.testdata).is_relative_to(ROOT) else args.testdata}, "
+        f"{args.repeat} runs each after a warm-up\n"
+    )
 
     # 1. Latency per photo, one process with every core, and its start and memory.
     single = {engine: run(engine, args.device, 1, cores, args) for engine in engines}
@@ -166,7 +183,9 @@ def main() -> None:
         cells = [f"{statistics.median(single[e]['per_photo'][name]):.0f} ({single[e]['faces'][name]})" for e in engines]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("| photos/s | " + " | ".join(f"{single[e]['photos_per_s']:.2f}" for e in engines) + " |")
-    print("| speed vs " + engines[0] + " | " + " | ".join(f"{single[e]['photos_per_s'] / base['photos_per_s']:.2f}x" for e in engines) + " |")
+    print(
+        "| speed vs " + engines[0] + " | " + " | ".join(f"{single[e]['photos_per_s'] / base['photos_per_s']:.2f}x" for e in engines) + " |"
+    )
     print("| ready after start (import + load) | " + " | ".join(f"{single[e]['ready_s']:.1f} s" for e in engines) + " |")
     print("| peak RSS of the process | " + " | ".join(f"{single[e]['rss_mb']:.0f} MB" for e in engines) + " |")
     print("\nEngines: " + "; ".join(f"{e}: {single[e]['what']}" for e in engines) + "\n")
@@ -192,8 +211,10 @@ def main() -> None:
 
     # 4. Memory as photo sizes keep coming: an engine that caches per shape must level off.
     marks = (10, 30, args.sizes)
-    print(f"\n## Memory after N distinct photo sizes (one photo at {args.sizes} random sizes, 300-1,600 px a side, "
-          f"1 process x {cores} threads)\n")
+    print(
+        f"\n## Memory after N distinct photo sizes (one photo at {args.sizes} random sizes, 300-1,600 px a side, "
+        f"1 process x {cores} threads)\n"
+    )
     print("| engine | " + " | ".join(f"RSS after {n}" for n in marks) + " | photos/s |")
     print("|---|" + "---|" * (len(marks) + 1))
     for engine in engines:

@@ -308,7 +308,9 @@ class OwnStack:
             rc = self.stack.stop()
             if rc != 0:
                 problems.append(f"`devstack up` did not stop cleanly on SIGTERM (exit {rc})")
-            problems += delete_queues(self.service_env["CELERY_BROKER_URL"], [self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"]])
+            problems += delete_queues(
+                self.service_env["CELERY_BROKER_URL"], [self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"]]
+            )
             if self.database:
                 problems += drop_database(self.service_env["DATABASE_URL"], self.database)
         if self.dead is not None:
@@ -325,21 +327,28 @@ class OwnStack:
 
 def add_stack_flags(parser: argparse.ArgumentParser) -> None:
     """--embedded, --keep and --ready-timeout: how a stack of the bench's own runs."""
-    parser.add_argument("--embedded", action="store_true", help="a stack of its own uses the embedded stand-ins even where the services answer")
+    parser.add_argument(
+        "--embedded", action="store_true", help="a stack of its own uses the embedded stand-ins even where the services answer"
+    )
     parser.add_argument("--keep", action="store_true", help="keep a stack's temporary var dir (kept anyway on failure)")
-    parser.add_argument("--ready-timeout", type=float, default=300, help="most seconds until a stack of its own answers /readyz (default 300)")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=300, help="most seconds until a stack of its own answers /readyz (default 300)"
+    )
 
 
 def add_service_flags(parser: argparse.ArgumentParser, *, key_help: str = "an API key") -> None:
     """--url, --key, --start (also --start-stack) and add_stack_flags'."""
     parser.add_argument(
-        "--url", default=os.environ.get("FDA_URL", "http://127.0.0.1:8000"),
+        "--url",
+        default=os.environ.get("FDA_URL", "http://127.0.0.1:8000"),
         help="the running service (loopback only; default FDA_URL or http://127.0.0.1:8000)",
     )
     parser.add_argument(
         "--key", default=os.environ.get("FDA_API_KEY", ""), help=f"{key_help} (default FDA_API_KEY; else one is made and revoked after)"
     )
-    parser.add_argument("--start", "--start-stack", dest="start", action="store_true", help="start a stack of its own (devstack) and stop it after")
+    parser.add_argument(
+        "--start", "--start-stack", dest="start", action="store_true", help="start a stack of its own (devstack) and stop it after"
+    )
     add_stack_flags(parser)
 
 

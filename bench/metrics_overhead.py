@@ -109,7 +109,8 @@ class ConfigStack(OwnStack):
         )
         self.name = name
         self.summary = (
-            f"embedded stand-ins for {', '.join(self.replaced)}" if self.replaced
+            f"embedded stand-ins for {', '.join(self.replaced)}"
+            if self.replaced
             else "PostgreSQL (a database of its own), RabbitMQ and Redis on loopback"
         ) + ", the bundled S3 server"
         self.paused: list[int] = []
@@ -192,7 +193,12 @@ class Runner:
 
     def _upload(self, name: str, content: bytes, content_type: str, request_id: str) -> dict:
         response = self._api().call(
-            "POST", "/api/v1/images/", expect=(202,), patience=0, data={"request_id": request_id}, files={"image": (name, content, content_type)}
+            "POST",
+            "/api/v1/images/",
+            expect=(202,),
+            patience=0,
+            data={"request_id": request_id},
+            files={"image": (name, content, content_type)},
         )
         return response.json()
 
@@ -461,8 +467,15 @@ def one_round(args, name: str, number: int, *, jpeg: bytes, photos: list[Path], 
     current.clear()
     if problems:
         raise BenchFailed(f"round {number} ({name}): " + "; ".join(problems))
-    row = {"name": name, "door": door, "detect": detect, "found": found, "description": stack.summary,
-           "ready_s": ready_s, "scrapes": scraper.scrapes if scraper else None}
+    row = {
+        "name": name,
+        "door": door,
+        "detect": detect,
+        "found": found,
+        "description": stack.summary,
+        "ready_s": ready_s,
+        "scrapes": scraper.scrapes if scraper else None,
+    }
     say("  " + row_line(number, row))
     return row
 
@@ -479,9 +492,7 @@ def row_line(number: int, row: dict) -> str:
     )
 
 
-HEADER = (
-    f"{'round':>5}  {'':4} {'uploads/s':>9} {'CPU-ms/up':>9}  {'other':>5}     {'photos/s':>8} {'CPU-ms/ph':>9}  {'other':>5}"
-)
+HEADER = f"{'round':>5}  {'':4} {'uploads/s':>9} {'CPU-ms/up':>9}  {'other':>5}     {'photos/s':>8} {'CPU-ms/ph':>9}  {'other':>5}"
 FIGURES = (
     ("uploads/s", "door", "rate", 1, True),
     ("CPU-ms per upload", "door", "cpu_ms", 2, False),
@@ -497,8 +508,10 @@ def run(args, current: list) -> int:
     jpeg = small_jpeg()
     deadline = time.monotonic() + args.max_minutes * 60
     sequence = order(args.rounds)
-    say(f"rounds: {' '.join(sequence)}; each on a fresh stack, after a warm-up of {len(photos)} photos and "
-        f"{args.warmup_uploads} uploads that is not counted")
+    say(
+        f"rounds: {' '.join(sequence)}; each on a fresh stack, after a warm-up of {len(photos)} photos and "
+        f"{args.warmup_uploads} uploads that is not counted"
+    )
     say(HEADER)
     rows = [
         one_round(args, name, number, jpeg=jpeg, photos=photos, deadline=deadline, current=current)
@@ -514,23 +527,37 @@ def report(args, rows: list[dict], jpeg: bytes, sequence: list[str], photo_count
         return [r[phase][key] for r in rows if r["name"] == name]
 
     say()
-    say(harness.banner(
-        "bench/metrics_overhead.py", f"{platform.system()} {platform.release()}", f"Python {platform.python_version()}",
-        f"prometheus-client {version('prometheus-client')}",
-    ))
+    say(
+        harness.banner(
+            "bench/metrics_overhead.py",
+            f"{platform.system()} {platform.release()}",
+            f"Python {platform.python_version()}",
+            f"prometheus-client {version('prometheus-client')}",
+        )
+    )
     for name in CONFIGS:
         say(f"{name:3}: {DESCRIPTIONS[name]}")
-    say(f"both: a fresh `python -m devstack up` per round ({rows[0]['description']}; its own queues and bucket): gunicorn 2 workers, "
+    say(
+        f"both: a fresh `python -m devstack up` per round ({rows[0]['description']}; its own queues and bucket): gunicorn 2 workers, "
         "1 detection worker (concurrency 1), 1 delivery worker (concurrency 2), beat; the X-Request-ID middleware and its access line "
-        "(no switch), rate limits off, jobs without callback_url")
-    say(f"front door: {args.uploads} uploads of one JPEG ({small_jpeg_size(jpeg)}) from {args.threads} threads, POST -> 202, "
-        "the detection worker paused (SIGSTOP) meanwhile, then drained")
-    say(f"detection: {args.photos} photos of tests/data/photos (the {photo_count} in turn) uploaded at once, upload -> job completed "
-        "(the server's created_at to the last finished_at), MTCNN on the CPU, then drained")
-    say("CPU-ms: CPU time of the stack's processes and of the PostgreSQL backends of its database, per upload (during the "
-        "uploads) and per photo (first upload to last annotated image stored); RabbitMQ and Redis are shared and left out")
-    say(f"other: the share of the machine other processes took meanwhile (a neighbour's tests); a phase above "
-        f"{args.quiet_share * 100:.0f} % was run again (xN: attempts; the least disturbed counts), each after waiting for a quiet machine")
+        "(no switch), rate limits off, jobs without callback_url"
+    )
+    say(
+        f"front door: {args.uploads} uploads of one JPEG ({small_jpeg_size(jpeg)}) from {args.threads} threads, POST -> 202, "
+        "the detection worker paused (SIGSTOP) meanwhile, then drained"
+    )
+    say(
+        f"detection: {args.photos} photos of tests/data/photos (the {photo_count} in turn) uploaded at once, upload -> job completed "
+        "(the server's created_at to the last finished_at), MTCNN on the CPU, then drained"
+    )
+    say(
+        "CPU-ms: CPU time of the stack's processes and of the PostgreSQL backends of its database, per upload (during the "
+        "uploads) and per photo (first upload to last annotated image stored); RabbitMQ and Redis are shared and left out"
+    )
+    say(
+        f"other: the share of the machine other processes took meanwhile (a neighbour's tests); a phase above "
+        f"{args.quiet_share * 100:.0f} % was run again (xN: attempts; the least disturbed counts), each after waiting for a quiet machine"
+    )
     say(f"order: {' '.join(sequence)} ({args.rounds} round{'s' if args.rounds > 1 else ''} each)")
     say()
     say(HEADER)
@@ -554,9 +581,12 @@ def report(args, rows: list[dict], jpeg: bytes, sequence: list[str], photo_count
     for name in CONFIGS:
         found = [r["found"] for r in rows if r["name"] == name]
         say(checks_line(name, found))
-    say(f"RESULT: overhead of metrics + JSON logs, ON against OFF (medians of {args.rounds} round{'s' if args.rounds > 1 else ''} each; "
-        f"positive = ON costs more; aim < 2 %): " + ", ".join(overheads)
-        + f" (rounds' spread up to {', '.join(f'{n:.0f}' for n in noises)} %)")
+    say(
+        f"RESULT: overhead of metrics + JSON logs, ON against OFF (medians of {args.rounds} round{'s' if args.rounds > 1 else ''} each; "
+        f"positive = ON costs more; aim < 2 %): "
+        + ", ".join(overheads)
+        + f" (rounds' spread up to {', '.join(f'{n:.0f}' for n in noises)} %)"
+    )
     return 0
 
 

@@ -95,7 +95,9 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
     def upload(n_item):
         n, (path, data) = n_item
         response = api.call(
-            "POST", "/api/v1/images/", expect=(202,),
+            "POST",
+            "/api/v1/images/",
+            expect=(202,),
             files={"image": (path.name, data, CONTENT_TYPES[path.suffix.lower()])},
             data={"request_id": f"bench-pipeline-{run}-{n}", "callback_url": callbacks.url, "model_version": version},
         )
@@ -151,13 +153,18 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
                 alone.append((at - parse_at(body["finished_at"])).total_seconds() * 1000)
     return {
         "lags_alone": sorted(alone),
-        "jobs": len(ids), "called_back": len(arrived), "statuses": statuses, "upload_s": uploaded_s,
-        "photos_per_s": len(arrived) / (last - started).total_seconds(), "lags": sorted(lags),
+        "jobs": len(ids),
+        "called_back": len(arrived),
+        "statuses": statuses,
+        "upload_s": uploaded_s,
+        "photos_per_s": len(arrived) / (last - started).total_seconds(),
+        "lags": sorted(lags),
         "stages": {name: sorted(values) for name, values in stages.items() if values},
         "versions": sorted({body.get("model_version") or "" for _, body in arrived.values()}),
         "cpu": (before, after),
         "detection": {k: detection_after[k] - detection_before[k] for k in detection_after}
-        if detection_before and detection_after else None,
+        if detection_before and detection_after
+        else None,
     }
 
 
@@ -174,8 +181,10 @@ def main() -> int:
 
 
 def measure(args) -> int:
-    say(f"# bench/pipeline.py, {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores of {cpu.cpu_model()}, version {args.version}, "
-        f"{len(list(PHOTOS.glob('*.[pj][np]g')))} photos x {args.repeat}")
+    say(
+        f"# bench/pipeline.py, {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores of {cpu.cpu_model()}, version {args.version}, "
+        f"{len(list(PHOTOS.glob('*.[pj][np]g')))} photos x {args.repeat}"
+    )
     callbacks = Receiver()  # a loopback server that keeps every POST: here, the callbacks
     extra_env = {**NO_LIMITS, "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"}
     try:
@@ -199,7 +208,10 @@ def report(result: dict, ceiling: float, layout: str) -> None:
         say(f"| raw detector, best layout ({layout}) | {ceiling:.2f} photos/s |")
         say(f"| pipeline / raw | {result['photos_per_s'] / ceiling:.2f} |")
     if lags:
-        say(f"| callback lag after detection, p50 / p95 / max | {percentile(lags, 50):.0f} / {percentile(lags, 95):.0f} / {lags[-1]:.0f} ms |")
+        say(
+            f"| callback lag after detection, p50 / p95 / max | {percentile(lags, 50):.0f} / "
+            f"{percentile(lags, 95):.0f} / {lags[-1]:.0f} ms |"
+        )
     alone = result["lags_alone"]
     if alone:
         say(f"| callback lag, one job at a time, p50 / max | {percentile(alone, 50):.0f} / {alone[-1]:.0f} ms |")
@@ -212,12 +224,16 @@ def report(result: dict, ceiling: float, layout: str) -> None:
     detection = result["detection"]
     if detection and detection["count"]:
         inside = detection["cpu"] * 1000 / detection["count"]
-        say(f"\nIn the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
+        say(
+            f"\nIn the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
             f"({detection['wall'] * 1000 / detection['count']:.1f} ms of wall time; /metrics); the task around it: "
-            f"{per_job.get('detect worker', 0.0) - inside:.1f} ms.")
+            f"{per_job.get('detect worker', 0.0) - inside:.1f} ms."
+        )
     if ceiling:
-        say(f"\nThe raw detector ({layout}) spends about {(os.cpu_count() or 1) * 1000 / ceiling:.0f} ms of CPU per photo "
-            "when it keeps every core busy.")
+        say(
+            f"\nThe raw detector ({layout}) spends about {(os.cpu_count() or 1) * 1000 / ceiling:.0f} ms of CPU per photo "
+            "when it keeps every core busy."
+        )
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ class Uploader(threading.Thread):
     """Uploads the photos in turn, one every 1/rate seconds, each under a cohort of its own, until
     ``count`` jobs or ``seconds`` have passed or it is stopped."""
 
-    def __init__(self, api: Api, run: str, photos: list[Path], *, rate: float, count: int, seconds: float, phase: str, first: int = 0) -> None:
+    def __init__(
+        self, api: Api, run: str, photos: list[Path], *, rate: float, count: int, seconds: float, phase: str, first: int = 0
+    ) -> None:
         super().__init__(name=f"uploader-{phase}", daemon=True)
         self.api, self.run_id, self.photos = api, run, photos
         self.rate, self.count, self.seconds, self.phase, self.first = rate, count, seconds, phase, first
@@ -118,7 +120,9 @@ class Uploader(threading.Thread):
 
 def event_line(event: dict, start: dt.datetime) -> str:
     offset = (parse_at(event["at"]) - start).total_seconds()
-    weights = f"{event['from_weight']} -> {event['to_weight']} %" if event["from_weight"] != event["to_weight"] else f"{event['to_weight']} %"
+    weights = (
+        f"{event['from_weight']} -> {event['to_weight']} %" if event["from_weight"] != event["to_weight"] else f"{event['to_weight']} %"
+    )
     return f"  +{offset:6.1f} s  {event['action']:8} by {event['actor']} ({event['to_status']}, {weights}): {event['reason']}"
 
 
@@ -160,7 +164,10 @@ def run(args, api: RolloutApi, env: dict[str, str], alerts: harness.Receiver | N
     ).json()
     rollout_id = rollout["id"]
     started_at = parse_at(rollout["created_at"])
-    say(f"rollout {rollout_id}: canary of {candidate} from {baseline} at {rollout['weight']} %, guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}")
+    say(
+        f"rollout {rollout_id}: canary of {candidate} from {baseline} at {rollout['weight']} %, "
+        f"guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}"
+    )
     uploader = after = None
     outcome = "none"
     try:
@@ -197,7 +204,12 @@ def run(args, api: RolloutApi, env: dict[str, str], alerts: harness.Receiver | N
         try:
             state = api.rollout(rollout_id)
             if state["status"] in ("running", "paused"):
-                api.call("POST", f"/api/v1/rollouts/{rollout_id}/rollback/", json={"reason": "bench/rollout.py ended without a verdict"}, expect=(200, 409))
+                api.call(
+                    "POST",
+                    f"/api/v1/rollouts/{rollout_id}/rollback/",
+                    json={"reason": "bench/rollout.py ended without a verdict"},
+                    expect=(200, 409),
+                )
                 say("rolled back by bench/rollout.py (no automatic verdict)")
         except (BenchFailed, requests.RequestException) as exc:
             say(f"COULD NOT END rollout {rollout_id}: {exc}; end it by hand: manage.py rollout rollback {rollout_id}")
@@ -215,10 +227,42 @@ def run(args, api: RolloutApi, env: dict[str, str], alerts: harness.Receiver | N
     status_text = manage(env, "rollout", "status", rollout_id)
     if args.save:
         args.save.write_text(json.dumps(rollout, indent=2) + "\n")
-    return report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, alerts, env, active_after, still_live, status_text, created_key, interval)
+    return report(
+        args,
+        rollout,
+        outcome,
+        baseline,
+        candidate,
+        ours,
+        jobs,
+        uploader,
+        alerts,
+        env,
+        active_after,
+        still_live,
+        status_text,
+        created_key,
+        interval,
+    )
 
 
-def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, alerts, env, active_after, still_live, status_text, created_key, interval) -> int:
+def report(
+    args,
+    rollout,
+    outcome,
+    baseline,
+    candidate,
+    ours,
+    jobs,
+    uploader,
+    alerts,
+    env,
+    active_after,
+    still_live,
+    status_text,
+    created_key,
+    interval,
+) -> int:
     events = rollout["events"]
     started_at = parse_at(rollout["created_at"])
     during = [job for job in ours if job["phase"] == "rollout"]
@@ -230,11 +274,19 @@ def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, al
 
     say("")
     say(harness.banner("bench/rollout.py report"))
-    say(f"canary {rollout['id']}: {candidate} from {baseline}, weight {STAGES[0]['weight']} %, "
-        f"guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}")
-    say(f"uploads: {len(during)} accepted over {upload_s:.0f} s at {args.rate:g}/s ({len(uploader.refused) if uploader else 0} refused), "
+    say(
+        f"canary {rollout['id']}: {candidate} from {baseline}, weight {STAGES[0]['weight']} %, "
+        f"guardrails {json.dumps(rollout['guardrails'], sort_keys=True)}"
+    )
+    say(
+        f"uploads: {len(during)} accepted over {upload_s:.0f} s at {args.rate:g}/s ({len(uploader.refused) if uploader else 0} refused), "
         f"one cohort each: {len(on_candidate)} routed to the candidate, {len(on_baseline)} to the baseline"
-        + (f", {len(during) - len(on_candidate) - len(on_baseline)} accepted after the rollback (outside it)" if len(during) > len(on_candidate) + len(on_baseline) else ""))
+        + (
+            f", {len(during) - len(on_candidate) - len(on_baseline)} accepted after the rollback (outside it)"
+            if len(during) > len(on_candidate) + len(on_baseline)
+            else ""
+        )
+    )
     say("events:")
     for event in events:
         say(event_line(event, started_at))
@@ -250,8 +302,10 @@ def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, al
         window = rollback["figures"].get("window") or {}  # none on a rollback by hand
         for side in ("baseline", "candidate") if window else ():
             f = window[side]
-            say(f"  window {side:9}: {f.get('jobs')} jobs, {f.get('latency_samples')} warm samples, "
-                f"p50 {f.get('p50_detection_ms')} ms, p95 {f.get('p95_detection_ms')} ms, failed {f.get('failed')}")
+            say(
+                f"  window {side:9}: {f.get('jobs')} jobs, {f.get('latency_samples')} warm samples, "
+                f"p50 {f.get('p50_detection_ms')} ms, p95 {f.get('p95_detection_ms')} ms, failed {f.get('failed')}"
+            )
 
     def finished(job):
         return parse_at(job["finished_at"]) if job.get("finished_at") else None
@@ -261,14 +315,19 @@ def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, al
         rollback_at = parse_at(rollback["at"])
         in_flight = [job for job in on_candidate if not finished(job) or finished(job) > rollback_at]
         kept = [job for job in in_flight if job["status"] == "completed" and (job["model_version"] or "").startswith(candidate + "+")]
-        say(f"in flight on the candidate at the rollback: {jobs_n(len(in_flight))}; afterwards {len(kept)} completed on {candidate}, "
-            f"{sum(1 for j in in_flight if j['status'] == 'failed')} failed, {sum(1 for j in in_flight if j['status'] not in TERMINAL)} unfinished "
-            f"(each keeps the version it was routed to)")
+        say(
+            f"in flight on the candidate at the rollback: {jobs_n(len(in_flight))}; afterwards {len(kept)} completed on {candidate}, "
+            f"{sum(1 for j in in_flight if j['status'] == 'failed')} failed, "
+            f"{sum(1 for j in in_flight if j['status'] not in TERMINAL)} unfinished "
+            f"(each keeps the version it was routed to)"
+        )
         after_jobs = [jobs[job["id"]] for job in after]
         on_base = [j for j in after_jobs if j.get("rollout") is None and (j.get("model_version") or "").startswith(baseline + "+")]
         if after_jobs:
-            say(f"after the rollback: {jobs_n(len(after_jobs))} submitted, {len(on_base)} of them on {baseline} outside any rollout"
-                + ("" if len(on_base) == len(after_jobs) else f" (the others: {[j['status'] for j in after_jobs if j not in on_base]})"))
+            say(
+                f"after the rollback: {jobs_n(len(after_jobs))} submitted, {len(on_base)} of them on {baseline} outside any rollout"
+                + ("" if len(on_base) == len(after_jobs) else f" (the others: {[j['status'] for j in after_jobs if j not in on_base]})")
+            )
         ok = ok and len(on_base) == len(after_jobs)
     if pending:
         say(f"{jobs_n(len(pending))} still unfinished after the {args.drain_timeout:.0f} s drain")
@@ -289,14 +348,18 @@ def report(args, rollout, outcome, baseline, candidate, ours, jobs, uploader, al
                 verified, ok = f"signature NOT verified: {exc}", False
             body = json.loads(alert["body"])
             late = (alert["at"] - parse_at(rollback["at"])).total_seconds() if rollback else float("nan")
-            say(f"alert: {body['type']} POSTed to ROLLOUT_ALERT_URL {late:.1f} s after the rollback event, "
-                f"webhook-id {alert['headers'].get('webhook-id') or alert['headers'].get('Webhook-Id')}, {verified}")
+            say(
+                f"alert: {body['type']} POSTed to ROLLOUT_ALERT_URL {late:.1f} s after the rollback event, "
+                f"webhook-id {alert['headers'].get('webhook-id') or alert['headers'].get('Webhook-Id')}, {verified}"
+            )
         else:
             say("alert: none received at ROLLOUT_ALERT_URL")
             ok = ok and outcome != "rolled_back"
 
-    left = f"no rollout live, {active_after} active" if not still_live and active_after == baseline else (
-        f"NOT as found: live {[r['id'] for r in still_live]}, active {active_after} (was {baseline})"
+    left = (
+        f"no rollout live, {active_after} active"
+        if not still_live and active_after == baseline
+        else (f"NOT as found: live {[r['id'] for r in still_live]}, active {active_after} (was {baseline})")
     )
     ok = ok and not still_live and active_after == baseline
     say(f"service left: {left}; {candidate} stays registered, inactive" + ("; the bench's operator key is revoked" if created_key else ""))

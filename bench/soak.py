@@ -50,8 +50,11 @@ def configure(tmp: Path) -> "object":
         PYTHONUNBUFFERED="1",
     )
     s3 = SeaweedS3(
-        data_dir=tmp / "s3", access_key=os.environ["S3_ACCESS_KEY"], secret_key=os.environ["S3_SECRET_KEY"],
-        s3_port=int(os.environ["FDA_S3_BASE_PORT"]) + 3, base_port=int(os.environ["FDA_S3_BASE_PORT"]),
+        data_dir=tmp / "s3",
+        access_key=os.environ["S3_ACCESS_KEY"],
+        secret_key=os.environ["S3_SECRET_KEY"],
+        s3_port=int(os.environ["FDA_S3_BASE_PORT"]) + 3,
+        base_port=int(os.environ["FDA_S3_BASE_PORT"]),
     ).start()
     try:
         import django
@@ -73,10 +76,29 @@ class Worker:
         queue = os.environ["CELERY_QUEUE_DETECT" if queue_role == "detect" else "CELERY_QUEUE_DELIVER"]
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "face_detect_api", "worker", "-Q", queue, "--concurrency", "1",
-                 "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                 "-n", f"soak-{RUN}-{uuid.uuid4().hex[:6]}@%h"],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "face_detect_api",
+                    "worker",
+                    "-Q",
+                    queue,
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-n",
+                    f"soak-{RUN}-{uuid.uuid4().hex[:6]}@%h",
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def kill(self) -> None:
@@ -192,9 +214,7 @@ def run(args, rng, tmp: Path, s3) -> None:
     jobs = Image.objects.filter(id__in=ids)
     completed = jobs.filter(status="completed").count()
     failed = jobs.filter(status="failed").count()
-    duplicated = sum(
-        1 for image in jobs.filter(status="completed") if Face.objects.filter(image=image).count() != image.face_count
-    )
+    duplicated = sum(1 for image in jobs.filter(status="completed") if Face.objects.filter(image=image).count() != image.face_count)
     redelivered = jobs.filter(attempts__gt=1).count()
     print(f"jobs submitted: {args.jobs}; accepted: {len(ids)}; refused: {refused}")
     print(f"completed: {completed}; failed: {failed}; lost: {len(ids) - completed - failed}")
@@ -202,8 +222,10 @@ def run(args, rng, tmp: Path, s3) -> None:
     print(f"workers killed: {kills}; jobs detected more than once: {redelivered}; jobs with duplicated faces: {duplicated}")
     called = callbacks()
     print(f"callbacks: jobs called back {len(called)} of {len(ids)}; duplicate deliveries {sum(called.values()) - len(called)}")
-    print(f"time: submitting {submitted - started:.0f} s, until all finished {finished - started:.0f} s; "
-          f"{completed / (finished - started):.2f} jobs/s with {args.workers} detection workers")
+    print(
+        f"time: submitting {submitted - started:.0f} s, until all finished {finished - started:.0f} s; "
+        f"{completed / (finished - started):.2f} jobs/s with {args.workers} detection workers"
+    )
 
     for worker in [*detectors, deliverer]:
         worker.stop()

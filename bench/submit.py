@@ -76,11 +76,15 @@ class Upload:
         self.photo = photo
         data = photo.read_bytes()
         b = self.BOUNDARY
-        self.head = f"--{b}\r\nContent-Disposition: form-data; name=\"request_id\"\r\n\r\n".encode()
+        self.head = f'--{b}\r\nContent-Disposition: form-data; name="request_id"\r\n\r\n'.encode()
         self.tail = (
-            f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{photo.name}\"\r\n"
-            f"Content-Type: {CONTENT_TYPES.get(photo.suffix.lower(), 'application/octet-stream')}\r\n\r\n"
-        ).encode() + data + f"\r\n--{b}--\r\n".encode()
+            (
+                f'\r\n--{b}\r\nContent-Disposition: form-data; name="image"; filename="{photo.name}"\r\n'
+                f"Content-Type: {CONTENT_TYPES.get(photo.suffix.lower(), 'application/octet-stream')}\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{b}--\r\n".encode()
+        )
         self.content_type = f"multipart/form-data; boundary={b}"
         self.size = len(data)
 
@@ -193,8 +197,8 @@ def level_line(figures: dict) -> str:
     detail = ", ".join(f"{code or 'conn. error'}: {n}" for code, n in sorted(figures["others"].items())) if others else ""
     return (
         f"{figures['clients']:>7} {figures['count']:>7} {figures['rate']:>9.1f} {figures['p50']:>8.1f} "
-        f"{figures['p95']:>8.1f} {figures['max']:>8.1f} {others:>8} {figures['cpu_ms']:>11.1f} {figures['client_ms']:>11.1f} {figures['others_share'] * 100:>9.0f}"
-        + (f"  ({detail})" if detail else "")
+        f"{figures['p95']:>8.1f} {figures['max']:>8.1f} {others:>8} {figures['cpu_ms']:>11.1f} "
+        f"{figures['client_ms']:>11.1f} {figures['others_share'] * 100:>9.0f}" + (f"  ({detail})" if detail else "")
     )
 
 
@@ -305,8 +309,10 @@ def measure(args) -> int:
                 pause = DetectionPause(svc.env)
                 pause.pause()
             say(harness.banner("bench/submit.py"))
-            say(f"{base}: POST /api/v1/images/ of {args.photo.name} ({upload.size / 1024:.1f} KiB), {args.uploads} per level, "
-                f"detection {'paused' if pause else 'running'}")
+            say(
+                f"{base}: POST /api/v1/images/ of {args.photo.name} ({upload.size / 1024:.1f} KiB), {args.uploads} per level, "
+                f"detection {'paused' if pause else 'running'}"
+            )
             ids: list[str] = []
             if args.warmup:
                 warm = level(base, key, upload, clients=min(4, args.warmup), count=args.warmup, tag=f"bench-submit-{run}-warmup")
@@ -314,8 +320,10 @@ def measure(args) -> int:
                 if warm["others"]:
                     say(f"warm-up: {warm['others']} (429: run the service with API_RATE_LIMIT= API_UPLOAD_RATE_LIMIT=)")
             stack_cpu = (svc.stack.root_pid(), svc.stack.database) if svc.stack is not None else running_stack(svc.env)
-            say(f"{'clients':>7} {'uploads':>7} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'non-202':>8} "
-                f"{'stack CPU':>11} {'bench CPU':>11} {'others %':>9}")
+            say(
+                f"{'clients':>7} {'uploads':>7} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'non-202':>8} "
+                f"{'stack CPU':>11} {'bench CPU':>11} {'others %':>9}"
+            )
             for number, clients in enumerate(args.levels):
                 tag = f"bench-submit-{run}-{number}-{clients}"
                 figures = level(base, key, upload, clients=clients, count=args.uploads, tag=tag, stack=stack_cpu)
@@ -327,8 +335,10 @@ def measure(args) -> int:
                 say(f"waiting for the {len(ids)} accepted jobs (warm-up included) to finish ...")
                 waited = time.monotonic()
                 counts = wait_finished(base, key, ids, args.wait_timeout)
-                say(f"jobs: {counts['completed']} completed, {counts['failed']} failed, {counts['lost']} lost "
-                    f"(not finished within {args.wait_timeout:.0f} s), after {time.monotonic() - waited:.0f} s")
+                say(
+                    f"jobs: {counts['completed']} completed, {counts['failed']} failed, {counts['lost']} lost "
+                    f"(not finished within {args.wait_timeout:.0f} s), after {time.monotonic() - waited:.0f} s"
+                )
             return 0
         finally:
             if pause is not None:

@@ -73,8 +73,11 @@ def uploaded(argument: str, cache: Path) -> tuple[object, list[str], dict[str, f
 
     model, _, manifest_path = argument.partition(",")
     model = Path(model)
-    manifest = json.loads(Path(manifest_path).read_text()) if manifest_path else {
-        "name": model.stem.lower().replace(".", "-"), "version": "0.0.0", "implementation": "yolo-onnx", "settings": {}}
+    manifest = (
+        json.loads(Path(manifest_path).read_text())
+        if manifest_path
+        else {"name": model.stem.lower().replace(".", "-"), "version": "0.0.0", "implementation": "yolo-onnx", "settings": {}}
+    )
     timings = {}
     t = time.perf_counter()
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
@@ -85,11 +88,13 @@ def uploaded(argument: str, cache: Path) -> tuple[object, list[str], dict[str, f
     facts = artifact_check(model, labels=manifest.get("labels"), settings=manifest["settings"], timeout=300, memory_bytes=4 << 30)
     timings["check"] = (time.perf_counter() - t) * 1000
     classes, _ = labels_from_names(manifest.get("labels") or facts.names)
-    settings = settings_with_precision("yolo-onnx", {**manifest["settings"], "layout": facts.layout,
-                                                     "input_size": list(facts.input_size), "classes": classes})
+    settings = settings_with_precision(
+        "yolo-onnx", {**manifest["settings"], "layout": facts.layout, "input_size": list(facts.input_size), "classes": classes}
+    )
     version_id = f"{manifest['name']}@{manifest['version']}"
-    spec = DetectorSpec(id=version_id, label=f"{version_id} (uploaded)", implementation="yolo-onnx", settings=settings,
-                        weights={"model.onnx": digest})
+    spec = DetectorSpec(
+        id=version_id, label=f"{version_id} (uploaded)", implementation="yolo-onnx", settings=settings, weights={"model.onnx": digest}
+    )
     UPLOADED[digest] = local
     engines.artifact_source = UPLOADED.__getitem__  # what registry.artifacts does from the bucket
     return spec, classes, timings
@@ -99,14 +104,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("versions", nargs="*", help="name@version of files in detector_versions/ (default: all)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--upload", action="append", default=[], metavar="MODEL.onnx[,MANIFEST.json]",
-                        help="an uploaded model to add (repeatable); its cold start is timed")
+    parser.add_argument(
+        "--upload",
+        action="append",
+        default=[],
+        metavar="MODEL.onnx[,MANIFEST.json]",
+        help="an uploaded model to add (repeatable); its cold start is timed",
+    )
     args = parser.parse_args()
 
     from detection import engines
     from detection.base import spec_from_file
 
-    files = [ROOT / "detector_versions" / f"{v}.json" for v in args.versions] or ([] if args.upload else sorted((ROOT / "detector_versions").glob("*.json")))
+    files = [ROOT / "detector_versions" / f"{v}.json" for v in args.versions] or (
+        [] if args.upload else sorted((ROOT / "detector_versions").glob("*.json"))
+    )
     engines.threads = 1
     data = cases()
     from bench.cpu import cpu_model
@@ -176,7 +188,10 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for version, c in colds:
             total = c["fetch"] + c["check"] + c["compile"] + c["first"]
-            print(f"| {version} | {c['fetch']:.0f} | {c['check']:.0f} | {c['compile']:.0f} | {c['first']:.0f} | {total:.0f} | {c['warm']:.0f} |")
+            print(
+                f"| {version} | {c['fetch']:.0f} | {c['check']:.0f} | {c['compile']:.0f} | {c['first']:.0f} "
+                f"| {total:.0f} | {c['warm']:.0f} |"
+            )
     ids = [r[0] for r in rows]
     print("\nPer image, detections/counted by a person:\n")
     print("| image | " + " | ".join(ids) + " |")

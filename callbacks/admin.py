@@ -1,11 +1,10 @@
-from django.contrib import admin
-
-from core.admin import ReadOnlyAdmin, ReadOnlyInline
-
 from django.conf import settings
+from django.contrib import admin
 from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+
+from core.admin import ReadOnlyAdmin, ReadOnlyInline
 
 from .models import CallbackAttempt, CallbackDelivery, CallbackHost, DeliveryStatus
 
@@ -17,7 +16,18 @@ class AttemptInline(ReadOnlyInline):
 
 @admin.register(CallbackDelivery)
 class CallbackDeliveryAdmin(ReadOnlyAdmin):
-    list_display = ("webhook_id", "kind", "image", "subject", "host", "status", "attempt_count", "last_status_code", "next_attempt_at", "created_at")
+    list_display = (
+        "webhook_id",
+        "kind",
+        "image",
+        "subject",
+        "host",
+        "status",
+        "attempt_count",
+        "last_status_code",
+        "next_attempt_at",
+        "created_at",
+    )
     list_filter = ("status", "kind")
     search_fields = ("webhook_id", "image__request_id", "url", "subject")
     inlines = [AttemptInline]
@@ -39,9 +49,13 @@ class CallbackHostAdmin(ReadOnlyAdmin):
         def count(rows):
             return Coalesce(Subquery(rows.values("host").annotate(n=Count("id")).values("n")[:1], output_field=IntegerField()), Value(0))
 
-        return super().get_queryset(request).annotate(
-            in_flight_count=count(pending.filter(sending_until__gt=now)),
-            waiting_count=count(pending.filter(next_attempt_at__lte=now)),
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                in_flight_count=count(pending.filter(sending_until__gt=now)),
+                waiting_count=count(pending.filter(next_attempt_at__lte=now)),
+            )
         )
 
     @admin.display(description="breaker")

@@ -11,9 +11,8 @@ import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from .urlpolicy import UrlRefused, address_allowed, check_callback_url, parse_address
-
 from .signing import signed_headers
+from .urlpolicy import UrlRefused, address_allowed, check_callback_url, parse_address
 
 USER_AGENT = "face-detect-api-webhooks/1"
 # How much of a receiver's answer is kept with the attempt.
@@ -173,7 +172,7 @@ def post_signed(url: str, body: bytes, *, webhook_id: str, check_policy: bool = 
         "User-Agent": USER_AGENT,
         **signed_headers(settings.CALLBACK_SIGNING_SECRET, webhook_id, body),
     }
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     started = time.monotonic()
     total = settings.CALLBACK_TOTAL_TIMEOUT
     with _Attempt(check_peer=check_policy, seconds=total) as attempt:

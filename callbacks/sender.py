@@ -42,7 +42,7 @@ class Sender:
         self.threads = max(1, threads)
         self.poll = max(0.05, poll)
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="callback-send")
-        self._results: "queue.Queue[tuple[Claim, object]]" = queue.Queue()
+        self._results: queue.Queue[tuple[Claim, object]] = queue.Queue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._in_flight = 0

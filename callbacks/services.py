@@ -38,9 +38,7 @@ def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def callback_delivery_create(
-    *, image_id: uuid.UUID, url: str, render: Callable[[CallbackDelivery], dict[str, Any]]
-) -> CallbackDelivery:
+def callback_delivery_create(*, image_id: uuid.UUID, url: str, render: Callable[[CallbackDelivery], dict[str, Any]]) -> CallbackDelivery:
     """A new pending delivery to ``url`` whose frozen body is ``render(delivery)`` as compact
     JSON. The row is built first, unsaved, and the body rendered from it, so the body can
     describe the very delivery that carries it (its webhook id, pending, no attempts)."""
@@ -93,7 +91,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, (when - timezone.now()).total_seconds())
 
 
@@ -299,7 +297,9 @@ def _alert_logged(delivery: CallbackDelivery, *, number: int, code: int | None, 
     if delivery.status == DeliveryStatus.DELIVERED:
         logger.warning("alert %s (%s) delivered on attempt %d (%s)", delivery.webhook_id, delivery.subject, number, outcome)
     elif next_delay is not None:
-        logger.warning("alert %s (%s), attempt %d: %s; next try in %.1fs", delivery.webhook_id, delivery.subject, number, outcome, next_delay)
+        logger.warning(
+            "alert %s (%s), attempt %d: %s; next try in %.1fs", delivery.webhook_id, delivery.subject, number, outcome, next_delay
+        )
     else:
         logger.error("alert %s (%s) not delivered, gave up after %d attempts: %s", delivery.webhook_id, delivery.subject, number, outcome)
 
@@ -322,7 +322,9 @@ def _breaker_record(host: str, *, failed: bool, error: str) -> None:
                 receiver.opened_count += 1
                 logger.warning(
                     "callback receiver %s: %d failed tries in a row; breaker open for %gs",
-                    host, receiver.consecutive_failures, settings.CALLBACK_BREAKER_PAUSE,
+                    host,
+                    receiver.consecutive_failures,
+                    settings.CALLBACK_BREAKER_PAUSE,
                 )
         else:
             if was_open:

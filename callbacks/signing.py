@@ -22,7 +22,7 @@ class WebhookVerificationError(Exception):
 def _key(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError("a webhook secret starts with whsec_")
-    return base64.b64decode(secret[len(SECRET_PREFIX):])
+    return base64.b64decode(secret[len(SECRET_PREFIX) :])
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:

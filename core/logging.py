@@ -114,7 +114,7 @@ class JsonFormatter(logging.Formatter):
     context and extra= fields, and exc_info (the traceback's text) when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
-        created = dt.datetime.fromtimestamp(record.created, tz=dt.timezone.utc)
+        created = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
         payload: dict[str, Any] = {
             "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
@@ -135,7 +135,9 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(payload, default=str)
         except (TypeError, ValueError):
             # A value json cannot take even as str (a structure that contains itself): its repr.
-            return json.dumps({key: value if isinstance(value, (str, int, float, bool, type(None))) else repr(value) for key, value in payload.items()})
+            return json.dumps(
+                {key: value if isinstance(value, (str, int, float, bool, type(None))) else repr(value) for key, value in payload.items()}
+            )
 
 
 class TextFormatter(logging.Formatter):

@@ -26,8 +26,9 @@ from datetime import datetime
 
 # METRICS_ENABLED=false (env.env) records nothing: every function below returns at once, no
 # process writes a file, and GET /metrics shows no fda_ series but those read at scrape time
-# (queue depths, pending deliveries). It is the "off" of bench/metrics_overhead.py. Read from the environment, like the directory, because it must
-# be known before prometheus_client is imported; the same words as django-environ's env.bool.
+# (queue depths, pending deliveries). It is the "off" of bench/metrics_overhead.py. Read from the
+# environment, like the directory, because it must be known before prometheus_client is imported;
+# the same words as django-environ's env.bool.
 ENABLED = os.environ.get("METRICS_ENABLED", "true").strip().lower() in ("true", "on", "ok", "y", "yes", "1")
 
 # An empty value (env.env's default) means single-process mode; prometheus_client would take

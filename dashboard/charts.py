@@ -91,7 +91,7 @@ def time_ticks(start: float, end: float) -> list[tuple[float, str]]:
     ticks = []
     t = first
     while t <= end + 1e-6:
-        when = dt.datetime.fromtimestamp(t, tz=dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(t, tz=dt.UTC)
         if step >= 86400:
             label = when.strftime("%b %d")
         elif span > 86400:
@@ -121,7 +121,8 @@ def render(chart: Chart) -> str:
     top_value = max([*values, *(t.value for t in chart.thresholds), chart.y_min_top, 0.0])
     step = nice_step(top_value * 1.08 if top_value > 0 else 1.0)
     y_top = max(step, math.ceil(top_value * 1.08 / step) * step) if top_value > 0 else step * 4
-    fmt = chart.y_format or (lambda v, d=step_decimals(step): f"{v:.{d}f}")
+    decimals = step_decimals(step)
+    fmt = chart.y_format or (lambda v: f"{v:.{decimals}f}")
     x_span = max(chart.x_end - chart.x_start, 1e-9)
 
     def x_of(t: float) -> float:
@@ -139,7 +140,10 @@ def render(chart: Chart) -> str:
     tick = 0.0
     while tick <= y_top + step / 1000:
         y = y_of(tick)
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{_num(y)}" y2="{_num(y)}" stroke="{"#9CA3AF" if tick == 0 else "#E5E7EB"}" stroke-width="1"/>')
+        out.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{_num(y)}" y2="{_num(y)}" '
+            f'stroke="{"#9CA3AF" if tick == 0 else "#E5E7EB"}" stroke-width="1"/>'
+        )
         out.append(f'<text x="{LEFT - 8}" y="{_num(y + 4)}" text-anchor="end" font-size="11" fill="#4B5563">{escape(fmt(tick))}</text>')
         tick += step
     # Time ticks.
@@ -159,12 +163,17 @@ def render(chart: Chart) -> str:
                 continue
             if len(run) > 1:
                 coords = " ".join(f"{_num(x)},{_num(y)}" for x, y, _ in run)
-                out.append(f'<polyline points="{coords}" fill="none" stroke="{series.colour}" stroke-width="2" stroke-linejoin="round"{dash}/>')
+                out.append(
+                    f'<polyline points="{coords}" fill="none" stroke="{series.colour}" stroke-width="2" stroke-linejoin="round"{dash}/>'
+                )
             for x, y, value in run:
                 if value == 0 and not series.dot_zeros and len(run) > 1:
                     continue
                 fill = "#FFFFFF" if series.dashed else series.colour
-                out.append(f'<circle class="point" cx="{_num(x)}" cy="{_num(y)}" r="2.8" fill="{fill}" stroke="{series.colour}" stroke-width="1.5"/>')
+                out.append(
+                    f'<circle class="point" cx="{_num(x)}" cy="{_num(y)}" r="2.8" fill="{fill}" '
+                    f'stroke="{series.colour}" stroke-width="1.5"/>'
+                )
             run = []
         out.append("</g>")
     # Thresholds: dashed red lines over the series, labelled on a white halo at the left (the
@@ -173,13 +182,15 @@ def render(chart: Chart) -> str:
         y = y_of(threshold.value)
         out.append(
             f'<g class="threshold" data-threshold="{_num(threshold.value)}">'
-            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{_num(y)}" y2="{_num(y)}" stroke="{THRESHOLD_COLOUR}" stroke-width="1.5" stroke-dasharray="6 4"/>'
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{_num(y)}" y2="{_num(y)}" '
+            f'stroke="{THRESHOLD_COLOUR}" stroke-width="1.5" stroke-dasharray="6 4"/>'
             f'<text x="{LEFT + 6}" y="{_num(y - 6)}" font-size="11" fill="{THRESHOLD_COLOUR}" stroke="#FFFFFF" stroke-width="4" '
             f'stroke-linejoin="round" paint-order="stroke">{escape(threshold.label)}</text></g>'
         )
     if not values:
         out.append(
-            f'<text x="{_num(LEFT + plot_w / 2)}" y="{_num(TOP + plot_h / 2)}" text-anchor="middle" font-size="13" fill="#9CA3AF">{escape(chart.empty_text)}</text>'
+            f'<text x="{_num(LEFT + plot_w / 2)}" y="{_num(TOP + plot_h / 2)}" text-anchor="middle" '
+            f'font-size="13" fill="#9CA3AF">{escape(chart.empty_text)}</text>'
         )
     # Legend along the top.
     x = float(LEFT)

@@ -102,17 +102,32 @@ def _rollout_panel(rollout: Rollout, now: dt.datetime) -> dict[str, Any]:
     agreement = figures["window"]["agreement"]
     rules = rollout.guardrails
     rows = [
-        {"label": "Jobs", "baseline": str(base["jobs"]), "candidate": str(cand["jobs"]),
-         "rule": f"≥ {rollout.guardrail_setting('min_jobs')} each"},
-        {"label": "Error rate", "baseline": _pct(base["error_rate"]), "candidate": _pct(cand["error_rate"]),
-         "rule": f"≤ {_pct(rules['error_rate_max'])}" if "error_rate_max" in rules else ""},
-        {"label": "p95 time", "baseline": _ms(base["p95_detection_ms"]), "candidate": _ms(cand["p95_detection_ms"]),
-         "rule": f"≤ {rules['p95_latency_ratio_max']:g} × baseline" if "p95_latency_ratio_max" in rules else ""},
+        {
+            "label": "Jobs",
+            "baseline": str(base["jobs"]),
+            "candidate": str(cand["jobs"]),
+            "rule": f"≥ {rollout.guardrail_setting('min_jobs')} each",
+        },
+        {
+            "label": "Error rate",
+            "baseline": _pct(base["error_rate"]),
+            "candidate": _pct(cand["error_rate"]),
+            "rule": f"≤ {_pct(rules['error_rate_max'])}" if "error_rate_max" in rules else "",
+        },
+        {
+            "label": "p95 time",
+            "baseline": _ms(base["p95_detection_ms"]),
+            "candidate": _ms(cand["p95_detection_ms"]),
+            "rule": f"≤ {rules['p95_latency_ratio_max']:g} × baseline" if "p95_latency_ratio_max" in rules else "",
+        },
         {"label": "p50 time", "baseline": _ms(base["p50_detection_ms"]), "candidate": _ms(cand["p50_detection_ms"]), "rule": ""},
         {"label": "Faces / photo", "baseline": _num(base["faces_per_photo"]), "candidate": _num(cand["faces_per_photo"]), "rule": ""},
         # Agreement compares the two sides: one figure for both columns.
-        {"label": "Agreement", "both": f"F1 {_num(agreement['mean'], 3)} over {agreement['pairs']} pairs",
-         "rule": f"≥ {rules['agreement_min']:g}" if "agreement_min" in rules else ""},
+        {
+            "label": "Agreement",
+            "both": f"F1 {_num(agreement['mean'], 3)} over {agreement['pairs']} pairs",
+            "rule": f"≥ {rules['agreement_min']:g}" if "agreement_min" in rules else "",
+        },
     ]
     stage = rollout.current_stage
     events = [
@@ -121,7 +136,9 @@ def _rollout_panel(rollout: Rollout, now: dt.datetime) -> dict[str, Any]:
             "actor": event.actor,
             "action": event.action,
             "status": " → ".join(filter(None, (event.from_status, event.to_status))) if event.to_status != event.from_status else "",
-            "weight": f"{event.from_weight} → {event.to_weight} %" if event.to_weight is not None and event.to_weight != event.from_weight else "",
+            "weight": f"{event.from_weight} → {event.to_weight} %"
+            if event.to_weight is not None and event.to_weight != event.from_weight
+            else "",
             "reason": event.reason,
         }
         for event in rollout.events.order_by("-at", "-id")[:EVENTS_SHOWN]
@@ -162,7 +179,12 @@ def _charts(shown: list[dict[str, Any]], *, since: dt.datetime, until: dt.dateti
     def series(key: str, scale: float = 1.0, dashed: bool = False, suffix: str = "", dot_zeros: bool = True) -> list[charts.Series]:
         return [
             charts.Series(
-                name=v["name"] + suffix, key=v["id"], colour=v["colour"], points=_points(v["stats"], key, scale), dashed=dashed, dot_zeros=dot_zeros
+                name=v["name"] + suffix,
+                key=v["id"],
+                colour=v["colour"],
+                points=_points(v["stats"], key, scale),
+                dashed=dashed,
+                dot_zeros=dot_zeros,
             )
             for v in shown
         ]
@@ -174,10 +196,14 @@ def _charts(shown: list[dict[str, Any]], *, since: dt.datetime, until: dt.dateti
         ratio, base_p95 = rules.get("p95_latency_ratio_max"), panel["baseline_p95"]
         if ratio is not None and base_p95 is not None:
             latency_thresholds.append(
-                charts.Threshold(ratio * base_p95, f"guardrail: candidate p95 ≤ {ratio:g} × baseline {base_p95:.0f} ms = {ratio * base_p95:.0f} ms")
+                charts.Threshold(
+                    ratio * base_p95, f"guardrail: candidate p95 ≤ {ratio:g} × baseline {base_p95:.0f} ms = {ratio * base_p95:.0f} ms"
+                )
             )
         if rules.get("error_rate_max") is not None:
-            error_thresholds.append(charts.Threshold(rules["error_rate_max"] * 100, f"guardrail: candidate error rate ≤ {rules['error_rate_max'] * 100:g} %"))
+            error_thresholds.append(
+                charts.Threshold(rules["error_rate_max"] * 100, f"guardrail: candidate error rate ≤ {rules['error_rate_max'] * 100:g} %")
+            )
 
     def chart(title: str, drawn: list[charts.Series], **options) -> charts.Chart:
         return charts.Chart(**{"title": title, "series": drawn, "x_start": x0, "x_end": x1, "legend": legend, "width": small, **options})
@@ -192,8 +218,18 @@ def _charts(shown: list[dict[str, Any]], *, since: dt.datetime, until: dt.dateti
         height=250,
     )
     specs = [  # (heading, note, chart, card size)
-        ("Detection time (ms): p95 solid, p50 dashed", "Completed jobs; a cold start (the detector loaded for the job) is left out.", latency, "wide"),
-        ("Jobs per minute", "Jobs finished, completed or failed.", chart("Jobs per minute", series("jobs_per_minute", dot_zeros=False)), ""),
+        (
+            "Detection time (ms): p95 solid, p50 dashed",
+            "Completed jobs; a cold start (the detector loaded for the job) is left out.",
+            latency,
+            "wide",
+        ),
+        (
+            "Jobs per minute",
+            "Jobs finished, completed or failed.",
+            chart("Jobs per minute", series("jobs_per_minute", dot_zeros=False)),
+            "",
+        ),
         (
             "Error rate (%)",
             "Failed jobs among those finished.",

@@ -90,7 +90,11 @@ def _dims(value_info) -> list[int | str]:
 
 
 def _size_valid(size: Any) -> bool:
-    return isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_SIDE for v in size)
+    return (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_SIDE for v in size)
+    )
 
 
 def _dynamic_input_size(settings: dict[str, Any], metadata: dict[str, str]) -> tuple[int, int]:
@@ -108,7 +112,10 @@ def _dynamic_input_size(settings: dict[str, Any], metadata: dict[str, str]) -> t
         return int(size[0]), int(size[1])
     raw = metadata.get("imgsz")
     if raw is None:
-        raise ArtifactRefused("artifact_input", "The input size is dynamic and the model has no imgsz metadata: settings.input_size must give [width, height].")
+        raise ArtifactRefused(
+            "artifact_input",
+            "The input size is dynamic and the model has no imgsz metadata: settings.input_size must give [width, height].",
+        )
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -116,7 +123,9 @@ def _dynamic_input_size(settings: dict[str, Any], metadata: dict[str, str]) -> t
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value, value]
     if not isinstance(value, list | tuple) or not _size_valid(list(value)):
-        raise ArtifactRefused("artifact_metadata", f"The model's imgsz metadata is not [height, width] of 32 to {MAX_SIDE} pixels: {raw[:100]!r}.")
+        raise ArtifactRefused(
+            "artifact_metadata", f"The model's imgsz metadata is not [height, width] of 32 to {MAX_SIDE} pixels: {raw[:100]!r}."
+        )
     height, width = value
     return int(width), int(height)
 
@@ -148,7 +157,8 @@ def inspect(path: Path, *, labels: list[str] | None, settings: dict[str, Any]) -
     if custom or len(model.functions):
         raise ArtifactRefused(
             "artifact_custom_operators",
-            f"The model uses operators outside standard ONNX ({', '.join(custom) or 'local functions'}); only the standard domain is served.",
+            "The model uses operators outside standard ONNX "
+            f"({', '.join(custom) or 'local functions'}); only the standard domain is served.",
         )
     try:
         onnx.checker.check_model(model)
@@ -161,7 +171,12 @@ def inspect(path: Path, *, labels: list[str] | None, settings: dict[str, Any]) -
     if len(inputs) != 1:
         raise ArtifactRefused("artifact_input", f"The model has {len(inputs)} inputs; a detector takes one image.")
     dims = _dims(inputs[0])
-    if inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3 or not (dims[0] == 1 or isinstance(dims[0], str)):
+    if (
+        inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT
+        or len(dims) != 4
+        or dims[1] != 3
+        or not (dims[0] == 1 or isinstance(dims[0], str))
+    ):
         raise ArtifactRefused("artifact_input", f"The input {inputs[0].name!r} is {dims}; a detector takes one float image [1, 3, H, W].")
     height, width = dims[2], dims[3]
     fixed = [d for d in (height, width) if isinstance(d, int)]
@@ -212,7 +227,9 @@ def inspect(path: Path, *, labels: list[str] | None, settings: dict[str, Any]) -
     if len(wanted) != num_classes:
         source = "labels" if labels else "the model's names"
         raise ArtifactRefused("artifact_labels", f"{len(wanted)} {source} for a model of {num_classes} classes.")
-    return ArtifactFacts(format=FORMAT, layout=layout, input_size=(int(width), int(height)), num_classes=num_classes, names=names, opset=opset)
+    return ArtifactFacts(
+        format=FORMAT, layout=layout, input_size=(int(width), int(height)), num_classes=num_classes, names=names, opset=opset
+    )
 
 
 def run_once(path: Path, facts: ArtifactFacts, *, threads: int = 1) -> None:
@@ -227,16 +244,21 @@ def run_once(path: Path, facts: ArtifactFacts, *, threads: int = 1) -> None:
         model = core.read_model(str(path))
         if model.inputs[0].get_partial_shape().is_dynamic:
             model.reshape({model.inputs[0]: [1, 3, height, width]})
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                                      "CPU_RUNTIME_CACHE_CAPACITY": 0})
+        compiled = core.compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "CPU_RUNTIME_CACHE_CAPACITY": 0}
+        )
         blank = np.full((1, 3, height, width), 114 / 255, dtype=np.float32)
         output = np.asarray(compiled.create_infer_request().infer({0: blank})[compiled.outputs[0]])
     except Exception as exc:  # OpenVINO's own errors: the file does not run
-        raise ArtifactRefused("artifact_does_not_run", f"The model does not run: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
+        raise ArtifactRefused(
+            "artifact_does_not_run", f"The model does not run: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+        ) from None
     attributes = output.shape[1] if facts.layout == "v8" else (output.shape[2] if output.ndim == 3 else -1)
     extra = 4 if facts.layout == "v8" else 5
     if output.ndim != 3 or output.shape[0] != 1 or attributes != extra + facts.num_classes:
-        raise ArtifactRefused("artifact_output", f"On a blank image the model returned {list(output.shape)}, not detections of {facts.num_classes} classes.")
+        raise ArtifactRefused(
+            "artifact_output", f"On a blank image the model returned {list(output.shape)}, not detections of {facts.num_classes} classes."
+        )
     if not np.isfinite(output).all():
         raise ArtifactRefused("artifact_output", "On a blank image the model returned NaN or infinite values.")
 
@@ -273,7 +295,12 @@ def artifact_check(path: Path, *, labels: list[str] | None, settings: dict[str, 
     try:
         done = subprocess.run(
             [sys.executable, "-m", "detection.artifact_check", str(path), request],
-            capture_output=True, text=True, timeout=timeout, preexec_fn=limit, env=env, cwd=str(Path(path).parent),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=limit,
+            env=env,
+            cwd=str(Path(path).parent),
         )
     except subprocess.TimeoutExpired:
         raise ArtifactRefused("artifact_check_timeout", f"Checking the model took longer than {timeout:g} s.") from None
@@ -286,13 +313,21 @@ def artifact_check(path: Path, *, labels: list[str] | None, settings: dict[str, 
         # Killed or out of memory: MemoryError, std::bad_alloc or a signal.
         tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         if "MemoryError" in done.stderr or "bad_alloc" in done.stderr or done.returncode < 0:
-            raise ArtifactRefused("artifact_check_memory", f"Checking the model went past its memory limit or was killed ({tail[0][:200]}).")
+            raise ArtifactRefused(
+                "artifact_check_memory", f"Checking the model went past its memory limit or was killed ({tail[0][:200]})."
+            )
         raise ArtifactRefused("artifact_does_not_run", f"Checking the model failed ({tail[0][:200]}).")
     if not result.get("ok"):
         raise ArtifactRefused(result["code"], result["message"])
     facts = result["facts"]
-    return ArtifactFacts(format=facts["format"], layout=facts["layout"], input_size=tuple(facts["input_size"]),
-                         num_classes=facts["num_classes"], names=facts["names"], opset=facts["opset"])
+    return ArtifactFacts(
+        format=facts["format"],
+        layout=facts["layout"],
+        input_size=tuple(facts["input_size"]),
+        num_classes=facts["num_classes"],
+        names=facts["names"],
+        opset=facts["opset"],
+    )
 
 
 if __name__ == "__main__":

@@ -109,9 +109,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def non_max_suppression(
-    data: np.ndarray, scores: np.ndarray, iou: float, *, weighted: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def non_max_suppression(data: np.ndarray, scores: np.ndarray, iou: float, *, weighted: bool) -> tuple[np.ndarray, np.ndarray]:
     """(kept data, kept scores), best first. ``data`` rows are [x1, y1, x2, y2, kx, ky, ...].
 
     Weighted: mediapipe/calculators/util/non_max_suppression_calculator.cc's WEIGHTED algorithm:
@@ -191,8 +189,10 @@ class BlazeFaceDetector(Detector):
         outputs = {int(d["shape"][-1]): d["index"] for d in interpreter.get_output_details()}
         size = self._model.size
         expected_boxes = len(self._anchors)
-        shapes_ok = list(tensor_in["shape"]) == [1, size, size, 3] and set(outputs) == {16, 1} and all(
-            int(d["shape"][1]) == expected_boxes for d in interpreter.get_output_details()
+        shapes_ok = (
+            list(tensor_in["shape"]) == [1, size, size, 3]
+            and set(outputs) == {16, 1}
+            and all(int(d["shape"][1]) == expected_boxes for d in interpreter.get_output_details())
         )
         if not shapes_ok:
             raise DetectorUnavailable(f"{file} does not have the inputs and outputs of a BlazeFace {self.settings['model']} model")
@@ -261,9 +261,7 @@ class BlazeFaceDetector(Detector):
 
     def postprocess(self, raw: tuple[np.ndarray, np.ndarray], inputs: dict[str, Any]) -> list[Detection]:
         data, scores = self._decode(*raw)
-        data, scores = non_max_suppression(
-            data, scores, float(self.settings["nms_iou"]), weighted=self.settings["nms"] == "weighted"
-        )
+        data, scores = non_max_suppression(data, scores, float(self.settings["nms_iou"]), weighted=self.settings["nms"] == "weighted")
         width, height = inputs["image_size"]
         (sx, sy), (ox, oy), size = inputs["scale"], inputs["offset"], self._model.size
         # Tensor [0, 1] -> tensor pixels -> minus the letterbox offset -> image pixels.

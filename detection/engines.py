@@ -10,7 +10,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-
 from pathlib import Path
 
 from .base import Detector, DetectorSpec, DetectorUnavailable
@@ -77,7 +76,15 @@ def _stub(spec: DetectorSpec, device: str) -> Detector:
     return StubDetector(spec=spec, device=device)
 
 
-IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {"mtcnn": _mtcnn, "mtcnn-openvino": _mtcnn_openvino, "stub": _stub, "blazeface": _blazeface, "cascade": _cascade, "yolo-onnx": _yolo_onnx, "hog": _hog}
+IMPLEMENTATIONS: dict[str, Callable[[DetectorSpec, str], Detector]] = {
+    "mtcnn": _mtcnn,
+    "mtcnn-openvino": _mtcnn_openvino,
+    "stub": _stub,
+    "blazeface": _blazeface,
+    "cascade": _cascade,
+    "yolo-onnx": _yolo_onnx,
+    "hog": _hog,
+}
 
 
 # The modules each implementation runs on, for a worker to import in its parent process before

@@ -116,8 +116,12 @@ class HogDetector(Detector):
             raise WeightsMismatch(f"OpenCV's people detector has sha256 {actual[:12]}…, registered {self.spec.weights[WEIGHT_NAME][:12]}…")
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(np.frombuffer(coefficients, dtype="<f4").astype(np.float32))
-        logger.info("loaded detector %s on cpu (OpenCV %s HOG people detector, %s threads)",
-                    self.model_version, cv2.__version__, self.threads or "default")
+        logger.info(
+            "loaded detector %s on cpu (OpenCV %s HOG people detector, %s threads)",
+            self.model_version,
+            cv2.__version__,
+            self.threads or "default",
+        )
 
     @property
     def min_input_side(self) -> int:
@@ -162,15 +166,25 @@ class HogDetector(Detector):
         height, width = inputs["array"].shape[:2]
         limit_x, limit_y = inputs["size"]
         # A window may reach past the image (padding): clamp, then suppress nested boxes.
-        boxes = [(min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
-                 for x1, y1, x2, y2, _ in raw]
+        boxes = [
+            (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+            for x1, y1, x2, y2, _ in raw
+        ]
         scores = [confidence_from_weight(weight) for *_, weight in raw]
         detections = []
         for i in nms(boxes, scores, float(self.settings["nms_iou"])):
             x1, y1, x2, y2 = boxes[i]
             if scores[i] < float(self.settings["min_confidence"]) or x2 <= x1 or y2 <= y1:
                 continue
-            detections.append(Detection(x1=min(x1 / scale, limit_x), y1=min(y1 / scale, limit_y), x2=min(x2 / scale, limit_x),
-                                        y2=min(y2 / scale, limit_y), confidence=scores[i], label=LABEL))
+            detections.append(
+                Detection(
+                    x1=min(x1 / scale, limit_x),
+                    y1=min(y1 / scale, limit_y),
+                    x2=min(x2 / scale, limit_x),
+                    y2=min(y2 / scale, limit_y),
+                    confidence=scores[i],
+                    label=LABEL,
+                )
+            )
         detections.sort(key=lambda d: (-d.confidence, d.x1, d.y1, d.x2, d.y2))
         return detections

@@ -133,9 +133,7 @@ class MTCNNDetector(Detector):
                     x2=min(max(x2, 0.0), limit_x),
                     y2=min(max(y2, 0.0), limit_y),
                     confidence=min(max(confidence, 0.0), 1.0),
-                    landmarks={
-                        name: (float(pt[0]) / scale, float(pt[1]) / scale) for name, pt in zip(LANDMARK_NAMES, pts)
-                    },
+                    landmarks={name: (float(pt[0]) / scale, float(pt[1]) / scale) for name, pt in zip(LANDMARK_NAMES, pts)},
                 )
             )
         detections.sort(key=lambda d: (-d.confidence, d.x1, d.y1))

@@ -39,14 +39,44 @@ OPSET = 17
 
 # (kind, torch module name, arguments) as facenet_pytorch.models.mtcnn's forward() runs them.
 _TRUNK = {
-    "pnet": [("conv", "conv1"), ("prelu", "prelu1"), ("pool", (2, 2)), ("conv", "conv2"), ("prelu", "prelu2"),
-             ("conv", "conv3"), ("prelu", "prelu3")],
-    "rnet": [("conv", "conv1"), ("prelu", "prelu1"), ("pool", (3, 2)), ("conv", "conv2"), ("prelu", "prelu2"),
-             ("pool", (3, 2)), ("conv", "conv3"), ("prelu", "prelu3"), ("flatten", None), ("dense", "dense4"),
-             ("prelu", "prelu4")],
-    "onet": [("conv", "conv1"), ("prelu", "prelu1"), ("pool", (3, 2)), ("conv", "conv2"), ("prelu", "prelu2"),
-             ("pool", (3, 2)), ("conv", "conv3"), ("prelu", "prelu3"), ("pool", (2, 2)), ("conv", "conv4"),
-             ("prelu", "prelu4"), ("flatten", None), ("dense", "dense5"), ("prelu", "prelu5")],
+    "pnet": [
+        ("conv", "conv1"),
+        ("prelu", "prelu1"),
+        ("pool", (2, 2)),
+        ("conv", "conv2"),
+        ("prelu", "prelu2"),
+        ("conv", "conv3"),
+        ("prelu", "prelu3"),
+    ],
+    "rnet": [
+        ("conv", "conv1"),
+        ("prelu", "prelu1"),
+        ("pool", (3, 2)),
+        ("conv", "conv2"),
+        ("prelu", "prelu2"),
+        ("pool", (3, 2)),
+        ("conv", "conv3"),
+        ("prelu", "prelu3"),
+        ("flatten", None),
+        ("dense", "dense4"),
+        ("prelu", "prelu4"),
+    ],
+    "onet": [
+        ("conv", "conv1"),
+        ("prelu", "prelu1"),
+        ("pool", (3, 2)),
+        ("conv", "conv2"),
+        ("prelu", "prelu2"),
+        ("pool", (3, 2)),
+        ("conv", "conv3"),
+        ("prelu", "prelu3"),
+        ("pool", (2, 2)),
+        ("conv", "conv4"),
+        ("prelu", "prelu4"),
+        ("flatten", None),
+        ("dense", "dense5"),
+        ("prelu", "prelu5"),
+    ],
 }
 # Output name -> (layer, softmax?): the order each net's forward() returns them in.
 _HEADS = {
@@ -74,8 +104,11 @@ def build_graph(net: str, weights: dict[str, np.ndarray]) -> bytes:
         out = f"t{i}"
         if kind == "conv":
             w = weights[f"{arg}.weight"]
-            nodes.append(helper.make_node("Conv", [x, const(f"{arg}.w", w), const(f"{arg}.b", weights[f"{arg}.bias"])], [out],
-                                          kernel_shape=list(w.shape[2:])))
+            nodes.append(
+                helper.make_node(
+                    "Conv", [x, const(f"{arg}.w", w), const(f"{arg}.b", weights[f"{arg}.bias"])], [out], kernel_shape=list(w.shape[2:])
+                )
+            )
         elif kind == "prelu":
             slope = weights[f"{arg}.weight"]
             # torch's PReLU slope is per channel: axis 1, broadcast over H and W when spatial.
@@ -89,8 +122,11 @@ def build_graph(net: str, weights: dict[str, np.ndarray]) -> bytes:
             nodes.append(helper.make_node("Flatten", [f"{out}p"], [out], axis=1))
             spatial = False
         elif kind == "dense":
-            nodes.append(helper.make_node("Gemm", [x, const(f"{arg}.w", weights[f"{arg}.weight"]), const(f"{arg}.b", weights[f"{arg}.bias"])],
-                                          [out], transB=1))
+            nodes.append(
+                helper.make_node(
+                    "Gemm", [x, const(f"{arg}.w", weights[f"{arg}.weight"]), const(f"{arg}.b", weights[f"{arg}.bias"])], [out], transB=1
+                )
+            )
         x = out
     outputs = []
     for name, (layer, softmax) in _HEADS[net].items():
@@ -252,7 +288,7 @@ class MTCNNOpenVINODetector(MTCNNDetector):
         if self.device != "cpu":
             raise DetectorUnavailable(
                 f"{self.spec.id} runs on the CPU only (OpenVINO engine); on DETECTOR_DEVICE={self.device} "
-                "use a version with the torch engine (implementation \"mtcnn\", e.g. mtcnn@1.1.0)"
+                'use a version with the torch engine (implementation "mtcnn", e.g. mtcnn@1.1.0)'
             )
         import openvino
 
@@ -333,13 +369,16 @@ class MTCNNOpenVINODetector(MTCNNDetector):
         boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
         regw = boxes[:, 2] - boxes[:, 0]
         regh = boxes[:, 3] - boxes[:, 1]
-        boxes = np.stack([
-            boxes[:, 0] + boxes[:, 5] * regw,
-            boxes[:, 1] + boxes[:, 6] * regh,
-            boxes[:, 2] + boxes[:, 7] * regw,
-            boxes[:, 3] + boxes[:, 8] * regh,
-            boxes[:, 4],
-        ], axis=1)
+        boxes = np.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * regw,
+                boxes[:, 1] + boxes[:, 6] * regh,
+                boxes[:, 2] + boxes[:, 7] * regw,
+                boxes[:, 3] + boxes[:, 8] * regh,
+                boxes[:, 4],
+            ],
+            axis=1,
+        )
         boxes = _rerec(boxes)
 
         # Stage 2: RNet on every candidate at once.

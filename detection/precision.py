@@ -26,9 +26,7 @@ def precision_of(spec_id: str, settings: dict[str, Any]) -> str:
     refused rather than run at some other precision."""
     precision = settings.get("precision", DEFAULT)
     if precision not in SUPPORTED:
-        raise DetectorUnavailable(
-            f"{spec_id} asks for precision {precision!r}; this service runs {', '.join(SUPPORTED)} only"
-        )
+        raise DetectorUnavailable(f"{spec_id} asks for precision {precision!r}; this service runs {', '.join(SUPPORTED)} only")
     return precision
 
 

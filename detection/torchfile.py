@@ -113,8 +113,6 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
             raise TorchFileError(f"{path.name}: {name} is not a tensor")
         flat = arrays[ref.storage_key]
         itemsize = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[ref.offset :], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride)
-        )
+        view = np.lib.stride_tricks.as_strided(flat[ref.offset :], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride))
         tensors[name] = np.ascontiguousarray(view)
     return tensors

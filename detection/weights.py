@@ -38,7 +38,7 @@ BUILTIN_WEIGHTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def builtin_weight_sha256(implementation: str, name: str) -> str:
     """The sha256 of a compiled-in weight (BUILTIN_WEIGHTS). A process that has not imported the
     library (the web process, checking the active version for /readyz) asks a child process, so as
@@ -49,8 +49,9 @@ def builtin_weight_sha256(implementation: str, name: str) -> str:
         return hashlib.sha256(getattr(importlib.import_module(module), function)()).hexdigest()
     code = f"import hashlib, {module} as m; print(hashlib.sha256(m.{function}()).hexdigest())"
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                              cwd=str(Path(__file__).resolve().parent.parent))
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(Path(__file__).resolve().parent.parent)
+        )
     except subprocess.TimeoutExpired:
         raise WeightsMismatch(f"reading {implementation}'s {name} from {library} took too long") from None
     if done.returncode != 0:

@@ -215,7 +215,9 @@ def layout_of(shape: tuple, num_classes: int | None) -> str:
             return "v8"
         if isinstance(b, int) and b == 5 + num_classes:
             return "v5"
-        raise ArtifactInvalid(f"output shape {list(shape)} fits neither [1, 4+{num_classes}, N] nor [1, N, 5+{num_classes}] for {num_classes} classes")
+        raise ArtifactInvalid(
+            f"output shape {list(shape)} fits neither [1, 4+{num_classes}, N] nor [1, N, 5+{num_classes}] for {num_classes} classes"
+        )
     if isinstance(a, int) and (not isinstance(b, int) or a < b):
         return "v8"
     if isinstance(b, int):
@@ -256,9 +258,7 @@ class YoloOnnxDetector(Detector):
         if device != "cpu":
             # OpenVINO's GPU plugin drives Intel GPUs, not CUDA; a CUDA path needs ONNX Runtime's
             # CUDA build, which this service does not install (docs/models.md).
-            raise DetectorUnavailable(
-                f"{spec.id} runs on the CPU only (OpenVINO engine); DETECTOR_DEVICE={device} has no ONNX engine here"
-            )
+            raise DetectorUnavailable(f"{spec.id} runs on the CPU only (OpenVINO engine); DETECTOR_DEVICE={device} has no ONNX engine here")
         expected = list(spec.weights.values())
         if len(expected) != 1:
             raise WeightsMismatch(f"{spec.id} must register exactly one weight (its model file), not {len(expected)}")
@@ -320,8 +320,14 @@ class YoloOnnxDetector(Detector):
             raise ArtifactInvalid(f"layout {layout!r} is not one of {LAYOUTS}")
         self.layout = layout
         self.classes = classes
-        logger.info("loaded detector %s on cpu (OpenVINO %s, %s, %d classes, %s threads)",
-                    self.model_version, openvino.__version__, layout, len(classes), self.threads or "all")
+        logger.info(
+            "loaded detector %s on cpu (OpenVINO %s, %s, %d classes, %s threads)",
+            self.model_version,
+            openvino.__version__,
+            layout,
+            len(classes),
+            self.threads or "all",
+        )
 
     def input_size(self, inputs: dict[str, Any]) -> tuple[int, int]:
         # The photo's own size: any photo is letterboxed into the network's input.
@@ -347,6 +353,14 @@ class YoloOnnxDetector(Detector):
             cls = int(row[5])
             if cls >= len(self.classes):
                 raise ArtifactInvalid(f"the model returned class {cls}; the version has {len(self.classes)}")
-            detections.append(Detection(x1=float(box[0]), y1=float(box[1]), x2=float(box[2]), y2=float(box[3]),
-                                        confidence=min(max(float(row[4]), 0.0), 1.0), label=self.classes[cls]))
+            detections.append(
+                Detection(
+                    x1=float(box[0]),
+                    y1=float(box[1]),
+                    x2=float(box[2]),
+                    y2=float(box[3]),
+                    confidence=min(max(float(row[4]), 0.0), 1.0),
+                    label=self.classes[cls],
+                )
+            )
         return detections

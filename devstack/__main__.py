@@ -65,7 +65,10 @@ def up() -> int:
         overrides = embedded_fallbacks(dict(os.environ))
         if overrides:
             replaced = [name for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL") if name in overrides]
-            print(f"devstack: {', '.join(replaced)} not answering; using embedded defaults under {var} (SQLite, filesystem broker, file results, in-memory cache)")
+            print(
+                f"devstack: {', '.join(replaced)} not answering; using embedded defaults under {var} "
+                "(SQLite, filesystem broker, file results, in-memory cache)"
+            )
         os.environ.update(overrides)
         # One metrics directory for the API's and the workers' processes, so that GET /metrics
         # shows them all; emptied, since counters left by an earlier run would be counted again.
@@ -96,8 +99,10 @@ def up() -> int:
         manage("collectstatic", "--noinput", "--verbosity", "0")
         if stopping:
             return 0
-        print(f"devstack: API on http://{os.environ.get('API_BIND', '127.0.0.1:8000')}/ (docs at /api/docs/); "
-              "Ctrl-C or `make down` stops. A key: .venv/bin/python manage.py create_api_key NAME")
+        print(
+            f"devstack: API on http://{os.environ.get('API_BIND', '127.0.0.1:8000')}/ (docs at /api/docs/); "
+            "Ctrl-C or `make down` stops. A key: .venv/bin/python manage.py create_api_key NAME"
+        )
         honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f", "Procfile"], cwd=ROOT)
         while honcho.poll() is None:
             time.sleep(0.5)

@@ -100,9 +100,7 @@ class SeaweedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_path or self.data_dir / "weed.log", "ab")
         # Its own process group, so that stopping it stops every child it spawned.
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)
         return self
 

@@ -34,7 +34,12 @@ class SmokeFailed(Exception):
 def create_api_key(env: dict[str, str]) -> str:
     done = subprocess.run(
         [sys.executable, "manage.py", "create_api_key", "smoke"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     if done.returncode != 0 or not done.stdout.strip():
         raise SmokeFailed(f"create_api_key exited with {done.returncode}: {done.stderr[-1000:]}")

@@ -29,7 +29,20 @@ class ShadowRunInline(ReadOnlyInline):
     """The other version of a rollout run on this job's photo: never shown to the client."""
 
     model = ShadowRun
-    fields = ("variant", "detector_version", "status", "face_count", "agreement", "detection_ms", "detector_cold", "error_code", "attempts", "enqueue_count", "created_at", "finished_at")
+    fields = (
+        "variant",
+        "detector_version",
+        "status",
+        "face_count",
+        "agreement",
+        "detection_ms",
+        "detector_cold",
+        "error_code",
+        "attempts",
+        "enqueue_count",
+        "created_at",
+        "finished_at",
+    )
 
 
 class DeliveryInline(ReadOnlyInline):
@@ -55,7 +68,10 @@ class ImageAdmin(ReadOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("id", "client", "request_id", "status", "error_code", "error_message", "attempts")}),
         ("Photos", {"fields": ("original_thumbnail", "annotated_thumbnail")}),
-        ("Result", {"fields": ("detector_version", "model_version", "labels", "width", "height", "face_count", "detection_ms", "detector_cold")}),
+        (
+            "Result",
+            {"fields": ("detector_version", "model_version", "labels", "width", "height", "face_count", "detection_ms", "detector_cold")},
+        ),
         ("Rollout", {"fields": ("rollout", "variant", "cohort")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
         ("Retention and erasure", {"fields": ("original_expired_at", "annotated_expired_at", "deleted_at")}),

@@ -89,4 +89,6 @@ def image_job_objects_purge(*, image: Image) -> None:
 
 def erased_jobs_unpurged(*, limit: int) -> list[Image]:
     """Erased jobs whose objects the store refused to delete at the time."""
-    return list(Image.objects.filter(Q(status=JobStatus.DELETED) & (~Q(original_key="") | ~Q(annotated_key=""))).order_by("deleted_at")[:limit])
+    return list(
+        Image.objects.filter(Q(status=JobStatus.DELETED) & (~Q(original_key="") | ~Q(annotated_key=""))).order_by("deleted_at")[:limit]
+    )

@@ -84,12 +84,8 @@ def _open(stream: IO[bytes]) -> Image.Image:
     except UnidentifiedImageError as exc:
         other = _other_image_format(stream)
         if other:
-            raise ImageRejected(
-                "unsupported_image_format", f"{other} images are not accepted; send {', '.join(OPENABLE)}."
-            ) from exc
-        raise ImageRejected(
-            "image_unreadable", f"The file is not an image in a supported format ({', '.join(OPENABLE)})."
-        ) from exc
+            raise ImageRejected("unsupported_image_format", f"{other} images are not accepted; send {', '.join(OPENABLE)}.") from exc
+        raise ImageRejected("image_unreadable", f"The file is not an image in a supported format ({', '.join(OPENABLE)}).") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageRejected("image_unreadable", f"The image cannot be read: {exc}") from exc
 

@@ -2,8 +2,12 @@
 other objects for models with other labels)."""
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.db import models
+
+if TYPE_CHECKING:  # for the annotation only (callbacks names jobs.Image by string)
+    from callbacks.models import CallbackDelivery
 
 
 class JobStatus(models.TextChoices):

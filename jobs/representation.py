@@ -53,7 +53,9 @@ def image_representation(image: Image, *, delivery: CallbackDelivery | None = No
         "labels": list(image.labels) or None,
         "error": {"code": image.error_code, "message": image.error_message} if image.error_code else None,
         # Null until it is made, and again once retention or erasure removed it.
-        "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/") if image.annotated_key and not image.annotated_expired_at and image.status != JobStatus.DELETED else None,
+        "output_image_url": _url(f"/api/v1/images/{image.id}/annotated/")
+        if image.annotated_key and not image.annotated_expired_at and image.status != JobStatus.DELETED
+        else None,
         "callback": callback_representation(image, delivery=delivery),
     }
 
@@ -63,9 +65,7 @@ def face_representation(*, x: int, y: int, width: int, height: int, confidence: 
     return {"box": {"x": x, "y": y, "width": width, "height": height}, "confidence": confidence, "landmarks": landmarks}
 
 
-def detection_representation(
-    *, label: str, x: int, y: int, width: int, height: int, confidence: float, landmarks: dict
-) -> dict[str, Any]:
+def detection_representation(*, label: str, x: int, y: int, width: int, height: int, confidence: float, landmarks: dict) -> dict[str, Any]:
     """One detection as clients see it in "detections": a face's shape plus its label. Shadow
     runs store their detections in this same shape, so they compare with the job's
     (detection.compare.boxes_of and labels_of read it)."""

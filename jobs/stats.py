@@ -225,8 +225,7 @@ def _raw_in_sql(jobs: QuerySet[Image], *, since: dt.datetime, width: float, buck
     bucket = Least(Floor((_EpochSeconds("finished_at") - Value(since.timestamp())) / Value(width)), Value(float(buckets - 1)))
     total = jobs.aggregate(**_aggregates())
     per_bucket = {
-        int(row.pop("bucket")): row
-        for row in jobs.annotate(bucket=bucket).values("bucket").annotate(**_aggregates()).order_by("bucket")
+        int(row.pop("bucket")): row for row in jobs.annotate(bucket=bucket).values("bucket").annotate(**_aggregates()).order_by("bucket")
     }
     return total, per_bucket
 

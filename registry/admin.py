@@ -15,9 +15,7 @@ class DetectorVersionAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         # One query for the whole list rather than one per row.
-        return super().get_queryset(request).annotate(
-            active=Exists(ActiveDetector.objects.filter(version=OuterRef("pk")))
-        )
+        return super().get_queryset(request).annotate(active=Exists(ActiveDetector.objects.filter(version=OuterRef("pk"))))
 
     @admin.display(boolean=True, description="Active", ordering="active")
     def is_active(self, obj: DetectorVersion) -> bool:

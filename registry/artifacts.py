@@ -83,7 +83,9 @@ def _manifest(manifest: Any) -> dict[str, Any]:
     return manifest
 
 
-def detector_version_upload(*, manifest: Any, path: Path, sha256: str | None = None, size: int | None = None) -> tuple[DetectorVersion, bool]:
+def detector_version_upload(
+    *, manifest: Any, path: Path, sha256: str | None = None, size: int | None = None
+) -> tuple[DetectorVersion, bool]:
     """Register a version whose weights are the model file at ``path`` (a temporary copy the
     caller owns). Returns (version, created): the same id with the same bytes and manifest is the
     existing version (created False); other bytes or manifest: Conflict. The file is checked
@@ -98,12 +100,17 @@ def detector_version_upload(*, manifest: Any, path: Path, sha256: str | None = N
     version_id = f"{manifest['name']}@{manifest['version']}"
     existing = DetectorVersion.objects.filter(id=version_id).first()
     if existing is not None and existing.artifact_sha256 != sha256:
-        raise Conflict("version_exists", f"{version_id} is registered with other weights: versions are immutable, make a new one.", field="manifest")
+        raise Conflict(
+            "version_exists", f"{version_id} is registered with other weights: versions are immutable, make a new one.", field="manifest"
+        )
 
     try:
         facts = artifact_check(
-            path, labels=manifest.get("labels"), settings=manifest["settings"],
-            timeout=settings.MODEL_CHECK_SECONDS, memory_bytes=settings.MODEL_CHECK_MEMORY_BYTES,
+            path,
+            labels=manifest.get("labels"),
+            settings=manifest["settings"],
+            timeout=settings.MODEL_CHECK_SECONDS,
+            memory_bytes=settings.MODEL_CHECK_MEMORY_BYTES,
         )
     except ArtifactRefused as exc:
         raise DomainError(exc.code, exc.message, field="artifact") from None
@@ -140,7 +147,9 @@ def detector_version_upload(*, manifest: Any, path: Path, sha256: str | None = N
     if existing is not None:
         changed = [key for key, value in fields.items() if getattr(existing, key) != value]
         if changed:
-            raise Conflict("version_exists", f"{version_id} is registered with other {', '.join(changed)}: versions are immutable.", field="manifest")
+            raise Conflict(
+                "version_exists", f"{version_id} is registered with other {', '.join(changed)}: versions are immutable.", field="manifest"
+            )
         return existing, False
 
     key = artifact_key(sha256)

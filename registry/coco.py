@@ -54,7 +54,7 @@ def _number(value: Any) -> bool:
 
 def _id(where: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise CocoError(f"{where}: \"id\" must be an integer, not {value!r}")
+        raise CocoError(f'{where}: "id" must be an integer, not {value!r}')
     return value
 
 
@@ -74,15 +74,15 @@ def coco_load(*, annotations: Path, images: Path | None = None, tag: str | None 
     except (ValueError, UnicodeDecodeError) as exc:
         raise CocoError(f"{annotations} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in ("images", "annotations", "categories")):
-        raise CocoError(f"{annotations}: a COCO file is an object with \"images\", \"annotations\" and \"categories\" lists")
+        raise CocoError(f'{annotations}: a COCO file is an object with "images", "annotations" and "categories" lists')
     if not data["images"]:
-        raise CocoError(f"{annotations}: \"images\" is empty")
+        raise CocoError(f'{annotations}: "images" is empty')
 
     categories, names, seen_labels = {}, {}, {}
     for index, cat in enumerate(data["categories"]):
         where = f"categories[{index}]"
         if not isinstance(cat, dict) or not isinstance(cat.get("name"), str) or not cat["name"]:
-            raise CocoError(f"{where}: a category is {{\"id\", \"name\"}}")
+            raise CocoError(f'{where}: a category is {{"id", "name"}}')
         cid = _id(where, cat.get("id"))
         if cid in categories:
             raise CocoError(f"{where}: category id {cid} is listed twice")
@@ -96,17 +96,17 @@ def coco_load(*, annotations: Path, images: Path | None = None, tag: str | None 
     for index, entry in enumerate(data["images"]):
         where = f"images[{index}]"
         if not isinstance(entry, dict):
-            raise CocoError(f"{where}: an image is {{\"id\", \"file_name\", \"width\", \"height\"}}")
+            raise CocoError(f'{where}: an image is {{"id", "file_name", "width", "height"}}')
         iid = _id(where, entry.get("id"))
         name = entry.get("file_name")
         if not isinstance(name, str) or not name or Path(name).is_absolute():
-            raise CocoError(f"{where}: \"file_name\" must be a path relative to the image folder, not {name!r}")
+            raise CocoError(f'{where}: "file_name" must be a path relative to the image folder, not {name!r}')
         path = (folder / name).resolve()
         if not path.is_file():
             raise CocoError(f"{where} ({name}): no such image ({path})")
         width, height = entry.get("width"), entry.get("height")
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
-            raise CocoError(f"{where} ({name}): \"width\" and \"height\" must be positive integers")
+            raise CocoError(f'{where} ({name}): "width" and "height" must be positive integers')
         photos.append(CocoImage(id=iid, file=name, path=path, width=width, height=height))
         digests.append(f"{name}:{sha256_file(path)}")
     ids = [p.id for p in photos]
@@ -118,25 +118,27 @@ def coco_load(*, annotations: Path, images: Path | None = None, tag: str | None 
     for index, ann in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         if not isinstance(ann, dict):
-            raise CocoError(f"{where}: an annotation is {{\"id\", \"image_id\", \"category_id\", \"bbox\"}}")
+            raise CocoError(f'{where}: an annotation is {{"id", "image_id", "category_id", "bbox"}}')
         if ann.get("image_id") not in known:
-            raise CocoError(f"{where}: image_id {ann.get('image_id')!r} is not in \"images\"")
+            raise CocoError(f'{where}: image_id {ann.get("image_id")!r} is not in "images"')
         if ann.get("category_id") not in categories:
-            raise CocoError(f"{where}: category_id {ann.get('category_id')!r} is not in \"categories\"")
+            raise CocoError(f'{where}: category_id {ann.get("category_id")!r} is not in "categories"')
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)) or bbox[2] <= 0 or bbox[3] <= 0:
-            raise CocoError(f"{where}: \"bbox\" must be [x, y, width, height] with a positive width and height, not {bbox!r}")
+            raise CocoError(f'{where}: "bbox" must be [x, y, width, height] with a positive width and height, not {bbox!r}')
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1):
-            raise CocoError(f"{where}: \"iscrowd\" must be 0 or 1")
-        clean.append({
-            "id": index + 1,  # ids of their own: a file's may repeat or be missing
-            "image_id": ann["image_id"],
-            "category_id": ann["category_id"],
-            "bbox": [float(v) for v in bbox],
-            "area": float(ann["area"]) if _number(ann.get("area")) else float(bbox[2] * bbox[3]),
-            "iscrowd": iscrowd,
-        })
+            raise CocoError(f'{where}: "iscrowd" must be 0 or 1')
+        clean.append(
+            {
+                "id": index + 1,  # ids of their own: a file's may repeat or be missing
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": [float(v) for v in bbox],
+                "area": float(ann["area"]) if _number(ann.get("area")) else float(bbox[2] * bbox[3]),
+                "iscrowd": iscrowd,
+            }
+        )
     return CocoSet(
         tag=tag or annotations.stem,
         sha256=hashlib.sha256(raw).hexdigest(),
@@ -148,8 +150,9 @@ def coco_load(*, annotations: Path, images: Path | None = None, tag: str | None 
     )
 
 
-def coco_score(coco: CocoSet, detections: dict[int, list[tuple[str, float, tuple[float, float, float, float]]]],
-               *, version_labels: list[str]) -> dict[str, Any]:
+def coco_score(
+    coco: CocoSet, detections: dict[int, list[tuple[str, float, tuple[float, float, float, float]]]], *, version_labels: list[str]
+) -> dict[str, Any]:
     """Score ``detections`` (image id -> [(label, confidence, (x, y, width, height))]) on the set
     with faster-coco-eval's bbox evaluation, over the categories whose label the version returns.
     Returns mAP@0.5, mAP@0.5:0.95 (COCO's all-area, 100-detection figures), the library's macro
@@ -173,7 +176,9 @@ def coco_score(coco: CocoSet, detections: dict[int, list[tuple[str, float, tuple
     for image_id, found in detections.items():
         for label, confidence, box in found:
             if label in by_label:
-                results.append({"image_id": image_id, "category_id": by_label[label], "bbox": [float(v) for v in box], "score": float(confidence)})
+                results.append(
+                    {"image_id": image_id, "category_id": by_label[label], "bbox": [float(v) for v in box], "score": float(confidence)}
+                )
 
     counts = {label: {"annotations": 0, "detections": 0} for label in by_label}
     for ann in gt["annotations"]:
@@ -206,8 +211,13 @@ def coco_score(coco: CocoSet, detections: dict[int, list[tuple[str, float, tuple
         if row is None:  # the library leaves out a class it has no figure for (no annotation)
             per_label[label] = {"ap_50": None, "ap_50_95": None, "precision": None, "recall": None, **counts[label]}
         else:
-            per_label[label] = {"ap_50": row["map@50"], "ap_50_95": row["map@50:95"], "precision": row["precision"],
-                                "recall": row["recall"], **counts[label]}
+            per_label[label] = {
+                "ap_50": row["map@50"],
+                "ap_50_95": row["map@50:95"],
+                "precision": row["precision"],
+                "recall": row["recall"],
+                **counts[label],
+            }
     precision, recall = float(extended["precision"]), float(extended["recall"])
     return {
         **figures,

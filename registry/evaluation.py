@@ -80,7 +80,7 @@ def _number(value: Any) -> bool:
 
 def _box(where: str, raw: Any) -> Box:
     if not isinstance(raw, dict) or not all(_number(raw.get(key)) for key in ("x", "y", "width", "height")):
-        raise EvaluationError(f"{where}: a box is {{\"x\", \"y\", \"width\", \"height\"}} with numbers, not {raw!r}")
+        raise EvaluationError(f'{where}: a box is {{"x", "y", "width", "height"}} with numbers, not {raw!r}')
     if raw["width"] <= 0 or raw["height"] <= 0:
         raise EvaluationError(f"{where}: a box needs a positive width and height, not {raw!r}")
     return (float(raw["x"]), float(raw["y"]), float(raw["width"]), float(raw["height"]))
@@ -89,14 +89,14 @@ def _box(where: str, raw: Any) -> Box:
 def _photo(directory: Path, index: int, entry: Any) -> LabelledPhoto:
     where = f"{MANIFEST} entry {index}"
     if not isinstance(entry, dict):
-        raise EvaluationError(f"{where}: an entry is an object with \"file\" and \"boxes\" or \"faces\"")
+        raise EvaluationError(f'{where}: an entry is an object with "file" and "boxes" or "faces"')
     name = entry.get("file")
     if not isinstance(name, str) or not name:
-        raise EvaluationError(f"{where}: \"file\" (the photo's path, relative to the folder) is missing")
+        raise EvaluationError(f'{where}: "file" (the photo\'s path, relative to the folder) is missing')
     where = f"{MANIFEST} entry {index} ({name})"
     if Path(name).is_absolute():
         # A label set must travel with its photos: paths are relative to its folder.
-        raise EvaluationError(f"{where}: \"file\" must be relative to the label folder, not absolute")
+        raise EvaluationError(f'{where}: "file" must be relative to the label folder, not absolute')
     path = (directory / name).resolve()
     if not path.is_file():
         raise EvaluationError(f"{where}: no such photo ({path})")
@@ -106,17 +106,17 @@ def _photo(directory: Path, index: int, entry: Any) -> LabelledPhoto:
     boxes = None
     if "boxes" in entry:
         if not isinstance(entry["boxes"], list):
-            raise EvaluationError(f"{where}: \"boxes\" must be a list of {{\"x\", \"y\", \"width\", \"height\"}}")
+            raise EvaluationError(f'{where}: "boxes" must be a list of {{"x", "y", "width", "height"}}')
         boxes = tuple(_box(where, raw) for raw in entry["boxes"])
     faces = entry.get("faces")
     if faces is None:
         if boxes is None:
-            raise EvaluationError(f"{where}: give \"boxes\" (the faces a person drew) or \"faces\" (how many)")
+            raise EvaluationError(f'{where}: give "boxes" (the faces a person drew) or "faces" (how many)')
         faces = len(boxes)
     elif not isinstance(faces, int) or isinstance(faces, bool) or faces < 0:
-        raise EvaluationError(f"{where}: \"faces\" must be a count (0 or more), not {faces!r}")
+        raise EvaluationError(f'{where}: "faces" must be a count (0 or more), not {faces!r}')
     elif boxes is not None and faces != len(boxes):
-        raise EvaluationError(f"{where}: \"faces\" is {faces} but {len(boxes)} boxes are drawn")
+        raise EvaluationError(f'{where}: "faces" is {faces} but {len(boxes)} boxes are drawn')
     return LabelledPhoto(file=name, path=path, faces=faces, boxes=boxes)
 
 
@@ -306,8 +306,13 @@ def detector_version_evaluate_coco(
         "device": settings.DETECTOR_DEVICE,
         "evaluated_at": timezone.now().isoformat(),
         "per_photo": [
-            {"file": photo.file, "detections": sum(1 for d in detections[photo.id] if d[0] in scored),
-             "annotations": sum(1 for a in coco.annotations if a["image_id"] == photo.id and coco.categories[a["category_id"]] in scored)}
+            {
+                "file": photo.file,
+                "detections": sum(1 for d in detections[photo.id] if d[0] in scored),
+                "annotations": sum(
+                    1 for a in coco.annotations if a["image_id"] == photo.id and coco.categories[a["category_id"]] in scored
+                ),
+            }
             for photo in coco.images
         ],
     }

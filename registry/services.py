@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from core.errors import DomainError, Unavailable
 from detection.base import DetectorSpec, settings_hash, weight_checksums
+from detection.labels import LABEL_PATTERN, label_valid
 from detection.precision import settings_with_precision
-from detection.labels import DEFAULT_LABELS, LABEL_PATTERN, label_valid
 from detection.weights import WeightsMismatch, verify_weights
 
 from .models import ActiveDetector, DetectorVersion, WorkerHeartbeat, default_labels
@@ -40,9 +40,7 @@ class RegistryError(Exception):
 
 def _code_commit() -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -63,7 +61,7 @@ def _release_dataset(version_id: str, dataset) -> dict[str, str]:
     if not dataset:
         return {}
     if not isinstance(dataset, dict) or set(dataset) - {"tag", "sha256"} or not isinstance(dataset.get("tag"), str):
-        raise RegistryError(f"{version_id}: dataset must be {{\"tag\": ..., \"sha256\": ...}}")
+        raise RegistryError(f'{version_id}: dataset must be {{"tag": ..., "sha256": ...}}')
     return {key: str(value) for key, value in dataset.items()}
 
 
@@ -126,9 +124,7 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     if existing is not None:
         changed = [key for key, value in fields.items() if getattr(existing, key) != value]
         if changed:
-            raise RegistryError(
-                f"{version_id} is registered with other {', '.join(changed)}: versions are immutable, make a new one"
-            )
+            raise RegistryError(f"{version_id} is registered with other {', '.join(changed)}: versions are immutable, make a new one")
         if existing.notes != notes:
             # Notes are prose for people, not part of what detects: they may be corrected.
             existing.notes = notes

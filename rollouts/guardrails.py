@@ -142,14 +142,23 @@ def _agreement(threshold: float, minimum: int, agreement: dict) -> Check:
     pairs, mean = _count(agreement, "pairs"), (agreement or {}).get("mean")
     numbers = {"pairs": pairs, "mean": mean}
     if pairs < minimum or mean is None:
-        return Check(name, INCONCLUSIVE, threshold, None, f"{name}: inconclusive, {pairs} compared pairs on the window, fewer than min_jobs {minimum}", numbers)
+        return Check(
+            name,
+            INCONCLUSIVE,
+            threshold,
+            None,
+            f"{name}: inconclusive, {pairs} compared pairs on the window, fewer than min_jobs {minimum}",
+            numbers,
+        )
     words = f"mean agreement {mean:.3f} over {pairs} shadow runs"
     if mean < threshold:
         return Check(name, BREACH, threshold, float(mean), f"{name}: {words}, below {threshold:g}", numbers)
     return Check(name, OK, threshold, float(mean), f"{name}: {words}, at least {threshold:g}", numbers)
 
 
-def judge(guardrails: dict[str, Any], figures: dict[str, Any], *, baseline: dict[str, Any] | None = None, baseline_source: str = "window") -> Verdict:
+def judge(
+    guardrails: dict[str, Any], figures: dict[str, Any], *, baseline: dict[str, Any] | None = None, baseline_source: str = "window"
+) -> Verdict:
     """The verdict of ``guardrails`` (a rollout's) on ``figures`` (jobs.stats.rollout_figures:
     ``figures["window"]`` holds ``baseline``, ``candidate`` and ``agreement``). Only the
     thresholds the rollout sets are judged.
@@ -261,7 +270,9 @@ def rollout_evaluate(*, rollout_id, figures: dict[str, Any], warm: dict[str, int
             if ready and verdict.outcome == OK and rollout.breaches == 0:
                 last = rollout.stage_index + 1 >= len(rollout.stages)
                 reason = f"stage {rollout.stage_index + 1} met its minimums ({words})" + (": promoting" if last else "")
-                advanced = rollout_advance(rollout_id=rollout.id, actor=STAGES_ACTOR, reason=reason, figures={**recorded, "stage": figures.get("stage")})
+                advanced = rollout_advance(
+                    rollout_id=rollout.id, actor=STAGES_ACTOR, reason=reason, figures={**recorded, "stage": figures.get("stage")}
+                )
                 return {**result, "action": "promote" if last else "advance", "status": advanced.status, "weight": advanced.weight}
             return {**result, "action": "hold", "stage": words}
 
@@ -308,7 +319,11 @@ def _breach(rollout: Rollout, verdict: Verdict, recorded: dict[str, Any]) -> dic
     event = rolled_back.events.filter(action="rollback").order_by("-id").first()
     logger.error(
         "rollout %s rolled back automatically (%s -> %s, back to %s): %s",
-        rollout.id, rollout.mode, rollout.candidate_id, rollout.baseline_id, verdict.reason,
+        rollout.id,
+        rollout.mode,
+        rollout.candidate_id,
+        rollout.baseline_id,
+        verdict.reason,
     )
     if settings.ROLLOUT_ALERT_URL and event is not None:
         # In this transaction: the alert exists exactly when the rollback does. Its first try is
@@ -316,4 +331,10 @@ def _breach(rollout: Rollout, verdict: Verdict, recorded: dict[str, Any]) -> dic
         # rollback (robust), and the senders' polls find the row regardless.
         alert = rollout_alert_create(event=event)
         callback_delivery_enqueue(delivery_id=alert.id, robust=True)
-    return {"action": "rollback", "breaches": rollout.breaches, "guardrails": guardrails, "status": rolled_back.status, "event": event.id if event else None}
+    return {
+        "action": "rollback",
+        "breaches": rollout.breaches,
+        "guardrails": guardrails,
+        "status": rolled_back.status,
+        "event": event.id if event else None,
+    }

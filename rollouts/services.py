@@ -227,7 +227,9 @@ def validate_guardrails(guardrails: Any) -> dict[str, float]:
         raise _invalid("guardrails", "guardrails must be an object.")
     unknown = sorted(set(guardrails) - set(GUARDRAIL_RANGES))
     if unknown:
-        raise _invalid("guardrails", f"Unknown guardrail {', '.join(unknown)}; known: {', '.join(GUARDRAIL_RANGES)}.", code="unknown_guardrail")
+        raise _invalid(
+            "guardrails", f"Unknown guardrail {', '.join(unknown)}; known: {', '.join(GUARDRAIL_RANGES)}.", code="unknown_guardrail"
+        )
     clean = dict(DEFAULT_GUARDRAILS)
     for name, value in guardrails.items():
         low, high = GUARDRAIL_RANGES[name]
@@ -273,8 +275,13 @@ def _map_gate(baseline: DetectorVersion, candidate: DetectorVersion, quality_dro
     base_sets = (baseline.evaluation or {}).get("labels") or {}
     cand_sets = (candidate.evaluation or {}).get("labels") or {}
     base_map, cand_map = _map(baseline), _map(candidate)
-    figures = {"metric": "map_50_95", "baseline_map_50_95": base_map, "candidate_map_50_95": cand_map,
-               "labels": base_sets.get("tag"), "quality_drop_max": quality_drop_max}
+    figures = {
+        "metric": "map_50_95",
+        "baseline_map_50_95": base_map,
+        "candidate_map_50_95": cand_map,
+        "labels": base_sets.get("tag"),
+        "quality_drop_max": quality_drop_max,
+    }
     if base_sets.get("sha256") != cand_sets.get("sha256"):
         raise DomainError(
             "quality_gate",
@@ -314,7 +321,9 @@ def _quality_gate(baseline: DetectorVersion, candidate: DetectorVersion, quality
 # --- Transitions ----------------------------------------------------------------------------------
 
 
-def _event(rollout: Rollout, *, action: str, actor: str, before: tuple[str, int], reason: str = "", figures: dict | None = None) -> RolloutEvent:
+def _event(
+    rollout: Rollout, *, action: str, actor: str, before: tuple[str, int], reason: str = "", figures: dict | None = None
+) -> RolloutEvent:
     return RolloutEvent.objects.create(
         rollout=rollout,
         actor=actor[:160],
@@ -412,7 +421,8 @@ def rollout_promote(*, rollout_id, actor: str, reason: str = "", figures: dict |
         detector_version_activate(version_id=rollout.candidate_id)
     except RegistryError as exc:  # the candidate was retired during the rollout
         raise Conflict(
-            "candidate_not_activatable", f"{rollout.candidate_id} was retired during the rollout and cannot be made active; roll back instead."
+            "candidate_not_activatable",
+            f"{rollout.candidate_id} was retired during the rollout and cannot be made active; roll back instead.",
         ) from exc
     rollout.status, rollout.weight, rollout.ended_at = RolloutStatus.PROMOTED, 100, timezone.now()
     rollout.save()

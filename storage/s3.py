@@ -204,9 +204,7 @@ def storage_list(*, prefix: str = "") -> list[str]:
 
 def storage_presigned_url(*, key: str) -> str:
     """A short-lived GET URL on the public endpoint (S3_PUBLIC_ENDPOINT)."""
-    return _public_client().presigned_get_object(
-        settings.S3_BUCKET, key, expires=dt.timedelta(seconds=settings.S3_PRESIGN_SECONDS)
-    )
+    return _public_client().presigned_get_object(settings.S3_BUCKET, key, expires=dt.timedelta(seconds=settings.S3_PRESIGN_SECONDS))
 
 
 def storage_ping() -> None:

@@ -56,8 +56,8 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server for this run, with the test bucket created."""
-    from storage import s3 as storage
     from devstack.seaweed import SeaweedS3
+    from storage import s3 as storage
 
     host, _, port = settings.S3_ENDPOINT.rpartition(":")
     server = SeaweedS3(
@@ -104,7 +104,7 @@ class CallbackReceiver:
     """A real HTTP server on loopback that records every POST and answers with scripted codes."""
 
     def __init__(self, port: int = 0) -> None:
-        self.received: "queue.Queue[dict]" = queue.Queue()
+        self.received: queue.Queue[dict] = queue.Queue()
         self.script: list[int] = []  # status codes to answer, in order; 200 once exhausted
         self.delay = 0.0  # seconds to wait before answering (a slow receiver)
         self.headers: dict[str, str] = {}  # extra response headers
@@ -116,9 +116,7 @@ class CallbackReceiver:
                 body = self.rfile.read(length)
                 time.sleep(receiver.delay)
                 status = receiver.script.pop(0) if receiver.script else 200
-                receiver.received.put(
-                    {"path": self.path, "headers": dict(self.headers), "body": body, "answered": status}
-                )
+                receiver.received.put({"path": self.path, "headers": dict(self.headers), "body": body, "answered": status})
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", "/redirected")
@@ -187,12 +185,29 @@ class WorkerProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "face_detect_api", "worker",
-                "--loglevel", "INFO", "-Q", queues, "--concurrency", str(self.concurrency),
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"test-{os.environ['FDA_RUN']}-{time.monotonic_ns()}@%h",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "face_detect_api",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                queues,
+                "--concurrency",
+                str(self.concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-{os.environ['FDA_RUN']}-{time.monotonic_ns()}@%h",
             ],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -16,7 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # api: HTTP; face_detect_api: the wiring), the domain apps below them, core/detection/storage at
 # the bottom. An empty set: the room imports nothing of the project's.
 ALLOWED = {
-    "face_detect_api": {"api", "jobs", "rollouts", "callbacks", "registry", "clients", "storage", "detection", "core", "workers", "dashboard"},
+    "face_detect_api": {
+        "api",
+        "jobs",
+        "rollouts",
+        "callbacks",
+        "registry",
+        "clients",
+        "storage",
+        "detection",
+        "core",
+        "workers",
+        "dashboard",
+    },
     # The staff dashboard: pages drawn from the domain's reads, beside api/ (HTML, not DRF).
     "dashboard": {"jobs", "rollouts", "registry", "core"},
     "workers": {"jobs", "rollouts", "callbacks", "registry", "storage", "detection", "core"},
@@ -38,7 +50,10 @@ FORBIDDEN_PACKAGES = {
     "detection": {"django", "rest_framework", "celery"},
     "core": {"rest_framework", "celery"},
     # Only api/ knows HTTP serializers and status codes.
-    **{room: {"rest_framework", "drf_spectacular"} for room in ("jobs", "rollouts", "callbacks", "registry", "clients", "storage", "workers", "dashboard")},
+    **{
+        room: {"rest_framework", "drf_spectacular"}
+        for room in ("jobs", "rollouts", "callbacks", "registry", "clients", "storage", "workers", "dashboard")
+    },
 }
 
 

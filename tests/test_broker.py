@@ -31,9 +31,7 @@ def _rabbitmqctl(*args: str) -> list[dict]:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    result = subprocess.run(
-        ["rabbitmqctl", *args, "-q", "--formatter", "json"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run(["rabbitmqctl", *args, "-q", "--formatter", "json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout or "[]")
 
@@ -113,8 +111,12 @@ def publish_probe(conn, exchange: str, routing_key: str) -> str:
     channel = _channel(conn)
     try:
         Producer(channel).publish(
-            {"probe": probe}, exchange=exchange, routing_key=routing_key, serializer="json",
-            headers={"probe": probe}, delivery_mode="persistent",
+            {"probe": probe},
+            exchange=exchange,
+            routing_key=routing_key,
+            serializer="json",
+            headers={"probe": probe},
+            delivery_mode="persistent",
         )
     finally:
         channel.close()
@@ -158,7 +160,8 @@ def declare_legacy(conn, detect: str, deliver: str) -> None:
 
 
 def test_each_queue_is_bound_only_to_its_own_exchange_with_its_own_key(broker):
-    """After broker_migrate declares the queues, RabbitMQ lists one binding per queue: its own durable direct exchange, its own name as key."""
+    """After broker_migrate declares the queues, RabbitMQ lists one binding per queue: its own durable
+    direct exchange, its own name as key."""
     require("rabbitmq")
     app, conn, vhost, (detect, deliver) = broker
     call_command("broker_migrate", stdout=io.StringIO())
@@ -192,7 +195,8 @@ def test_a_message_for_one_queue_never_reaches_the_other(broker):
 
 
 def test_broker_migrate_removes_the_legacy_shared_binding(broker):
-    """On a broker left by an older release, broker_migrate unbinds the deliver queue from the detect exchange; routing is then separate, and a second run changes nothing."""
+    """On a broker left by an older release, broker_migrate unbinds the deliver queue from the detect
+    exchange; routing is then separate, and a second run changes nothing."""
     require("rabbitmq")
     app, conn, vhost, (detect, deliver) = broker
     declare_legacy(conn, detect, deliver)
@@ -216,7 +220,8 @@ def test_broker_migrate_removes_the_legacy_shared_binding(broker):
 
 
 def test_filesystem_broker_needs_no_migration_and_writes_only_under_its_folder(tmp_path):
-    """With CELERY_BROKER_URL=filesystem:// broker_migrate has nothing to do, and Kombu's exchange tables go under the broker folder, not the working directory."""
+    """With CELERY_BROKER_URL=filesystem:// broker_migrate has nothing to do, and Kombu's exchange
+    tables go under the broker folder, not the working directory."""
     work, broker_dir, results = tmp_path / "cwd", tmp_path / "broker", tmp_path / "results"
     work.mkdir()
     results.mkdir()
@@ -229,8 +234,11 @@ def test_filesystem_broker_needs_no_migration_and_writes_only_under_its_folder(t
         f"app.send_task({DELIVER_TASK!r}, args=['x'], ignore_result=True)\n"
     )
     env = {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT),
-        "CELERY_BROKER_URL": "filesystem://", "CELERY_BROKER_FOLDER": str(broker_dir),
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(ROOT),
+        "CELERY_BROKER_URL": "filesystem://",
+        "CELERY_BROKER_FOLDER": str(broker_dir),
         "CELERY_RESULT_BACKEND": f"file://{results}",
     }
     result = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)

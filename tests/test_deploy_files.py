@@ -13,7 +13,18 @@ def test_compose_names_every_service_and_scales_workers():
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {
-        "postgres", "rabbitmq", "redis", "minio", "minio-lifecycle", "web", "worker", "deliverer", "beat", "prometheus", "grafana", "flower"
+        "postgres",
+        "rabbitmq",
+        "redis",
+        "minio",
+        "minio-lifecycle",
+        "web",
+        "worker",
+        "deliverer",
+        "beat",
+        "prometheus",
+        "grafana",
+        "flower",
     }
     assert services["minio"]["image"].startswith("minio/minio")
     for name in ("web", "worker", "deliverer", "beat"):
@@ -93,9 +104,7 @@ def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard
     assert services["grafana"]["image"].startswith("grafana/grafana:")
     provisioning = ROOT / mounts["/etc/grafana/provisioning"]
     datasources = [
-        source
-        for path in (provisioning / "datasources").glob("*.yml")
-        for source in yaml.safe_load(path.read_text())["datasources"]
+        source for path in (provisioning / "datasources").glob("*.yml") for source in yaml.safe_load(path.read_text())["datasources"]
     ]
     assert len(datasources) == 1 and datasources[0]["type"] == "prometheus"
     host, port = datasources[0]["url"].split("//")[1].split(":")
@@ -132,7 +141,9 @@ def test_flower_is_optional_and_never_served_without_a_login():
 
 def test_metrics_packages_are_pinned():
     """prometheus-client and flower are pinned in the runtime requirements (the image installs them)."""
-    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line and not line.startswith("#"))
+    pins = dict(
+        line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line and not line.startswith("#")
+    )
     assert pins["prometheus-client"] == "0.26.0" and pins["flower"] == "2.2.0"
 
 

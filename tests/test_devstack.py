@@ -175,8 +175,7 @@ def test_simultaneous_claims_from_separate_processes(tmp_path):
     )
     start_at = str(time.time() + 2)
     claimants = [
-        subprocess.Popen([sys.executable, "-c", code, start_at, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        for _ in range(6)
+        subprocess.Popen([sys.executable, "-c", code, start_at, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(6)
     ]
     lines = [p.stdout.readline().split() for p in claimants]
     winners = [p.pid for p, line in zip(claimants, lines) if line == ["won"]]
@@ -196,9 +195,7 @@ def test_a_second_up_refuses_at_once_and_leaves_the_first_ones_state_alone(tmp_p
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["FDA_VAR_DIR"] = str(var)
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "devstack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-m", "devstack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert f"devstack: already running, pid {live_pid}; `make down` first" in done.stderr
     assert time.monotonic() - started < 20  # no migrations, no S3 server

@@ -58,24 +58,52 @@ def _fill(apps) -> dict:
     key = "fda_0ldk3y00_" + "x" * 43
     ApiKey.objects.create(client=client, prefix="0ldk3y00", key_hash=_hash(key))
     version = DetectorVersion.objects.create(
-        id="mtcnn@0.9.0", name="mtcnn", version="0.9.0", implementation="mtcnn",
-        weights=[{"file": "pnet.pt", "sha256": "0" * 64}], settings={"min_face_size": 20}, settings_hash="h",
+        id="mtcnn@0.9.0",
+        name="mtcnn",
+        version="0.9.0",
+        implementation="mtcnn",
+        weights=[{"file": "pnet.pt", "sha256": "0" * 64}],
+        settings={"min_face_size": 20},
+        settings_hash="h",
     )
     ActiveDetector.objects.update_or_create(id=1, defaults={"version": version})
     image = Image.objects.create(
-        id=uuid.uuid4(), client=client, request_id="before-the-split", callback_url="https://example.com/hook",
-        original_key="originals/2026/11/22/x.jpg", original_content_type="image/jpeg", original_size=123,
-        original_sha256="a" * 64, status="completed", detector_version=version, model_version="mtcnn@0.9.0+weights.00000000",
-        width=640, height=480, face_count=2, finished_at=timezone.now(),
+        id=uuid.uuid4(),
+        client=client,
+        request_id="before-the-split",
+        callback_url="https://example.com/hook",
+        original_key="originals/2026/11/22/x.jpg",
+        original_content_type="image/jpeg",
+        original_size=123,
+        original_sha256="a" * 64,
+        status="completed",
+        detector_version=version,
+        model_version="mtcnn@0.9.0+weights.00000000",
+        width=640,
+        height=480,
+        face_count=2,
+        finished_at=timezone.now(),
     )
     for index in range(2):
         Face.objects.create(
-            image=image, detector_version=version, index=index, box_x=10 * index, box_y=5, box_width=40, box_height=50,
-            confidence=0.99 - index / 10, landmarks={"nose": [20.0, 30.0]},
+            image=image,
+            detector_version=version,
+            index=index,
+            box_x=10 * index,
+            box_y=5,
+            box_width=40,
+            box_height=50,
+            confidence=0.99 - index / 10,
+            landmarks={"nose": [20.0, 30.0]},
         )
     delivery = CallbackDelivery.objects.create(
-        image=image, webhook_id="msg_old", url=image.callback_url, body="{}", status="delivered",
-        attempt_count=1, finished_at=timezone.now(),
+        image=image,
+        webhook_id="msg_old",
+        url=image.callback_url,
+        body="{}",
+        status="delivered",
+        attempt_count=1,
+        finished_at=timezone.now(),
     )
     CallbackAttempt.objects.create(
         delivery=delivery, number=1, started_at=timezone.now() - dt.timedelta(seconds=1), duration_ms=40, status_code=200
@@ -89,10 +117,11 @@ def test_every_row_survives_the_split_and_still_works(old_database):
     before = _fill(old_database)
     _migrate(_latest())
 
+    from django.contrib.contenttypes.models import ContentType
+
     from callbacks.models import CallbackAttempt, CallbackDelivery
     from clients.models import ApiClient
     from clients.services import api_key_check
-    from django.contrib.contenttypes.models import ContentType
     from jobs.models import Face, Image
     from registry.models import DetectorVersion
     from registry.services import detector_version_active

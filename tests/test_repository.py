@@ -66,10 +66,7 @@ def walk_files(root: Path) -> list[str]:
 
         def ignored(path: Path) -> bool:
             relative = path.relative_to(root).as_posix()
-            return any(
-                _ignored(relative[len(base) + 1 :] if base else relative, path.is_dir(), patterns)
-                for base, patterns in rules
-            )
+            return any(_ignored(relative[len(base) + 1 :] if base else relative, path.is_dir(), patterns) for base, patterns in rules)
 
         for entry in sorted(directory.iterdir()):
             if entry.name in ALWAYS_SKIPPED or entry.is_symlink() or ignored(entry):
@@ -115,8 +112,7 @@ def runtime_state(files: list[str]) -> list[str]:
     return [
         name
         for name in files
-        if name.startswith(STATE_DIRS)
-        or any(fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], pattern) for pattern in STATE_FILES)
+        if name.startswith(STATE_DIRS) or any(fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], pattern) for pattern in STATE_FILES)
     ]
 
 

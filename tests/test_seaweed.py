@@ -23,15 +23,22 @@ OLD_VOLUME_MAX = 16  # what devstack/seaweed.py started the server with before
 def _server(tmp_path, **kwargs) -> SeaweedS3:
     base = free_port_block(4)
     return SeaweedS3(
-        data_dir=tmp_path / "s3", access_key="growth-test", secret_key="growth-test-secret", s3_port=base + 3, base_port=base,
-        volume_size_limit_mb=1, **kwargs,
+        data_dir=tmp_path / "s3",
+        access_key="growth-test",
+        secret_key="growth-test-secret",
+        s3_port=base + 3,
+        base_port=base,
+        volume_size_limit_mb=1,
+        **kwargs,
     ).start()
 
 
 def _fill(server: SeaweedS3, megabytes: int) -> int:
     """Write ``megabytes`` MB of random objects; how many MB were accepted before the first refusal."""
     http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=60))
-    client = Minio(server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False, region="us-east-1", http_client=http)
+    client = Minio(
+        server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False, region="us-east-1", http_client=http
+    )
     client.make_bucket("growth")
     data = os.urandom(OBJECT_BYTES)
     per_mb = (1024 * 1024) // OBJECT_BYTES

@@ -35,7 +35,6 @@ def build(
     """The serialized model: input "images" (1, 3, H, W), output "output0" = table + mean(images)
     at ``mean_cell`` (an index into the table; nowhere when None). ``names`` is written as
     Ultralytics does (a Python dict literal)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     width, height = size
@@ -50,8 +49,11 @@ def build(
     ]
     in_dims = [1, 3, "h", "w"] if dynamic else [1, 3, height, width]
     graph = helper.make_graph(
-        nodes, "tiny_yolo", [helper.make_tensor_value_info("images", TensorProto.FLOAT, in_dims)],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(table.shape))], inits,
+        nodes,
+        "tiny_yolo",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, in_dims)],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(table.shape))],
+        inits,
     )
     opsets = [helper.make_opsetid("", OPSET)]
     if op_domain:
@@ -73,11 +75,11 @@ def build(
 # another class), one below the threshold, and a "dog" whose score is the input's mean.
 V8_NAMES = {0: "person", 1: "traffic light", 2: "dog"}
 V8_ROWS = [
-    (32.0, 32.0, 20.0, 20.0, [0.9, 0.0, 0.0]),   # person, kept
-    (33.0, 33.0, 20.0, 20.0, [0.8, 0.0, 0.0]),   # person, IoU 0.82 with the first: suppressed
-    (32.0, 32.0, 18.0, 18.0, [0.0, 0.7, 0.0]),   # traffic light: other class, kept
-    (10.0, 10.0, 4.0, 4.0, [0.1, 0.0, 0.0]),     # below min_confidence
-    (48.0, 20.0, 8.0, 8.0, [0.0, 0.0, 0.0]),     # dog: score = mean of the input (cell [0, 6, 4])
+    (32.0, 32.0, 20.0, 20.0, [0.9, 0.0, 0.0]),  # person, kept
+    (33.0, 33.0, 20.0, 20.0, [0.8, 0.0, 0.0]),  # person, IoU 0.82 with the first: suppressed
+    (32.0, 32.0, 18.0, 18.0, [0.0, 0.7, 0.0]),  # traffic light: other class, kept
+    (10.0, 10.0, 4.0, 4.0, [0.1, 0.0, 0.0]),  # below min_confidence
+    (48.0, 20.0, 8.0, 8.0, [0.0, 0.0, 0.0]),  # dog: score = mean of the input (cell [0, 6, 4])
 ]
 V8_MEAN_CELL = (0, 6, 4)
 

@@ -48,9 +48,7 @@ def task_log_scope_open(task, task_id) -> None:
         return
     request = task.request
     header = getattr(request, HTTP_REQUEST_ID_HEADER, None) or (request.headers or {}).get(HTTP_REQUEST_ID_HEADER)
-    request._log_scope = log_context_open(
-        task=task.name, task_id=task_id, http_request_id=str(header)[:128] if header else None
-    )
+    request._log_scope = log_context_open(task=task.name, task_id=task_id, http_request_id=str(header)[:128] if header else None)
 
 
 def task_log_scope_close(task) -> None:

@@ -23,8 +23,8 @@ from jobs.logcontext import job_log_context_for
 from registry import services as registry
 from rollouts import alerts, guardrails
 from rollouts import services as rollouts
-from workers import sending
 from storage.s3 import ObjectNotFound, StorageError
+from workers import sending
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,28 @@ def _dead_letter(task, exc: Exception, **kwargs) -> None:
     try:
         with task.app.producer_or_acquire() as producer:
             producer.publish(
-                body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue], serializer="json",
-                delivery_mode="persistent", retry=True, retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
+                body,
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                serializer="json",
+                delivery_mode="persistent",
+                retry=True,
+                retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
             )
     except Exception as publish_error:
-        logger.error("%s%r: could not publish its dead letter (%s); handing the message back", task.name, tuple(body["args"]), publish_error)
+        logger.error(
+            "%s%r: could not publish its dead letter (%s); handing the message back", task.name, tuple(body["args"]), publish_error
+        )
         raise Reject(publish_error, requeue=True) from publish_error
-    logger.error("%s%r: gave up after %d retries (%s); sent to the dead-letter queue %s", task.name, tuple(body["args"]), request.retries, body["error"], queue.name)
+    logger.error(
+        "%s%r: gave up after %d retries (%s); sent to the dead-letter queue %s",
+        task.name,
+        tuple(body["args"]),
+        request.retries,
+        body["error"],
+        queue.name,
+    )
     raise Ignore()
 
 
@@ -145,7 +160,9 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
             # Failed (its shadow runs and its callback follow, below and in the chain), or
             # dead-lettered (Ignore: the task ends here).
             _give_up(
-                self, exc, _job_fail(job_id, "dependency_unavailable", services.JOB_ERROR_MESSAGES["dependency_unavailable"]),
+                self,
+                exc,
+                _job_fail(job_id, "dependency_unavailable", services.JOB_ERROR_MESSAGES["dependency_unavailable"]),
                 **({"attempt": attempt} if attempt is not None else {}),
             )
         else:

@@ -46,7 +46,6 @@ from .submission import (
 logger = logging.getLogger(__name__)
 
 
-
 # --- Result: annotation and callback ------------------------------------------------------------
 
 
@@ -161,20 +160,25 @@ def _latest_started_publish(now: dt.datetime) -> dt.datetime | None:
     has started, among the jobs made within JOB_QUEUED_TIMEOUT (the (status, created_at) index
     bounds the scan). The detect queue is first in, first out: a job published before it and
     still queued was skipped over, its message gone."""
-    return (
-        Image.objects.filter(
-            status__in=(JobStatus.PROCESSING, *TERMINAL_STATUSES),
-            created_at__gte=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT),
-            started_at__isnull=False,
-        ).aggregate(latest=Max("enqueued_at"))["latest"]
-    )
+    return Image.objects.filter(
+        status__in=(JobStatus.PROCESSING, *TERMINAL_STATUSES),
+        created_at__gte=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT),
+        started_at__isnull=False,
+    ).aggregate(latest=Max("enqueued_at"))["latest"]
 
 
 # --- Dead letters ------------------------------------------------------------------------------------
 
 
 def dead_letter_record(
-    *, task: str, args: Sequence = (), kwargs: dict | None = None, task_id: str = "", retries: int = 0, error: str = "", died_at: dt.datetime | None = None
+    *,
+    task: str,
+    args: Sequence = (),
+    kwargs: dict | None = None,
+    task_id: str = "",
+    retries: int = 0,
+    error: str = "",
+    died_at: dt.datetime | None = None,
 ) -> DeadLetter:
     """Record a task message that gave up (workers.tasks drains them off the broker's dead-letter
     queue) and hand what it was about back to the sweeper's own bounded paths: a queued job or

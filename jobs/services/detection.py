@@ -41,8 +41,6 @@ from ..models import (
 logger = logging.getLogger(__name__)
 
 
-
-
 # A job whose detection was started this many times (redelivered after worker crashes or hard
 # time limits) is failed instead of being tried again: one poisonous photo must not loop forever.
 MAX_DETECT_ATTEMPTS = 3
@@ -57,7 +55,6 @@ class JobInterrupted(Exception):
     def __init__(self, attempt: int) -> None:
         super().__init__(f"interrupted during attempt {attempt}")
         self.attempt = attempt
-
 
 
 # --- Detection --------------------------------------------------------------------------------
@@ -280,7 +277,12 @@ def _image_job_detect_started(image: Image) -> None:
         return
     logger.info(
         "job %s: %d detections (%d kept) with %s in %d ms%s",
-        image.id, found.found, len(found.detections), found.model_version, found.elapsed_ms, " (cold)" if found.cold else "",
+        image.id,
+        found.found,
+        len(found.detections),
+        found.model_version,
+        found.elapsed_ms,
+        " (cold)" if found.cold else "",
     )
     image_job_complete(
         image_id=image.id,

@@ -42,7 +42,6 @@ from .detection import (
 logger = logging.getLogger(__name__)
 
 
-
 # The Celery task (workers/tasks.py) that runs a shadow run, by name.
 SHADOW_DETECT_TASK = "workers.tasks.shadow_detect"
 
@@ -63,7 +62,9 @@ def image_job_shadows_enqueue(*, image_id: uuid.UUID) -> int:
         # One query (every job passes here, most of them with no shadow run): the queued runs of
         # the job, if the job is over.
         run_ids = list(
-            ShadowRun.objects.filter(job_id=image_id, job__status__in=TERMINAL_STATUSES, status=ShadowStatus.QUEUED).values_list("id", flat=True)
+            ShadowRun.objects.filter(job_id=image_id, job__status__in=TERMINAL_STATUSES, status=ShadowStatus.QUEUED).values_list(
+                "id", flat=True
+            )
         )
         for run_id in run_ids:
             # By name, after commit: the worker must never see a run whose row it cannot read. A
@@ -146,7 +147,16 @@ def shadow_run_detect(*, shadow_run_id: int, redelivered: bool = False) -> None:
         run.error_code = ""
         run.finished_at = timezone.now()
         run.save()
-    logger.info("shadow run %s (%s %s) of job %s: %d faces in %d ms, agreement %s", run.id, run.variant, run.detector_version_id, run.job_id, len(faces), elapsed_ms, score)
+    logger.info(
+        "shadow run %s (%s %s) of job %s: %d faces in %d ms, agreement %s",
+        run.id,
+        run.variant,
+        run.detector_version_id,
+        run.job_id,
+        len(faces),
+        elapsed_ms,
+        score,
+    )
 
 
 def shadow_run_fail(*, shadow_run_id: int, code: str) -> bool:
@@ -173,8 +183,7 @@ def shadow_runs_sweep() -> dict[str, int]:
     now = timezone.now()
     grace = now - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE)
     stuck = ShadowRun.objects.filter(status=ShadowStatus.QUEUED, job__status__in=TERMINAL_STATUSES).filter(
-        Q(enqueued_at__isnull=True, job__finished_at__lt=grace)
-        | Q(enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
+        Q(enqueued_at__isnull=True, job__finished_at__lt=grace) | Q(enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
     )
     counts = {"shadows_republished": 0, "shadows_failed": 0}
     for run_id, enqueue_count in stuck.values_list("id", "enqueue_count")[:500]:

@@ -30,7 +30,6 @@ from ..models import Image, JobStatus, ShadowRun
 logger = logging.getLogger(__name__)
 
 
-
 # The Celery tasks (workers/tasks.py) that run a job, by name: services never import task modules.
 DETECT_TASK = "workers.tasks.detect_faces"
 DELIVER_RESULT_TASK = "workers.tasks.deliver_result"
@@ -157,9 +156,7 @@ def image_job_create(
     return image, True
 
 
-def _same_submission(
-    existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str, labels: Sequence[str]
-) -> Image:
+def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str, labels: Sequence[str]) -> Image:
     other_version = bool(model_version) and model_version != existing.detector_version_id
     # The same labels in any order; none asked is "every label", a choice of its own.
     other_labels = set(labels) != set(existing.labels)
@@ -244,7 +241,9 @@ def _publish_chain(image_id: uuid.UUID) -> None:
     job = str(image_id)
     # ignore_result: nothing reads detect_faces' return value (the job lives in the database), and
     # without it the result backend (Redis) subscribes to every published task and unsubscribes again.
-    (signature(DETECT_TASK, args=(job,), immutable=True) | signature(DELIVER_RESULT_TASK, args=(job,), immutable=True)).apply_async(ignore_result=True)
+    (signature(DETECT_TASK, args=(job,), immutable=True) | signature(DELIVER_RESULT_TASK, args=(job,), immutable=True)).apply_async(
+        ignore_result=True
+    )
 
 
 def _delete_quietly(key: str) -> None:

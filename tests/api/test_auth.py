@@ -6,8 +6,8 @@ import sys
 import pytest
 from django.core.management import call_command
 
-from clients.services import api_key_create, api_key_revoke
 from clients.models import ApiKey
+from clients.services import api_key_create, api_key_revoke
 from jobs.models import Image
 from tests.conftest import ROOT, photo_bytes, require, upload
 

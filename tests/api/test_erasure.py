@@ -4,7 +4,7 @@ once; a tombstone stays; nobody else can; nothing still running brings any of it
 import pytest
 
 from callbacks import services as delivery
-from callbacks.models import CallbackDelivery, DeliveryStatus
+from callbacks.models import DeliveryStatus
 from jobs import retention, services
 from jobs.erasure import image_job_erase
 from jobs.models import Face, Image, JobStatus
@@ -56,8 +56,9 @@ def test_the_owner_erases_both_objects_and_the_detections(api_client, enqueue_of
 
 
 def test_another_clients_delete_is_a_404_and_erases_nothing(api_client, enqueue_off):
-    from clients.services import api_key_create
     from rest_framework.test import APIClient
+
+    from clients.services import api_key_create
 
     job = finished(api_client, "not-yours")
     other = APIClient()
@@ -177,7 +178,6 @@ def test_a_store_that_refuses_the_deletion_is_a_503_and_the_sweep_finishes_it(ap
     assert retention.retention_sweep()["erasures"] == 1
     assert store_status(job.original_key) == 404 and store_status(job.annotated_key) == 404
     assert Image.objects.get(id=job.id).original_key == ""
-
 
 
 def test_the_schema_documents_the_delete_and_the_deleted_status(api_client):

@@ -5,14 +5,14 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 from PIL import Image as PILImage
 
-from storage import s3 as storage
 from jobs.models import Image
+from storage import s3 as storage
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -102,13 +102,25 @@ CASES = [
     # --- What may come in: the image ---
     Case("text as image/jpeg", post(b"hello, I am text", "photo.jpg", "image/jpeg"), 400, "image_unreadable", "image"),
     Case("html named .png", post(b"<html><script>alert(1)</script></html>", "photo.png", "image/png"), 400, "image_unreadable", "image"),
-    Case("svg with script", post(b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "a.svg", "image/svg+xml"), 400, "image_unreadable", "image"),
+    Case(
+        "svg with script",
+        post(b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "a.svg", "image/svg+xml"),
+        400,
+        "image_unreadable",
+        "image",
+    ),
     Case("pdf", post(b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF", "photo.jpg"), 400, "image_unreadable", "image"),
     Case("zip named .jpg", post(zip_bytes(), "photo.jpg", "image/jpeg"), 400, "image_unreadable", "image"),
     Case("jpeg + zip polyglot", post(JPEG + zip_bytes(), "photo.jpg"), 400, "image_polyglot", "image"),
     Case("png + html polyglot", post(png() + b"<html><script>alert(1)</script>", "photo.png"), 400, "image_polyglot", "image"),
     Case("gif with script comment", post(encoded("GIF", comment=b"<script>alert(1)</script>"), "a.gif"), 400, "image_polyglot", "image"),
-    Case("jpeg with php in exif", post(encoded("JPEG", exif=b"Exif\x00\x00<?php system($_GET['c']); ?>"), "a.jpg"), 400, "image_polyglot", "image"),
+    Case(
+        "jpeg with php in exif",
+        post(encoded("JPEG", exif=b"Exif\x00\x00<?php system($_GET['c']); ?>"), "a.jpg"),
+        400,
+        "image_polyglot",
+        "image",
+    ),
     Case("png with trailing bytes", post(png() + b"\x00" * 32, "photo.png"), 400, "image_trailing_data", "image"),
     Case("png bomb 40000x40000", post(png_header_only(40000, 40000)), 413, "image_too_large", "image"),
     Case("gif 65535x65535", post(gif_header_only(65535, 65535), "a.gif"), 413, "image_too_large", "image"),
@@ -120,9 +132,22 @@ CASES = [
     Case("ico (unsupported)", post(encoded("ICO"), "a.ico", "image/png"), 415, "unsupported_image_format", "image"),
     Case("pcx (unsupported)", post(encoded("PCX"), "a.pcx"), 415, "unsupported_image_format", "image"),
     Case("ppm (unsupported)", post(encoded("PPM"), "a.ppm"), 415, "unsupported_image_format", "image"),
-    Case("image as a text field", lambda ctx: ctx.client.post("/api/v1/images/", {"image": "x", "request_id": "r"}, format="multipart"), 400, None, "image"),
-    Case("json body, no file", lambda ctx: ctx.client.post("/api/v1/images/", {"request_id": "r"}, format="json"), 400, "required", "image"),
-    Case("plain text body", lambda ctx: ctx.client.post("/api/v1/images/", b"hello", content_type="text/plain"), 415, "unsupported_media_type"),
+    Case(
+        "image as a text field",
+        lambda ctx: ctx.client.post("/api/v1/images/", {"image": "x", "request_id": "r"}, format="multipart"),
+        400,
+        None,
+        "image",
+    ),
+    Case(
+        "json body, no file", lambda ctx: ctx.client.post("/api/v1/images/", {"request_id": "r"}, format="json"), 400, "required", "image"
+    ),
+    Case(
+        "plain text body",
+        lambda ctx: ctx.client.post("/api/v1/images/", b"hello", content_type="text/plain"),
+        415,
+        "unsupported_media_type",
+    ),
     Case("oversized upload", lambda ctx: ctx.oversized(), 413, "file_too_large", "image"),
     # --- request_id ---
     Case("request_id empty", post(png(), request_id=""), 400, None, "request_id"),

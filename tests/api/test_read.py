@@ -17,8 +17,15 @@ def completed(api_client, s3, settings, monkeypatch, stub_detector):
     return image_id
 
 
-@pytest.mark.parametrize("path", ["/api/v1/images/00000000-0000-0000-0000-000000000000/", "/api/v1/images/not-a-uuid/",
-                                  "/api/v1/images/not-a-uuid/annotated/", "/api/v1/nothing-here/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/images/00000000-0000-0000-0000-000000000000/",
+        "/api/v1/images/not-a-uuid/",
+        "/api/v1/images/not-a-uuid/annotated/",
+        "/api/v1/nothing-here/",
+    ],
+)
 def test_unknown_ids_and_routes_are_404_json(api_client, path):
     """404 in the one error shape."""
     response = api_client.get(path)
@@ -139,7 +146,9 @@ def test_a_bad_request_id_filter_is_a_400_not_a_500(api_client, request_id):
         assert response.json()["error"]["code"] == "blank"
 
 
-@pytest.mark.parametrize("request_id", ["read", "nbsp\u00a0inside", "zero\u200bwidth", "private\ue000", "unassigned\U000e0080", "line\u2028sep", "😀"])
+@pytest.mark.parametrize(
+    "request_id", ["read", "nbsp\u00a0inside", "zero\u200bwidth", "private\ue000", "unassigned\U000e0080", "line\u2028sep", "😀"]
+)
 def test_a_request_id_filter_takes_any_characters_but_controls(api_client, request_id):
     """Found by schemathesis: "printable only" (str.isprintable) was stricter than the schema
     said. The rule is now the schema's pattern, which accepts these."""

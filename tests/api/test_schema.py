@@ -8,12 +8,12 @@ import uuid
 import jsonschema
 import pytest
 import schemathesis
-from PIL import Image as PILImage
-from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
-from schemathesis.specs.openapi import checks as openapi_checks
-
 from django.core import signals
 from django.db import close_old_connections
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hypothesis_settings
+from PIL import Image as PILImage
+from schemathesis.specs.openapi import checks as openapi_checks
 
 from face_detect_api.wsgi import application
 
@@ -220,9 +220,7 @@ def test_linked_operations_honour_the_schema(fuzz_key):
     # changed with the schema and the tests run before (the draws are fixed, the answers are not).
     # Generate only: the API keeps state between examples (jobs made earlier answer a repeated
     # request_id with 200), so replaying an example to shrink it could not draw the same steps.
-    Machine.run(
-        settings=hypothesis_settings(SETTINGS, max_examples=150, stateful_step_count=8, phases=[Phase.explicit, Phase.generate])
-    )
+    Machine.run(settings=hypothesis_settings(SETTINGS, max_examples=150, stateful_step_count=8, phases=[Phase.explicit, Phase.generate]))
     # The links were followed: jobs were made, and reached through the submission's id (only an
     # existing job answers its read with 200, or its annotated image or redelivery with 409, as
     # it is not finished). Which of them a derandomized run happens to draw varies with the code.

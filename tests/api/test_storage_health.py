@@ -29,12 +29,19 @@ def full_store(tmp_path, settings, s3):
     (the bucket exists) but refuses every write. The settings point at it for the test."""
     base = free_port_block(4)
     server = SeaweedS3(
-        data_dir=tmp_path / "full-s3", access_key=settings.S3_ACCESS_KEY, secret_key=settings.S3_SECRET_KEY,
-        s3_port=base + 3, base_port=base, volume_size_limit_mb=1, volume_max=1,
+        data_dir=tmp_path / "full-s3",
+        access_key=settings.S3_ACCESS_KEY,
+        secret_key=settings.S3_SECRET_KEY,
+        s3_port=base + 3,
+        base_port=base,
+        volume_size_limit_mb=1,
+        volume_max=1,
     ).start()
     try:
         http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=60))
-        raw = Minio(server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False, region="us-east-1", http_client=http)
+        raw = Minio(
+            server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False, region="us-east-1", http_client=http
+        )
         raw.make_bucket(settings.S3_BUCKET)
         data = os.urandom(512 * 1024)
         for number in range(20):

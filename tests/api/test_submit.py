@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image as PILImage
 
-from storage import s3 as storage
 from jobs.models import Image
+from storage import s3 as storage
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -33,8 +33,13 @@ def test_valid_upload_is_accepted_stored_and_enqueued_after_commit(api_client, s
     enqueued = []
     monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: enqueued.append(image_id))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = upload(api_client, photo_bytes("astronaut_1face.png"), name="../../etc/passwd.png",
-                          request_id="req-1", callback_url="http://127.0.0.1:9/hook")
+        response = upload(
+            api_client,
+            photo_bytes("astronaut_1face.png"),
+            name="../../etc/passwd.png",
+            request_id="req-1",
+            callback_url="http://127.0.0.1:9/hook",
+        )
     assert response.status_code == 202
     body = response.json()
     assert set(body) == {"id", "request_id", "status", "status_url", "created_at"}

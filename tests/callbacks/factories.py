@@ -17,9 +17,20 @@ def finished_jobs(url: str, count: int, prefix: str) -> list[int]:
     ids = []
     for n in range(count):
         job = Image.objects.create(
-            client=client, request_id=f"{prefix}-{n}", callback_url=url, original_key=f"test/{prefix}-{n}",
-            original_content_type="image/png", original_size=1, original_sha256="0" * 64, detector_version=version,
-            model_version=version.id, status=JobStatus.COMPLETED, width=1, height=1, face_count=0, finished_at=timezone.now(),
+            client=client,
+            request_id=f"{prefix}-{n}",
+            callback_url=url,
+            original_key=f"test/{prefix}-{n}",
+            original_content_type="image/png",
+            original_size=1,
+            original_sha256="0" * 64,
+            detector_version=version,
+            model_version=version.id,
+            status=JobStatus.COMPLETED,
+            width=1,
+            height=1,
+            face_count=0,
+            finished_at=timezone.now(),
         )
         ids.append(services.image_job_callback_delivery(image_id=job.id).id)
     return ids

@@ -8,11 +8,11 @@ import pytest
 from django.utils import timezone
 
 from callbacks import services as delivery
-from jobs import services
 from callbacks.models import CallbackDelivery
+from callbacks.signing import verify_webhook
+from jobs import services
 from jobs.models import Image
 from tests.conftest import photo_bytes, upload
-from callbacks.signing import verify_webhook
 
 pytestmark = [pytest.mark.django_db]
 

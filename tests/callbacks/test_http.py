@@ -27,9 +27,7 @@ def test_post_is_signed_over_the_exact_bytes(receiver, settings):
 def test_signature_matches_the_standard_webhooks_reference_vector():
     """The spec's published example: id, timestamp, body, secret -> signature."""
     body = b'{"test": 2432232314}'
-    assert sign(SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == (
-        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    )
+    assert sign(SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == ("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,10 @@ def test_a_slow_receiver_does_not_hold_back_a_fast_one(receivers, deliverer, set
     # backlog (which takes SLOW_JOBS / PER_HOST * SLOW_SECONDS = 30 s to drain) was mostly left.
     assert SLOW_JOBS - slow_done >= 20, f"only {SLOW_JOBS - slow_done} slow callbacks were left"
     lags = [arrived - sent for arrived, _, _ in fast.got]
-    print(f"\nfast receiver: lag p50 {statistics.median(lags):.3f}s, max {max(lags):.3f}s; slow receiver: {slow_done} of {SLOW_JOBS} delivered then")
+    print(
+        f"\nfast receiver: lag p50 {statistics.median(lags):.3f}s, max {max(lags):.3f}s; slow "
+        f"receiver: {slow_done} of {SLOW_JOBS} delivered then"
+    )
 
     slow.wait(SLOW_JOBS, timeout=SLOW_JOBS / PER_HOST * SLOW_SECONDS * 4 + 30)
     print(f"slow backlog of {SLOW_JOBS} drained {time.monotonic() - sent:.1f}s after the fast jobs were sent")

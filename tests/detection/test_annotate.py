@@ -25,8 +25,7 @@ def near(pixel, colour, tolerance=60) -> bool:
 def test_boxes_and_landmarks_are_drawn_on_a_copy():
     """The input is untouched; the JPEG shows a green box edge and red landmark dots."""
     image = Image.new("RGB", (200, 200), (0, 0, 0))
-    face = SimpleNamespace(box_x=50, box_y=60, box_width=80, box_height=90, confidence=0.98,
-                           landmarks={"nose": [90.0, 100.0]})
+    face = SimpleNamespace(box_x=50, box_y=60, box_width=80, box_height=90, confidence=0.98, landmarks={"nose": [90.0, 100.0]})
     out = Image.open(io.BytesIO(annotate_jpeg(image, [face]))).convert("RGB")
     assert image.getpixel((50, 100)) == (0, 0, 0)
     r, g, b = out.getpixel((50, 100))
@@ -46,8 +45,10 @@ def test_faces_keep_their_green_and_other_labels_get_a_fixed_colour_of_their_own
     assert label_colour("cat") != label_colour("person")  # as the palette falls for these two
     assert all(colour not in (BOX_COLOUR, (255, 0, 0)) for colour in PALETTE)
     image = Image.new("RGB", (300, 200), (0, 0, 0))
-    out = drawn(image, [detection(20, 60, 80, 100, label="face"), detection(120, 60, 60, 100, label="cat"),
-                        detection(200, 60, 60, 100, label="person")])
+    out = drawn(
+        image,
+        [detection(20, 60, 80, 100, label="face"), detection(120, 60, 60, 100, label="cat"), detection(200, 60, 60, 100, label="person")],
+    )
     assert near(out.getpixel((20, 140)), BOX_COLOUR)
     assert near(out.getpixel((120, 140)), label_colour("cat"))
     assert near(out.getpixel((200, 140)), label_colour("person"))

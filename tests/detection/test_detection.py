@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 from PIL import Image
 
-from jobs.imaging import image_decode_rgb
-from tests.conftest import ROOT, TESTDATA, photo_bytes
-from tests.imagevariants import variants
 from detection import DetectorSpec, engines
 from detection.base import spec_from_file
 from detection.mtcnn import MTCNNDetector
-from detection.weights import WeightsMismatch, sha256_file, weights_dir
+from detection.weights import WeightsMismatch
+from jobs.imaging import image_decode_rgb
+from tests.conftest import ROOT, TESTDATA, photo_bytes
+from tests.imagevariants import variants
 
 VERSIONS = ROOT / "detector_versions"
 

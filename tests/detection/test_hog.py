@@ -27,8 +27,15 @@ from jobs.imaging import image_decode_rgb
 from tests.conftest import ROOT, photo_bytes
 
 VERSION_FILE = ROOT / "detector_versions" / "hog@1.0.0.json"
-PHOTOS = ["astronaut_1face.png", "cameraman_profile_1face.png", "grace_hopper_1face.jpg", "obama_1face.jpg",
-          "chelsea_cat.png", "coffee.png", "gravel_texture.png"]
+PHOTOS = [
+    "astronaut_1face.png",
+    "cameraman_profile_1face.png",
+    "grace_hopper_1face.jpg",
+    "obama_1face.jpg",
+    "chelsea_cat.png",
+    "coffee.png",
+    "gravel_texture.png",
+]
 # astronaut_1face.png, by eye: the black helmet held at the bottom right.
 HELMET = (280, 330, 512, 512)
 # The drawn figure's extent (see standing_figure).
@@ -46,11 +53,11 @@ def standing_figure() -> Image.Image:
     image = Image.new("RGB", (400, 400), (200, 200, 200))
     draw = ImageDraw.Draw(image)
     dark = (40, 40, 40)
-    draw.ellipse([136, 60, 164, 94], fill=dark)          # head
-    draw.rectangle([126, 98, 174, 190], fill=dark)       # torso
-    draw.rectangle([114, 100, 124, 185], fill=dark)      # arms
+    draw.ellipse([136, 60, 164, 94], fill=dark)  # head
+    draw.rectangle([126, 98, 174, 190], fill=dark)  # torso
+    draw.rectangle([114, 100, 124, 185], fill=dark)  # arms
     draw.rectangle([176, 100, 186, 185], fill=dark)
-    draw.rectangle([128, 190, 146, 290], fill=dark)      # legs
+    draw.rectangle([128, 190, 146, 290], fill=dark)  # legs
     draw.rectangle([154, 190, 172, 290], fill=dark)
     return image.filter(ImageFilter.GaussianBlur(2))
 
@@ -113,10 +120,21 @@ def test_boxes_equal_opencv_called_directly(hog):
     reference.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
     image = standing_figure()
     s = spec().settings
-    boxes, weights = reference.detectMultiScale(np.asarray(image), hitThreshold=s["hit_threshold"], winStride=tuple(s["win_stride"]),
-                                                padding=tuple(s["padding"]), scale=s["scale"], groupThreshold=s["group_threshold"])
-    expected = sorted(((float(x), float(y), float(x + w), float(y + h), 1 / (1 + math.exp(-float(wt))))
-                       for (x, y, w, h), wt in zip(boxes, np.ravel(weights))), key=lambda e: -e[4])
+    boxes, weights = reference.detectMultiScale(
+        np.asarray(image),
+        hitThreshold=s["hit_threshold"],
+        winStride=tuple(s["win_stride"]),
+        padding=tuple(s["padding"]),
+        scale=s["scale"],
+        groupThreshold=s["group_threshold"],
+    )
+    expected = sorted(
+        (
+            (float(x), float(y), float(x + w), float(y + h), 1 / (1 + math.exp(-float(wt))))
+            for (x, y, w, h), wt in zip(boxes, np.ravel(weights))
+        ),
+        key=lambda e: -e[4],
+    )
     got = [(d.x1, d.y1, min(d.x2, 400.0), min(d.y2, 400.0), d.confidence) for d in hog.detect(image)]
     assert len(expected) == 1
     assert len(got) == 1

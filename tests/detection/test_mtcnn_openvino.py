@@ -211,7 +211,9 @@ def test_the_shape_cache_is_off_in_what_is_compiled(monkeypatch):
     passed = []
     real = openvino.Core.compile_model
     monkeypatch.setattr(
-        openvino.Core, "compile_model", lambda self, model, device=None, config=None: passed.append(config) or real(self, model, device, config)
+        openvino.Core,
+        "compile_model",
+        lambda self, model, device=None, config=None: passed.append(config) or real(self, model, device, config),
     )
     MTCNNOpenVINODetector(spec=spec("mtcnn@1.2.0"), threads=1)
     assert [config.get("CPU_RUNTIME_CACHE_CAPACITY") for config in passed] == [0, 0, 0]
@@ -280,9 +282,7 @@ def test_memory_stays_bounded_however_many_photo_sizes_come():
     memory stays level. With OpenVINO's default kernel cache it grew ~6 MB with every new size,
     without bound (measured: 627 MB after 20 sizes, 1,098 after 100; with the cache off, 583
     from 20 to 120 sizes)."""
-    out = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, "60", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, "60", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     after_warmup, after_all = map(float, out.stdout.split())
     # The bound docs/benchmarks.md states; unbounded, these 40 sizes added ~230 MB.

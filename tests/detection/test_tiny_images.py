@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
-from detection import Detection, Detector, DetectorSpec
+from detection import Detection, Detector, DetectorSpec, engines
 from detection.base import spec_from_file
-from detection import engines
 from detection.engines import IMPLEMENTATIONS
 from tests import yolo_models
+from tests.conftest import ROOT
 
 VERSIONS = ROOT / "detector_versions"
 # An uploaded version's engine runs the tests' small YOLOv8-layout model (64 x 64 input).
@@ -31,9 +30,15 @@ SPECS = {
     "blazeface": [spec_from_file(VERSIONS / "blazeface@1.0.0.json")],
     "cascade": [spec_from_file(VERSIONS / "cascade@1.0.0.json")],
     "hog": [spec_from_file(VERSIONS / "hog@1.0.0.json")],
-    "yolo-onnx": [DetectorSpec(id="tiny@1.0.0", label="tiny@1.0.0", implementation="yolo-onnx",
-                               settings={"classes": ["person", "traffic_light", "dog"], "layout": "v8", "input_size": [64, 64]},
-                               weights={"model.onnx": TINY_YOLO_SHA256})],
+    "yolo-onnx": [
+        DetectorSpec(
+            id="tiny@1.0.0",
+            label="tiny@1.0.0",
+            implementation="yolo-onnx",
+            settings={"classes": ["person", "traffic_light", "dog"], "layout": "v8", "input_size": [64, 64]},
+            weights={"model.onnx": TINY_YOLO_SHA256},
+        )
+    ],
 }
 CASES = [spec for implementation in sorted(SPECS) for spec in SPECS[implementation]]
 

@@ -32,8 +32,9 @@ EXPECTED = [
 
 def _detector(tmp_path, data: bytes, settings: dict | None = None, **kwargs) -> YoloOnnxDetector:
     path = yolo_models.write(tmp_path / "model.onnx", data)
-    spec = DetectorSpec(id="tiny@1.0.0", label="tiny@1.0.0", implementation="yolo-onnx", settings=settings or {},
-                        weights={"model.onnx": sha256_file(path)})
+    spec = DetectorSpec(
+        id="tiny@1.0.0", label="tiny@1.0.0", implementation="yolo-onnx", settings=settings or {}, weights={"model.onnx": sha256_file(path)}
+    )
     return YoloOnnxDetector(spec=spec, model_path=path, **kwargs)
 
 

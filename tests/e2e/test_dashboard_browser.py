@@ -34,8 +34,15 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 BASELINE, CANDIDATE = "mtcnn@1.0.0", "mtcnn@1.1.0"
 # Each round takes four of them in turn, so faces per photo moves from round to round.
-PHOTOS = ("obama_1face.jpg", "astronaut_1face.png", "coffee.png", "grace_hopper_1face.jpg", "chelsea_cat.png",
-          "cameraman_profile_1face.png", "gravel_texture.png")
+PHOTOS = (
+    "obama_1face.jpg",
+    "astronaut_1face.png",
+    "coffee.png",
+    "grace_hopper_1face.jpg",
+    "chelsea_cat.png",
+    "cameraman_profile_1face.png",
+    "gravel_texture.png",
+)
 WIDTH, HEIGHT = 1400, 1800
 
 
@@ -57,20 +64,31 @@ class Browser:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
         args = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-            "--disable-dev-shm-usage", "--hide-scrollbars", "--remote-debugging-pipe",
-            f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}", "about:blank",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "about:blank",
         ]
         # The protocol's pipe is fds 3 (commands in) and 4 (answers out) of the browser.
         shell = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-'
         self.process = subprocess.Popen(
-            ["bash", "-c", shell, binary, *args], pass_fds=(to_browser_r, from_browser_w),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            ["bash", "-c", shell, binary, *args],
+            pass_fds=(to_browser_r, from_browser_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._next_id = 0
-        self._messages: "queue.Queue[dict | None]" = queue.Queue()
+        self._messages: queue.Queue[dict | None] = queue.Queue()
         self._pending: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -151,7 +169,9 @@ def run_real_jobs(api_client, rounds: int, gap: float) -> list[str]:
     run on the baseline, for agreement). Returns the job ids once they and their shadow runs are
     done."""
     rollout = rollout_start(
-        candidate=CANDIDATE, mode="ab", actor="operator:dashboard-test",
+        candidate=CANDIDATE,
+        mode="ab",
+        actor="operator:dashboard-test",
         guardrails={"p95_latency_ratio_max": 1.5, "error_rate_max": 0.05, "agreement_min": 0.8, "min_jobs": 3},
         shadow_sample=1.0,
     )
@@ -194,11 +214,12 @@ def pixel(png: bytes, x: float, y: float) -> tuple[int, int, int]:
 
 
 def near(rgb: tuple[int, int, int], hex_colour: str, tolerance: int = 24) -> bool:
-    return all(abs(a - int(hex_colour[i:i + 2], 16)) <= tolerance for a, i in zip(rgb, (1, 3, 5)))
+    return all(abs(a - int(hex_colour[i : i + 2], 16)) <= tolerance for a, i in zip(rgb, (1, 3, 5)))
 
 
 def test_the_dashboard_shows_real_jobs_of_both_versions_in_chromium(api_client, worker, s3, live_server, browser, tmp_path, settings):
-    """Chromium, signed in as staff, sees each version's series with points in every chart, the rollout's guardrails and events; a screenshot is saved."""
+    """Chromium, signed in as staff, sees each version's series with points in every chart, the
+    rollout's guardrails and events; a screenshot is saved."""
     # Many uploads in a row from one key (more with FDA_DASHBOARD_ROUNDS): not a rate-limit test.
     settings.API_RATE_LIMIT = settings.API_UPLOAD_RATE_LIMIT = ""
     rounds = int(os.environ.get("FDA_DASHBOARD_ROUNDS", "2"))
@@ -211,27 +232,35 @@ def test_the_dashboard_shows_real_jobs_of_both_versions_in_chromium(api_client, 
     target = browser.send("Target.createTarget", url="about:blank")["targetId"]
     session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     browser.send("Network.enable", session)
-    browser.send("Network.setCookie", session, name=settings.SESSION_COOKIE_NAME, value=staff_session_cookie(),
-                 url=live_server.url, httpOnly=True)
+    browser.send(
+        "Network.setCookie", session, name=settings.SESSION_COOKIE_NAME, value=staff_session_cookie(), url=live_server.url, httpOnly=True
+    )
     browser.send("Page.enable", session)
     browser.send("Emulation.setDeviceMetricsOverride", session, width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
     browser.send("Page.navigate", session, url=f"{live_server.url}/dashboard/?window={os.environ.get('FDA_DASHBOARD_WINDOW', '900')}")
     browser.wait_event("Page.loadEventFired", session)
 
-    page = browser.send("Runtime.evaluate", session, returnByValue=True, expression="""JSON.stringify({
+    page = browser.send(
+        "Runtime.evaluate",
+        session,
+        returnByValue=True,
+        expression="""JSON.stringify({
         path: location.pathname,
         title: document.title,
-        series: Array.from(document.querySelectorAll('svg.chart g.series')).map(g => [g.dataset.series, g.querySelectorAll('circle, polyline').length]),
+        series: Array.from(document.querySelectorAll('svg.chart g.series'))
+            .map(g => [g.dataset.series, g.querySelectorAll('circle, polyline').length]),
         charts: Array.from(document.querySelectorAll('svg.chart')).map(s => Math.round(s.getBoundingClientRect().width)),
         thresholds: Array.from(document.querySelectorAll('svg.chart g.threshold')).map(g => g.textContent),
         events: Array.from(document.querySelectorAll('.events .action')).map(e => e.textContent),
         rows: Array.from(document.querySelectorAll('table.versions tbody tr')).map(r => r.dataset.version),
         // Where each version's filled dots are on the page, and the colour they are drawn in.
-        dots: Array.from(document.querySelectorAll('svg.chart g.series circle')).filter(c => c.getAttribute('fill') !== '#FFFFFF').map(c => {
+        dots: Array.from(document.querySelectorAll('svg.chart g.series circle'))
+            .filter(c => c.getAttribute('fill') !== '#FFFFFF').map(c => {
             const r = c.getBoundingClientRect();
             return [c.parentNode.dataset.series, c.getAttribute('fill'), r.x + r.width / 2, r.y + r.height / 2];
         }),
-    })""")["result"]["value"]
+    })""",
+    )["result"]["value"]
     page = json.loads(page)
     assert page["path"] == "/dashboard/", page  # signed in: not sent to the login page
     assert page["rows"] == [BASELINE, CANDIDATE]
@@ -246,10 +275,21 @@ def test_the_dashboard_shows_real_jobs_of_both_versions_in_chromium(api_client, 
     assert page["events"][-1] == "start"
 
     # The whole page down to its footer (the viewport may be taller than the content).
-    height = browser.send("Runtime.evaluate", session, returnByValue=True,
-                          expression="Math.ceil(document.querySelector('footer').getBoundingClientRect().bottom)")["result"]["value"]
-    shot = base64.b64decode(browser.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True,
-                                         clip={"x": 0, "y": 0, "width": WIDTH, "height": int(height), "scale": 1})["data"])
+    height = browser.send(
+        "Runtime.evaluate",
+        session,
+        returnByValue=True,
+        expression="Math.ceil(document.querySelector('footer').getBoundingClientRect().bottom)",
+    )["result"]["value"]
+    shot = base64.b64decode(
+        browser.send(
+            "Page.captureScreenshot",
+            session,
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": WIDTH, "height": int(height), "scale": 1},
+        )["data"]
+    )
     (tmp_path / "dashboard.png").write_bytes(shot)
     if os.environ.get("FDA_SCREENSHOT_DIR"):
         out = Path(os.environ["FDA_SCREENSHOT_DIR"])

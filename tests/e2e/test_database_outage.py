@@ -129,9 +129,7 @@ class Service:
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"manage.py {' '.join(args)}: {result.stdout}{result.stderr}"
     return result.stdout
 
@@ -165,10 +163,40 @@ def stack(request, worker_env, s3, tmp_path):
         worker = WorkerProcess(tmp_path / "worker.log", env, concurrency=2)
         started.append(worker)
         worker.start(timeout=READY_DEADLINE)
-        started.append(Service("beat", [sys.executable, "-m", "celery", "-A", "face_detect_api", "beat", "--loglevel", "INFO",
-                                        "--schedule", str(tmp_path / "celerybeat-schedule")], env, tmp_path))
-        api = Service("api", [sys.executable, "-m", "gunicorn", "face_detect_api.wsgi", "--config",
-                              "python:face_detect_api.gunicorn_conf", "--bind", f"127.0.0.1:{api_port}"], env, tmp_path)
+        started.append(
+            Service(
+                "beat",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "face_detect_api",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(tmp_path / "celerybeat-schedule"),
+                ],
+                env,
+                tmp_path,
+            )
+        )
+        api = Service(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "face_detect_api.wsgi",
+                "--config",
+                "python:face_detect_api.gunicorn_conf",
+                "--bind",
+                f"127.0.0.1:{api_port}",
+            ],
+            env,
+            tmp_path,
+        )
         started.append(api)
         base = f"http://127.0.0.1:{api_port}"
         deadline = time.monotonic() + READY_DEADLINE
@@ -295,7 +323,8 @@ def test_a_database_outage_of_seconds_delays_jobs_by_seconds(stack, receiver, re
         assert dead_lettered > 0  # the path this case is about was taken
     # The figures for docs/reliability.md (printed; -s shows them).
     print(
-        f"\n{request.node.callspec.id}: {dead_lettered} messages dead-lettered, {repeated} callbacks repeated; outage {OUTAGE_SECONDS}s: every job completed and called back {last_settled - back:.1f}s after "
+        f"\n{request.node.callspec.id}: {dead_lettered} messages dead-lettered, {repeated} "
+        f"callbacks repeated; outage {OUTAGE_SECONDS}s: every job completed and called back {last_settled - back:.1f}s after "
         f"the database returned; an upload during it answered "
         f"{refused.status_code} Retry-After {refused.headers['Retry-After']}"
     )

@@ -13,10 +13,9 @@ from django.conf import settings
 from PIL import Image as PILImage
 
 from callbacks.models import CallbackDelivery
-
+from callbacks.signing import verify_webhook
 from jobs.models import Face, Image
 from tests.conftest import IN_CI, TESTDATA, WorkerProcess, photo_bytes, upload, wait_terminal
-from callbacks.signing import verify_webhook
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -80,8 +79,9 @@ def test_a_failing_receiver_gets_the_same_signed_message_until_it_accepts(api_cl
     """500, 500, then 200: delivered on the third attempt, one webhook-id, every signature valid."""
     start_worker()
     receiver.script = [500, 500, 200]
-    image_id = upload(api_client, photo_bytes("grace_hopper_1face.jpg"), request_id="flaky-receiver",
-                      callback_url=receiver.url()).json()["id"]
+    image_id = upload(api_client, photo_bytes("grace_hopper_1face.jpg"), request_id="flaky-receiver", callback_url=receiver.url()).json()[
+        "id"
+    ]
     requests = receiver.wait(3)
     wait_terminal(image_id)
     outbox = CallbackDelivery.objects.get(image_id=image_id)
@@ -160,8 +160,9 @@ def test_a_slow_receiver_does_not_hold_up_detection(api_client, s3, start_worker
     start_worker(queues="deliver")
     receiver.delay = 4
     ids = [
-        upload(api_client, photo_bytes("coffee.png" if i % 2 else "chelsea_cat.png"), request_id=f"slow-{i}",
-               callback_url=receiver.url()).json()["id"]
+        upload(
+            api_client, photo_bytes("coffee.png" if i % 2 else "chelsea_cat.png"), request_id=f"slow-{i}", callback_url=receiver.url()
+        ).json()["id"]
         for i in range(3)
     ]
     wait_for(lambda: Image.objects.filter(id__in=ids, status="completed").count() == 3, 60, "detection of all jobs")

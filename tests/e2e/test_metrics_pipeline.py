@@ -83,7 +83,14 @@ def run_jobs(api_client, receiver, prefix: str, versions: list[str]) -> list[Ima
     ids = []
     for n, version in enumerate(versions):
         fields = {"model_version": version} if version else {}
-        response = upload(api_client, photo_bytes("obama_1face.jpg"), name="obama_1face.jpg", request_id=f"{prefix}-{n}", callback_url=receiver.url(), **fields)
+        response = upload(
+            api_client,
+            photo_bytes("obama_1face.jpg"),
+            name="obama_1face.jpg",
+            request_id=f"{prefix}-{n}",
+            callback_url=receiver.url(),
+            **fields,
+        )
         assert response.status_code == 202, response.content
         ids.append(response.json()["id"])
     jobs = [wait_terminal(image_id) for image_id in ids]
@@ -103,7 +110,9 @@ def expect_counts(scrape, per_version: dict[str, int]) -> dict:
     return wait_for(counted, 60, f"{jobs} delivered callbacks in the metrics", interval=0.2)
 
 
-def test_detections_per_version_match_the_jobs_even_after_a_pool_process_is_killed(api_client, worker, receiver, s3, scrape, metrics_dir, metrics_port):
+def test_detections_per_version_match_the_jobs_even_after_a_pool_process_is_killed(
+    api_client, worker, receiver, s3, scrape, metrics_dir, metrics_port
+):
     """3+2 jobs, SIGKILL a pool process that ran some, 2+1 more: every count equals the jobs run per version, on both endpoints."""
     first = run_jobs(api_client, receiver, "metrics-a", ["", "", "", V110, V110])
     assert [job.detector_version_id for job in first] == [V100, V100, V100, V110, V110]
@@ -119,7 +128,8 @@ def test_detections_per_version_match_the_jobs_even_after_a_pool_process_is_kill
     os.kill(victim, signal.SIGKILL)
     replacement = wait_for(
         lambda: [pid for pid in worker.child_pids() if pid not in children and f"worker process {pid} ready" in worker.log()],
-        120, "the pool to replace the killed process",
+        120,
+        "the pool to replace the killed process",
     )[0]
 
     second = run_jobs(api_client, receiver, "metrics-b", ["", "", V110])

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from django.conf import settings
 from PIL import Image as PILImage
 
-from django.conf import settings
-
-from jobs.models import Face, Image
-from tests.conftest import photo_bytes, upload, wait_terminal
 from callbacks.signing import verify_webhook
+from jobs.models import Face
+from tests.conftest import photo_bytes, upload, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -28,8 +27,11 @@ def test_every_test_photo_is_detected_annotated_and_called_back(api_client, work
     submitted = {}
     for entry in manifest:
         response = upload(
-            api_client, photo_bytes(entry["file"]), name=entry["file"],
-            request_id=f"e2e-{entry['file']}", callback_url=receiver.url(f"/hook/{entry['file']}"),
+            api_client,
+            photo_bytes(entry["file"]),
+            name=entry["file"],
+            request_id=f"e2e-{entry['file']}",
+            callback_url=receiver.url(f"/hook/{entry['file']}"),
         )
         assert response.status_code == 202, response.content
         body = response.json()
@@ -68,9 +70,7 @@ def test_every_test_photo_is_detected_annotated_and_called_back(api_client, work
 
         # The callback carries the same representation as GET.
         current = api_client.get(f"/api/v1/images/{image_id}/").json()
-        assert {k: v for k, v in current.items() if k != "callback"} == {
-            k: v for k, v in payload.items() if k != "callback"
-        }
+        assert {k: v for k, v in current.items() if k != "callback"} == {k: v for k, v in payload.items() if k != "callback"}
         assert current["callback"]["status"] == "delivered"
         assert Face.objects.filter(image_id=image_id).count() == payload["face_count"]
 

@@ -40,11 +40,17 @@ def wait_for(condition, what: str, timeout: float = 60):
 
 def test_rollout_candidate_is_loaded_by_every_worker_before_its_first_job(api_client, worker, s3):
     """Started rollout: every live pool process reports the candidate; the first candidate job is not cold."""
-    wait_for(lambda: workers_warm(version_id=BASELINE) == {"live": PROCESSES, "loaded": PROCESSES}, "both processes beat with the active version")
+    wait_for(
+        lambda: workers_warm(version_id=BASELINE) == {"live": PROCESSES, "loaded": PROCESSES}, "both processes beat with the active version"
+    )
     assert workers_warm(version_id=CANDIDATE) == {"live": PROCESSES, "loaded": 0}
 
-    rollout_start(candidate=CANDIDATE, mode="canary", actor="operator:test", stages=[{"weight": 100, "min_seconds": 3600, "min_jobs": 1000}])
-    wait_for(lambda: workers_warm(version_id=CANDIDATE) == {"live": PROCESSES, "loaded": PROCESSES}, "every process has the candidate loaded")
+    rollout_start(
+        candidate=CANDIDATE, mode="canary", actor="operator:test", stages=[{"weight": 100, "min_seconds": 3600, "min_jobs": 1000}]
+    )
+    wait_for(
+        lambda: workers_warm(version_id=CANDIDATE) == {"live": PROCESSES, "loaded": PROCESSES}, "every process has the candidate loaded"
+    )
     # The baseline stays loaded as well: its cohorts still come.
     assert workers_warm(version_id=BASELINE) == {"live": PROCESSES, "loaded": PROCESSES}
 

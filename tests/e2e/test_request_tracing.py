@@ -104,7 +104,10 @@ def test_the_request_id_follows_the_job_into_the_worker_and_the_callback(api_cli
     for line in about:
         assert line["http_request_id"] == sent, line
         assert (line["job_id"], line["request_id"], line["model_version"]) == (job_id, f"trace-{sent}", job.model_version), line
-    by_task = {task: [line for line in about if line.get("task") == task] for task in ("workers.tasks.detect_faces", "workers.tasks.deliver_result")}
+    by_task = {
+        task: [line for line in about if line.get("task") == task]
+        for task in ("workers.tasks.detect_faces", "workers.tasks.deliver_result")
+    }
     assert any(" kept) with " in line["message"] for line in by_task["workers.tasks.detect_faces"]), about
     callback_lines = [line for line in by_task["workers.tasks.deliver_result"] if line["logger"] == "callbacks.services"]
     assert callback_lines and "-> delivered" in callback_lines[0]["message"], about
@@ -145,7 +148,7 @@ def test_every_deployed_gunicorn_uses_the_logging_config_and_no_access_log_of_it
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]["web"]["command"]
     commands = {
         "Procfile": shlex.split(procfile["web"]),
-        "Dockerfile": json.loads(dockerfile_cmd[len("CMD "):]),
+        "Dockerfile": json.loads(dockerfile_cmd[len("CMD ") :]),
         # sh -c "... && gunicorn ...": the last command of the string.
         "compose": shlex.split(compose.rpartition("&&")[2].strip().rstrip('"')),
     }
@@ -177,9 +180,23 @@ def test_gunicorn_writes_json_lines_and_one_access_line_per_request(tmp_path):
     env = {**os.environ, "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "face_detect_api.wsgi", "--config", GUNICORN_CONFIG,
-             "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "face_detect_api.wsgi",
+                "--config",
+                GUNICORN_CONFIG,
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     sent = {f"test-up-{uuid.uuid4()}": "/healthz", f"test-404-{uuid.uuid4()}": "/api/v1/nowhere/"}

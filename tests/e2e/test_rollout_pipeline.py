@@ -97,8 +97,14 @@ def test_a_canary_at_100_percent_serves_the_candidate_and_the_baseline_shadows_i
     rollout = rollout_start(
         candidate=CANDIDATE, mode="canary", actor="test", stages=[{"weight": 100, "min_seconds": 0, "min_jobs": 0}], shadow_sample=1.0
     )
-    image_id = upload(api_client, photo_bytes("obama_1face.jpg"), name="obama_1face.jpg", request_id="canary-obama",
-                      cohort="camera-1", callback_url=receiver.url()).json()["id"]
+    image_id = upload(
+        api_client,
+        photo_bytes("obama_1face.jpg"),
+        name="obama_1face.jpg",
+        request_id="canary-obama",
+        cohort="camera-1",
+        callback_url=receiver.url(),
+    ).json()["id"]
     (callback,) = receiver.wait(1)
     body = json.loads(callback["body"])
     assert body["id"] == image_id and body["status"] == "completed"
@@ -116,7 +122,9 @@ def test_a_canary_at_100_percent_serves_the_candidate_and_the_baseline_shadows_i
 
 def test_a_worker_killed_mid_rollout_loses_nothing(api_client, worker, receiver, s3):
     """SIGKILL the worker while it detects; restarted, every job ends once, counted under the variant it was routed to."""
-    rollout = rollout_start(candidate=CANDIDATE, mode="ab", actor="test", stages=[{"weight": 50, "min_seconds": 0, "min_jobs": 0}], shadow_sample=1.0)
+    rollout = rollout_start(
+        candidate=CANDIDATE, mode="ab", actor="test", stages=[{"weight": 50, "min_seconds": 0, "min_jobs": 0}], shadow_sample=1.0
+    )
     # Three cohorts on each side (the split is a hash of the rollout's id, new each run).
     cohorts = [f"cam-{n}" for n in range(100)]
     sides = {v: [c for c in cohorts if variant_for(rollout, f"cohort:{c}") == v][:3] for v in ("baseline", "candidate")}

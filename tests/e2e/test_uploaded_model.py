@@ -27,8 +27,9 @@ PHOTOS = ("astronaut_1face.png", "coffee.png", "obama_1face.jpg")
 
 @pytest.fixture
 def operator(db):
-    from clients.services import api_key_create
     from rest_framework.test import APIClient
+
+    from clients.services import api_key_create
 
     client = APIClient()
     client.credentials(HTTP_X_API_KEY=api_key_create(client_name="ops-e2e-artifacts", operator=True)[1])
@@ -69,8 +70,12 @@ def direct(data: bytes, photo: bytes, settings: dict) -> list[tuple]:
     names = ["person", "traffic_light", "dog"]
     from detection.base import Detection
 
-    detections = [Detection(x1=b[0], y1=b[1], x2=b[2], y2=b[3], confidence=float(r[4]), label=names[int(r[5])]) for b, r in zip(boxes, rows)]
-    return [(f.label, f.x, f.y, f.width, f.height, f.confidence) for f in faces_from_detections(detections, width=rgb.width, height=rgb.height)]
+    detections = [
+        Detection(x1=b[0], y1=b[1], x2=b[2], y2=b[3], confidence=float(r[4]), label=names[int(r[5])]) for b, r in zip(boxes, rows)
+    ]
+    return [
+        (f.label, f.x, f.y, f.width, f.height, f.confidence) for f in faces_from_detections(detections, width=rgb.width, height=rgb.height)
+    ]
 
 
 def test_an_uploaded_model_serves_jobs_and_shadows_another(operator, api_client, model_worker, cache_dir, s3):
@@ -80,7 +85,9 @@ def test_an_uploaded_model_serves_jobs_and_shadows_another(operator, api_client,
     v8 = yolo_models.tiny_v8()
     first = post_model(operator, v8, {"name": "tiny", "version": "1.0.0", "implementation": "yolo-onnx", "settings": settings})
     # The same detections exported in YOLOv5's layout: another file, another version.
-    second = post_model(operator, yolo_models.tiny_v5(), {"name": "tiny", "version": "2.0.0", "implementation": "yolo-onnx", "settings": settings})
+    second = post_model(
+        operator, yolo_models.tiny_v5(), {"name": "tiny", "version": "2.0.0", "implementation": "yolo-onnx", "settings": settings}
+    )
 
     for name in PHOTOS:
         response = upload(api_client, photo_bytes(name), name=name, request_id=f"uploaded-{name}", model_version="tiny@1.0.0")
@@ -88,7 +95,9 @@ def test_an_uploaded_model_serves_jobs_and_shadows_another(operator, api_client,
         job = wait_terminal(response.json()["id"])
         assert job.status == "completed", (name, job.error_code)
         assert job.model_version == first["label"]
-        got = [(f.label, f.box_x, f.box_y, f.box_width, f.box_height, f.confidence) for f in Face.objects.filter(image=job).order_by("index")]
+        got = [
+            (f.label, f.box_x, f.box_y, f.box_width, f.box_height, f.confidence) for f in Face.objects.filter(image=job).order_by("index")
+        ]
         expected = direct(v8, photo_bytes(name), settings)
         assert [g[0] for g in got] == [e[0] for e in expected], name
         for g, e in zip(got, expected):

@@ -89,10 +89,21 @@ def test_the_web_process_never_imports_torch():
         "print('torch' in sys.modules)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-        env={"DJANGO_SETTINGS_MODULE": "tests.settings", "PATH": "/usr/bin:/bin", "FDA_RUN": "x",
-             "S3_ENDPOINT": "127.0.0.1:9", "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s",
-             "CELERY_QUEUE_DETECT": "d", "CELERY_QUEUE_DELIVER": "v", "DATABASE_URL": "sqlite:///:memory:"},
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PATH": "/usr/bin:/bin",
+            "FDA_RUN": "x",
+            "S3_ENDPOINT": "127.0.0.1:9",
+            "S3_ACCESS_KEY": "k",
+            "S3_SECRET_KEY": "s",
+            "CELERY_QUEUE_DETECT": "d",
+            "CELERY_QUEUE_DELIVER": "v",
+            "DATABASE_URL": "sqlite:///:memory:",
+        },
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"

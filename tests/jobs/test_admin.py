@@ -6,8 +6,8 @@ import pytest
 from django.contrib.auth.models import User
 
 from callbacks import services as delivery
-from jobs import services
 from callbacks.models import CallbackDelivery
+from jobs import services
 from jobs.models import Image
 from tests.conftest import photo_bytes, upload
 

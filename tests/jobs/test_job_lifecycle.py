@@ -7,9 +7,9 @@ import pytest
 from django.utils import timezone
 
 from jobs import services
-from storage import s3 as storage
 from jobs.models import Face, Image
 from registry.models import DetectorVersion
+from storage import s3 as storage
 from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
@@ -47,7 +47,9 @@ def test_a_redelivered_detection_does_not_duplicate_faces(job):
 def test_a_crashed_attempt_is_replaced_not_added_to(job):
     """A job left processing (its worker died) is detected again, its faces written once."""
     services.image_job_start(image_id=job.id)
-    Face.objects.create(image=job, detector_version_id=job.detector_version_id, index=0, box_x=1, box_y=1, box_width=1, box_height=1, confidence=0.5)
+    Face.objects.create(
+        image=job, detector_version_id=job.detector_version_id, index=0, box_x=1, box_y=1, box_width=1, box_height=1, confidence=0.5
+    )
     services.image_job_detect(image_id=job.id, redelivered=True)
     job.refresh_from_db()
     assert job.status == "completed" and job.attempts == 2

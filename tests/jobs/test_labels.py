@@ -29,8 +29,13 @@ def versions(monkeypatch, s3):
     monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     registry.detector_version_register(path=ROOT / "tests" / "data" / "versions" / f"{OBJECTS}.json")
     DetectorVersion.objects.create(
-        id=MIXED, name="stub-mixed", version="1.0.0", implementation="stub", settings={"detections": ["person", "face"]},
-        settings_hash="", labels=["face", "person"],
+        id=MIXED,
+        name="stub-mixed",
+        version="1.0.0",
+        implementation="stub",
+        settings={"detections": ["person", "face"]},
+        settings_hash="",
+        labels=["face", "person"],
     )
     engines.clear_cache()
     yield
@@ -144,7 +149,9 @@ def test_more_than_32_labels_are_a_400(api_client, versions):
 def test_32_labels_with_repeats_are_counted_once(api_client, versions):
     """Repeats do not count: 40 names of which 2 distinct pass the count (and are then checked
     against the version)."""
-    response = upload(api_client, photo_bytes("coffee.png"), request_id="repeats", model_version=OBJECTS, labels=",".join(["cat", "dog"] * 20))
+    response = upload(
+        api_client, photo_bytes("coffee.png"), request_id="repeats", model_version=OBJECTS, labels=",".join(["cat", "dog"] * 20)
+    )
     assert response.status_code == 202, response.content
     assert Image.objects.get().labels == ["cat", "dog"]
 
@@ -237,8 +244,13 @@ def shadow_of(api_client, candidate_detections: list[str], request_id: str, **fi
 
     registry.detector_version_activate(version_id=OBJECTS)
     DetectorVersion.objects.create(
-        id="stub-candidate@1.0.0", name="stub-candidate", version="1.0.0", implementation="stub",
-        settings={"detections": candidate_detections}, settings_hash="", labels=["person", "cat", "dog"],
+        id="stub-candidate@1.0.0",
+        name="stub-candidate",
+        version="1.0.0",
+        implementation="stub",
+        settings={"detections": candidate_detections},
+        settings_hash="",
+        labels=["person", "cat", "dog"],
     )
     rollout_start(candidate="stub-candidate@1.0.0", mode="shadow", actor="test")
     body = run(api_client, request_id, **fields)

@@ -52,7 +52,11 @@ def test_the_same_cohort_always_gets_the_same_variant_and_version(api_client):
         jobs = Image.objects.filter(cohort=cohort)
         assert jobs.count() == 20
         assert {(job.rollout_id, job.variant, job.detector_version_id) for job in jobs} == {
-            (rollout.id, variant_for(rollout, f"cohort:{cohort}"), CANDIDATE if variant_for(rollout, f"cohort:{cohort}") == "candidate" else BASELINE)
+            (
+                rollout.id,
+                variant_for(rollout, f"cohort:{cohort}"),
+                CANDIDATE if variant_for(rollout, f"cohort:{cohort}") == "candidate" else BASELINE,
+            )
         }
     # Routing is a function of the cohort, so asking again gives the same answer every time.
     for _ in range(50):
@@ -113,7 +117,9 @@ def test_the_split_at_100_and_at_5_percent_through_the_api(api_client):
     rollout = canary(100)
     for n in range(5):
         upload(api_client, photo_bytes("coffee.png"), request_id=f"all-{n}", cohort=f"c-{n}")
-    assert set(Image.objects.filter(request_id__startswith="all-").values_list("variant", "detector_version_id")) == {("candidate", CANDIDATE)}
+    assert set(Image.objects.filter(request_id__startswith="all-").values_list("variant", "detector_version_id")) == {
+        ("candidate", CANDIDATE)
+    }
 
     rollout_end(rollout_id=rollout.id, actor="test")
     small = canary(5)

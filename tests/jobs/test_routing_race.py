@@ -11,8 +11,8 @@ import pytest
 from django.db import close_old_connections, connection
 
 from clients.models import ApiClient
-from jobs.services import submission as services  # the submission stage: image_job_create and what it calls
 from jobs.models import Image
+from jobs.services import submission as services  # the submission stage: image_job_create and what it calls
 from rollouts.models import Rollout, RolloutStatus
 from rollouts.services import rollout_rollback, rollout_start
 from tests.conftest import photo_bytes, require
@@ -87,7 +87,8 @@ def waiting_on_a_lock() -> int:
 
 
 def test_an_upload_routed_before_a_rollback_commits_after_it_goes_to_the_baseline(monkeypatch):
-    """The upload read the rollout at 100 %, the rollback committed while it stored the photo: its job is the baseline's, outside the rollout."""
+    """The upload read the rollout at 100 %, the rollback committed while it stored the photo: its job
+    is the baseline's, outside the rollout."""
     rollout = everyone_on_the_candidate()
     # Held while storing the photo: after the first routing read, before the job's transaction.
     reached, go = threading.Event(), threading.Event()

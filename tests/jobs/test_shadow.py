@@ -149,13 +149,17 @@ def test_agreement_is_measured_against_the_jobs_own_faces(api_client, published)
     shadow_rollout()
     job = submit(api_client, "disagree")
     services.image_job_detect(image_id=job.id)
-    Face.objects.create(image=job, detector_version_id=job.detector_version_id, index=1, box_x=0, box_y=0, box_width=20, box_height=20, confidence=0.5)
+    Face.objects.create(
+        image=job, detector_version_id=job.detector_version_id, index=1, box_x=0, box_y=0, box_width=20, box_height=20, confidence=0.5
+    )
     run = ShadowRun.objects.get(job=job)
     services.shadow_run_detect(shadow_run_id=run.id)
     run.refresh_from_db()
     assert run.agreement == pytest.approx(2 / 3)
-    assert run.agreement == agreement([(f["box"]["x"], f["box"]["y"], f["box"]["width"], f["box"]["height"]) for f in run.faces],
-                                      [(f.box_x, f.box_y, f.box_width, f.box_height) for f in job.faces.all()])
+    assert run.agreement == agreement(
+        [(f["box"]["x"], f["box"]["y"], f["box"]["width"], f["box"]["height"]) for f in run.faces],
+        [(f.box_x, f.box_y, f.box_width, f.box_height) for f in job.faces.all()],
+    )
 
 
 def test_a_run_of_a_failed_job_has_no_agreement(api_client, published):
@@ -262,16 +266,36 @@ def _job(rollout, variant: str, status: str, *, ms: int | None = None, cold: boo
     n = next(_numbers)
     client, _ = ApiClient.objects.get_or_create(name="figures")
     return Image.objects.create(
-        client=client, request_id=f"fig-{n}", original_key=f"originals/fig-{n}.png", original_content_type="image/png", original_size=1,
-        original_sha256="0" * 64, detector_version_id="stub@0.0.0", rollout=rollout, variant=variant, status=status,
-        detection_ms=ms, detector_cold=cold, face_count=faces, finished_at=None if status == "queued" else timezone.now(),
+        client=client,
+        request_id=f"fig-{n}",
+        original_key=f"originals/fig-{n}.png",
+        original_content_type="image/png",
+        original_size=1,
+        original_sha256="0" * 64,
+        detector_version_id="stub@0.0.0",
+        rollout=rollout,
+        variant=variant,
+        status=status,
+        detection_ms=ms,
+        detector_cold=cold,
+        face_count=faces,
+        finished_at=None if status == "queued" else timezone.now(),
     )
 
 
-def _run(rollout, job, variant: str, status: str, *, ms: int | None = None, cold: bool = False, faces: int | None = None, score=None) -> ShadowRun:
+def _run(
+    rollout, job, variant: str, status: str, *, ms: int | None = None, cold: bool = False, faces: int | None = None, score=None
+) -> ShadowRun:
     return ShadowRun.objects.create(
-        job=job, rollout=rollout, detector_version_id=CANDIDATE if variant == "candidate" else "stub@0.0.0", variant=variant,
-        status=status, detection_ms=ms, detector_cold=cold, face_count=faces, agreement=score,
+        job=job,
+        rollout=rollout,
+        detector_version_id=CANDIDATE if variant == "candidate" else "stub@0.0.0",
+        variant=variant,
+        status=status,
+        detection_ms=ms,
+        detector_cold=cold,
+        face_count=faces,
+        agreement=score,
         finished_at=None if status == "queued" else timezone.now(),
     )
 

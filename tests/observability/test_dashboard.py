@@ -34,8 +34,19 @@ def _postgres():
     require("postgres")
 
 
-def job_row(owner, version: str, finished: dt.datetime | None, *, status: str = "completed", ms: int | None = 100,
-            cold: bool = False, cpu: int | None = 200, faces: int | None = 1, rollout=None, variant: str = "") -> Image:
+def job_row(
+    owner,
+    version: str,
+    finished: dt.datetime | None,
+    *,
+    status: str = "completed",
+    ms: int | None = 100,
+    cold: bool = False,
+    cpu: int | None = 200,
+    faces: int | None = 1,
+    rollout=None,
+    variant: str = "",
+) -> Image:
     """An unsaved job row as a worker leaves it (failed: no faces, no times)."""
     n = next(_serial)
     failed = status == "failed"
@@ -110,9 +121,16 @@ def varied_rows(owner, now: dt.datetime, *, window: int, buckets: int, seed: int
             offset = (bucket + 0.1 + 0.8 * rng.random()) * width
             status = "failed" if rng.random() < 0.12 else "completed"
             rows.append(
-                job_row(owner, version, now - dt.timedelta(seconds=window) + dt.timedelta(seconds=offset), status=status,
-                        ms=rng.randint(40, 900), cold=rng.random() < 0.08, cpu=None if rng.random() < 0.1 else rng.randint(50, 4000),
-                        faces=rng.randint(0, 5))
+                job_row(
+                    owner,
+                    version,
+                    now - dt.timedelta(seconds=window) + dt.timedelta(seconds=offset),
+                    status=status,
+                    ms=rng.randint(40, 900),
+                    cold=rng.random() < 0.08,
+                    cpu=None if rng.random() < 0.1 else rng.randint(50, 4000),
+                    faces=rng.randint(0, 5),
+                )
             )
     rows += [
         job_row(owner, BASELINE, now - dt.timedelta(seconds=window + 5)),  # before the window
@@ -123,8 +141,14 @@ def varied_rows(owner, now: dt.datetime, *, window: int, buckets: int, seed: int
 
 
 def in_window(rows, version, since, until):
-    return [r for r in rows if r.detector_version_id == version and r.finished_at is not None and since < r.finished_at <= until
-            and r.status in ("completed", "failed")]
+    return [
+        r
+        for r in rows
+        if r.detector_version_id == version
+        and r.finished_at is not None
+        and since < r.finished_at <= until
+        and r.status in ("completed", "failed")
+    ]
 
 
 def assert_matches_rows(figures: dict, rows: list[Image], version: str) -> None:
@@ -314,8 +338,12 @@ def test_the_admin_index_links_to_the_dashboard(staff):
 
 def test_a_live_rollout_shows_its_guardrails_and_events(staff, owner):
     """Baseline against candidate on the guardrail window, the thresholds drawn as lines, the event log."""
-    rollout = rollout_start(candidate=CANDIDATE, mode="canary", actor="operator:ops",
-                            guardrails={"p95_latency_ratio_max": 1.5, "error_rate_max": 0.05, "min_jobs": 2})
+    rollout = rollout_start(
+        candidate=CANDIDATE,
+        mode="canary",
+        actor="operator:ops",
+        guardrails={"p95_latency_ratio_max": 1.5, "error_rate_max": 0.05, "min_jobs": 2},
+    )
     now = timezone.now()
     Image.objects.bulk_create(
         [job_row(owner, BASELINE, now - dt.timedelta(seconds=s), ms=100, rollout=rollout, variant="baseline") for s in (10, 20, 30)]
@@ -343,8 +371,15 @@ def test_the_dashboard_reads_jobs_through_indexes(staff, owner):
         version = BASELINE if n % 2 else CANDIDATE
         routed = n % 10 == 0  # a share of them routed by the rollout
         rows.append(
-            job_row(owner, version, now - dt.timedelta(seconds=rng.uniform(0, 60 * 86400)), status="failed" if n % 50 == 0 else "completed",
-                    ms=rng.randint(50, 500), rollout=rollout if routed else None, variant=("baseline" if version == BASELINE else "candidate") if routed else "")
+            job_row(
+                owner,
+                version,
+                now - dt.timedelta(seconds=rng.uniform(0, 60 * 86400)),
+                status="failed" if n % 50 == 0 else "completed",
+                ms=rng.randint(50, 500),
+                rollout=rollout if routed else None,
+                variant=("baseline" if version == BASELINE else "candidate") if routed else "",
+            )
         )
     with connection.cursor() as cursor:
         # Foreign keys checked row by row as they go in, not all at once when the test ends.

@@ -86,7 +86,10 @@ def test_a_json_line_has_the_keys_and_the_context():
     assert record["message"] == "job job-1: 2 faces\nsecond line"
     assert dt.datetime.fromisoformat(record["time"]).utcoffset() == dt.timedelta(0)
     assert {k: record[k] for k in ("http_request_id", "job_id", "request_id", "model_version")} == {
-        "http_request_id": "req-1", "job_id": "job-1", "request_id": "client-1", "model_version": "mtcnn@1.0.0"
+        "http_request_id": "req-1",
+        "job_id": "job-1",
+        "request_id": "client-1",
+        "model_version": "mtcnn@1.0.0",
     }
     assert "exc_info" not in record
 
@@ -224,7 +227,7 @@ def test_a_request_id_of_128_printable_characters_is_kept(client):
 
 @pytest.mark.django_db
 def test_djangos_own_error_line_carries_the_request_id(anonymous_client, json_lines):
-    """"Not Found: /x" (django.request) is written inside the request's context, once."""
+    """ "Not Found: /x" (django.request) is written inside the request's context, once."""
     response = anonymous_client.get("/api/v1/nowhere/", HTTP_X_REQUEST_ID="trace-404")
     assert response.status_code == 404
     not_found = [line for line in json_lines.lines() if line["logger"] == "django.request"]

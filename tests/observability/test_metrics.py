@@ -87,7 +87,9 @@ def test_metrics_need_no_api_key_and_use_the_workloads_buckets(anonymous_client)
         if sample.name.endswith("_bucket") and sample.labels["model_version"] == "probe@0.0.0"
     ]
     assert buckets == ["0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "25.0", "60.0", "120.0", "+Inf"]
-    assert {sample.labels["variant"] for sample in families["fda_detection_seconds"].samples if sample.labels["model_version"] == "probe@0.0.0"} == {"none"}
+    assert {
+        sample.labels["variant"] for sample in families["fda_detection_seconds"].samples if sample.labels["model_version"] == "probe@0.0.0"
+    } == {"none"}
 
 
 def test_metrics_refuse_addresses_outside_the_allowed_networks(anonymous_client, api_client, settings):
@@ -253,7 +255,9 @@ def test_callback_attempts_are_counted_by_outcome(api_client, anonymous_client, 
     assert delta(before, after, "fda_job_seconds_count", model_version="stub@0.0.0", variant="none") == 1
 
 
-def test_no_label_carries_an_id_a_request_id_a_client_or_a_cohort(api_client, anonymous_client, by_hand, receiver, django_capture_on_commit_callbacks):
+def test_no_label_carries_an_id_a_request_id_a_client_or_a_cohort(
+    api_client, anonymous_client, by_hand, receiver, django_capture_on_commit_callbacks
+):
     """After jobs, a failure, a callback and a refusal, every fda_ label value is from a bounded set."""
     jobs = [submit(api_client, f"rid-secret-{n}", callback_url=receiver.url(), cohort=f"cohort-secret-{n}") for n in range(2)]
     with django_capture_on_commit_callbacks(execute=True):
@@ -316,6 +320,9 @@ def test_a_killed_process_keeps_its_counts_and_drops_its_live_gauge(tmp_path, mo
 def test_an_empty_multiproc_dir_means_single_process_mode(tmp_path):
     """PROMETHEUS_MULTIPROC_DIR="" (an empty env file line) must not write metric files into the working directory."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": "", "PYTHONPATH": str(ROOT)}
-    code = "from core import metrics; from prometheus_client import values; metrics.upload_refused(reason='x'); print(values.ValueClass.__name__)"
+    code = (
+        "from core import metrics; from prometheus_client import values; "
+        "metrics.upload_refused(reason='x'); print(values.ValueClass.__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "MutexValue" and list(tmp_path.iterdir()) == []

@@ -22,14 +22,23 @@ from tests.conftest import photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
 
-MANIFEST = {"name": "tiny", "version": "1.0.0", "implementation": "yolo-onnx", "settings": {"min_confidence": 0.25, "iou": 0.45},
-            "notes": "a tiny test model", "dataset": {"tag": "tiny-2026", "sha256": "ab" * 32}, "build": "b1", "image": "img:1"}
+MANIFEST = {
+    "name": "tiny",
+    "version": "1.0.0",
+    "implementation": "yolo-onnx",
+    "settings": {"min_confidence": 0.25, "iou": 0.45},
+    "notes": "a tiny test model",
+    "dataset": {"tag": "tiny-2026", "sha256": "ab" * 32},
+    "build": "b1",
+    "image": "img:1",
+}
 
 
 @pytest.fixture
 def operator(db):
-    from clients.services import api_key_create
     from rest_framework.test import APIClient
+
+    from clients.services import api_key_create
 
     client = APIClient()
     client.credentials(HTTP_X_API_KEY=api_key_create(client_name="ops-artifacts", operator=True)[1])
@@ -64,8 +73,13 @@ def test_an_operator_uploads_a_model(operator, s3):
     body = response.json()
     assert body["id"] == "tiny@1.0.0" and body["implementation"] == "yolo-onnx"
     assert body["labels"] == ["person", "traffic_light", "dog"]
-    assert body["artifact"] == {"sha256": digest, "size": len(data), "format": "onnx", "input_size": [64, 64],
-                                "label_map": {"traffic light": "traffic_light"}}
+    assert body["artifact"] == {
+        "sha256": digest,
+        "size": len(data),
+        "format": "onnx",
+        "input_size": [64, 64],
+        "label_map": {"traffic light": "traffic_light"},
+    }
     assert body["weights"] == [{"file": "model.onnx", "sha256": digest}]
     assert body["label"] == DetectorVersion.objects.get(id="tiny@1.0.0").label and body["label"].startswith("tiny@1.0.0+weights.")
     assert body["settings"]["layout"] == "v8" and body["settings"]["precision"] == "f32"
@@ -103,7 +117,8 @@ def test_a_file_past_the_size_limit_is_413(operator, s3, settings):
 def _external_data_model() -> bytes:
     model = helper.make_model(
         helper.make_graph(
-            [helper.make_node("Add", ["table", "bias"], ["output0"])], "g",
+            [helper.make_node("Add", ["table", "bias"], ["output0"])],
+            "g",
             [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
             [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, 5])],
             [numpy_helper.from_array(yolo_models.candidates_v8(yolo_models.V8_ROWS), "table")],
@@ -122,9 +137,12 @@ def _two_inputs_model() -> bytes:
     table = yolo_models.candidates_v8(yolo_models.V8_ROWS)
     model = helper.make_model(
         helper.make_graph(
-            [helper.make_node("Add", ["table", "extra"], ["output0"])], "g",
-            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64]),
-             helper.make_tensor_value_info("extra", TensorProto.FLOAT, list(table.shape))],
+            [helper.make_node("Add", ["table", "extra"], ["output0"])],
+            "g",
+            [
+                helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64]),
+                helper.make_tensor_value_info("extra", TensorProto.FLOAT, list(table.shape)),
+            ],
             [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(table.shape))],
             [numpy_helper.from_array(table, "table")],
         ),
@@ -139,8 +157,11 @@ REFUSALS = {
     "external_data": (_external_data_model, MANIFEST, "artifact_external_data"),
     "custom_operator": (lambda: yolo_models.tiny_v8(op_domain="com.example.custom"), MANIFEST, "artifact_custom_operators"),
     "two_inputs": (_two_inputs_model, MANIFEST, "artifact_input"),
-    "output_not_detections": (lambda: yolo_models.build(yolo_models.candidates_v8(yolo_models.V8_ROWS)[0], names=yolo_models.V8_NAMES),
-                              MANIFEST, "artifact_output"),
+    "output_not_detections": (
+        lambda: yolo_models.build(yolo_models.candidates_v8(yolo_models.V8_ROWS)[0], names=yolo_models.V8_NAMES),
+        MANIFEST,
+        "artifact_output",
+    ),
     "labels_do_not_match": (yolo_models.tiny_v8, {**MANIFEST, "labels": ["a", "b"]}, "artifact_labels"),
     "no_labels_anywhere": (lambda: yolo_models.build(yolo_models.candidates_v8(yolo_models.V8_ROWS)), MANIFEST, "artifact_labels"),
     "absurd_input_size": (lambda: yolo_models.tiny_v8(size=(100_000, 100_000)), MANIFEST, "artifact_sizes"),
@@ -190,8 +211,12 @@ def test_a_model_that_does_not_run_is_refused(operator, s3):
     table = yolo_models.candidates_v8(yolo_models.V8_ROWS)
     model = helper.make_model(
         helper.make_graph(
-            [helper.make_node("Reshape", ["images", "shape"], ["r"]), helper.make_node("ReduceMean", ["r"], ["m"], keepdims=0),
-             helper.make_node("Add", ["table", "m"], ["output0"])], "g",
+            [
+                helper.make_node("Reshape", ["images", "shape"], ["r"]),
+                helper.make_node("ReduceMean", ["r"], ["m"], keepdims=0),
+                helper.make_node("Add", ["table", "m"], ["output0"]),
+            ],
+            "g",
             [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
             [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(table.shape))],
             [numpy_helper.from_array(table, "table"), numpy_helper.from_array(__import__("numpy").array([7, 7], dtype="int64"), "shape")],
@@ -220,12 +245,15 @@ def test_a_dynamic_export_runs_at_its_exported_size(operator, s3):
     assert response.json()["artifact"]["input_size"] == [80, 48] and response.json()["settings"]["input_size"] == [80, 48]
 
 
-@pytest.mark.parametrize("metadata, manifest_settings, code", [
-    ({}, {}, "artifact_input"),  # no imgsz and no settings.input_size: no size to run at
-    ({"imgsz": "__import__('os').getcwd()"}, {}, "artifact_metadata"),  # not a literal: never evaluated
-    ({"imgsz": "[8, 8]"}, {}, "artifact_metadata"),  # too small to be a detector's input
-    ({"imgsz": "[64, 64]"}, {"input_size": [64, 99999]}, "artifact_input"),
-])
+@pytest.mark.parametrize(
+    "metadata, manifest_settings, code",
+    [
+        ({}, {}, "artifact_input"),  # no imgsz and no settings.input_size: no size to run at
+        ({"imgsz": "__import__('os').getcwd()"}, {}, "artifact_metadata"),  # not a literal: never evaluated
+        ({"imgsz": "[8, 8]"}, {}, "artifact_metadata"),  # too small to be a detector's input
+        ({"imgsz": "[64, 64]"}, {"input_size": [64, 99999]}, "artifact_input"),
+    ],
+)
 def test_a_dynamic_export_without_a_usable_size_is_refused(operator, s3, metadata, manifest_settings, code):
     """400 naming the problem; nothing stored."""
     data = yolo_models.build(yolo_models.candidates_v8(yolo_models.V8_ROWS), dynamic=True, metadata=metadata)
@@ -350,9 +378,17 @@ def test_a_broken_artifact_fails_only_its_job(operator, queued_job):
     storage.storage_put(key=f"models/sha256/{digest}", data=bad, length=len(bad), content_type="application/octet-stream")
     good = _registered(operator)
     DetectorVersion.objects.create(
-        id="broken@1.0.0", name="broken", version="1.0.0", implementation="yolo-onnx", weights=[{"file": "model.onnx", "sha256": digest}],
-        settings={"classes": ["a"], "layout": "v8", "input_size": [64, 64], "precision": "f32"}, settings_hash="x", labels=["a"],
-        artifact_sha256=digest, artifact_size=len(bad), artifact_format="onnx",
+        id="broken@1.0.0",
+        name="broken",
+        version="1.0.0",
+        implementation="yolo-onnx",
+        weights=[{"file": "model.onnx", "sha256": digest}],
+        settings={"classes": ["a"], "layout": "v8", "input_size": [64, 64], "precision": "f32"},
+        settings_hash="x",
+        labels=["a"],
+        artifact_sha256=digest,
+        artifact_size=len(bad),
+        artifact_format="onnx",
     )
     broken_job = queued_job("broken@1.0.0")
     job_services.image_job_detect(image_id=broken_job.id)

@@ -55,7 +55,7 @@ def test_the_shipped_label_set_is_every_test_photo_with_its_human_count(photos):
 @pytest.mark.parametrize("version, false_positives", [("mtcnn@1.0.0", 1), ("mtcnn@1.1.0", 0)])
 def test_the_evaluation_is_stored_with_figures_from_its_counts(version, false_positives, photos):
     """Per photo the version finds what MTCNN's reference run keeps at its cut; precision, recall and F1 follow."""
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     result, printed = evaluate(version)
     assert DetectorVersion.objects.get(id=version).label == result["label"] and result["version"] == version
     assert result["labels"] == {
@@ -76,9 +76,7 @@ def test_the_evaluation_is_stored_with_figures_from_its_counts(version, false_po
     assert result["precision"] == tp / found and (result["precision"] < 1.0) == (false_positives > 0)
     # Recall is whatever the reference run predicts, the hard profile case included (these
     # weights find it at 0.999: were it missed, both recall and this sum would drop).
-    assert result["recall"] == tp / faces == sum(
-        min(expected_found(entry, version), entry["faces"]) for entry in photos.values()
-    ) / faces
+    assert result["recall"] == tp / faces == sum(min(expected_found(entry, version), entry["faces"]) for entry in photos.values()) / faces
     assert result["f1"] == pytest.approx(2 * result["precision"] * result["recall"] / (result["precision"] + result["recall"]))
     assert result["latency_ms_mean"] > 0 and result["repeat"] == 1 and result["device"] == "cpu"
     assert dt.datetime.fromisoformat(result["evaluated_at"]) >= before
@@ -136,18 +134,18 @@ BAD_MANIFESTS = {
     "an object, not a list": ({"file": "hopper.jpg", "faces": 1}, "non-empty list"),
     "an empty list": ([], "non-empty list"),
     "an entry that is not an object": (["hopper.jpg"], "entry 0: an entry is an object"),
-    "no file": ([{"faces": 1}], "entry 0: \"file\""),
+    "no file": ([{"faces": 1}], 'entry 0: "file"'),
     "an absolute path": ([{"file": str(PHOTOS / "grace_hopper_1face.jpg"), "faces": 1}], "relative to the label folder"),
     "a photo that is not there": ([{"file": "nobody.jpg", "faces": 1}], r"nobody.jpg\): no such photo"),
-    "neither boxes nor faces": ([{"file": "hopper.jpg"}], "give \"boxes\""),
-    "a negative count": ([{"file": "hopper.jpg", "faces": -1}], "\"faces\" must be a count"),
-    "a boolean count": ([{"file": "hopper.jpg", "faces": True}], "\"faces\" must be a count"),
-    "boxes not a list": ([{"file": "hopper.jpg", "boxes": {"x": 1}}], "\"boxes\" must be a list"),
+    "neither boxes nor faces": ([{"file": "hopper.jpg"}], 'give "boxes"'),
+    "a negative count": ([{"file": "hopper.jpg", "faces": -1}], '"faces" must be a count'),
+    "a boolean count": ([{"file": "hopper.jpg", "faces": True}], '"faces" must be a count'),
+    "boxes not a list": ([{"file": "hopper.jpg", "boxes": {"x": 1}}], '"boxes" must be a list'),
     "a box without height": ([{"file": "hopper.jpg", "boxes": [{"x": 1, "y": 1, "width": 5}]}], "a box is"),
     "an empty box": ([{"file": "hopper.jpg", "boxes": [{"x": 1, "y": 1, "width": 0, "height": 5}]}], "positive width"),
     "a count that is not the boxes'": (
         [{"file": "hopper.jpg", "faces": 2, "boxes": [{"x": 1, "y": 1, "width": 5, "height": 5}]}],
-        "\"faces\" is 2 but 1 boxes",
+        '"faces" is 2 but 1 boxes',
     ),
     "another photo than recorded": ([{"file": "hopper.jpg", "faces": 1, "sha256": "0" * 64}], "sha256"),
     "a photo listed twice": ([{"file": "hopper.jpg", "faces": 1}, {"file": "./hopper.jpg", "faces": 1}], "listed twice"),

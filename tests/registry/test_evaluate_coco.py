@@ -37,12 +37,23 @@ def coco_set(tmp_path, *, photos=(*FACE_PHOTOS, "coffee.png"), unlabelled=(), ex
         images.append({"id": i, "file_name": name, "width": entry["width"], "height": entry["height"]})
         if entry["mtcnn_boxes_xyxy_default_settings"] and name not in unlabelled:
             x1, y1, x2, y2 = entry["mtcnn_boxes_xyxy_default_settings"][0]
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
     # The astronaut as a whole person: a label of the set that no face model returns.
     annotations.append({"id": len(annotations) + 1, "image_id": 1, "category_id": 2, "bbox": [20, 10, 480, 500], "iscrowd": 0})
-    data = {"images": images, "annotations": annotations + list(extra or []),
-            "categories": [{"id": 1, "name": "Face"}, {"id": 2, "name": "person"}]}
+    data = {
+        "images": images,
+        "annotations": annotations + list(extra or []),
+        "categories": [{"id": 1, "name": "Face"}, {"id": 2, "name": "person"}],
+    }
     if edit:
         edit(data)
     path = tmp_path / "faces-coco.json"
@@ -138,14 +149,17 @@ def _not_coco(data):
     data.pop("categories")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_wrong_size, "the annotations say 500x512, the image is 512x512"),
-    (_unknown_category, "category_id 9 is not in"),
-    (_bad_box, "positive width and height"),
-    (_missing_image, "no such image"),
-    (_absolute_path, "relative to the image folder"),
-    (_not_coco, "\"images\", \"annotations\" and \"categories\""),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_wrong_size, "the annotations say 500x512, the image is 512x512"),
+        (_unknown_category, "category_id 9 is not in"),
+        (_bad_box, "positive width and height"),
+        (_missing_image, "no such image"),
+        (_absolute_path, "relative to the image folder"),
+        (_not_coco, '"images", "annotations" and "categories"'),
+    ],
+)
 def test_a_bad_set_is_refused_and_nothing_is_stored(tmp_path, edit, message):
     """The problem named; the version keeps no evaluation."""
     with pytest.raises(CommandError, match=message):
@@ -187,7 +201,11 @@ def test_the_quality_gate_judges_map_when_both_have_it():
     assert refused.value.code == "quality_gate"
     rollout = rollout_start(candidate="mtcnn@1.1.0", mode="shadow", actor="test", quality_drop_max=0.15)
     assert rollout.events.get(action="start").figures == {
-        "metric": "map_50_95", "baseline_map_50_95": 0.80, "candidate_map_50_95": 0.70, "labels": "faces-coco", "quality_drop_max": 0.15,
+        "metric": "map_50_95",
+        "baseline_map_50_95": 0.80,
+        "candidate_map_50_95": 0.70,
+        "labels": "faces-coco",
+        "quality_drop_max": 0.15,
     }
 
 

@@ -63,7 +63,8 @@ def test_labels_are_part_of_what_a_version_is(version_file):
 
 
 @pytest.mark.parametrize(
-    "labels", [[], "cat", ["Cat"], ["cat", "cat"], ["1cat"], ["cat dog"], ["a" * 65], [None], ["cat\n"]],
+    "labels",
+    [[], "cat", ["Cat"], ["cat", "cat"], ["1cat"], ["cat dog"], ["a" * 65], [None], ["cat\n"]],
     ids=["empty", "not-a-list", "upper-case", "repeated", "digit-first", "space", "too-long", "null", "newline"],
 )
 def test_malformed_labels_are_refused(version_file, labels):

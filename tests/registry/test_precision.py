@@ -52,8 +52,14 @@ def test_rows_registered_before_precision_was_recorded_migrate_to_the_same_versi
     old_settings = {k: v for k, v in data["settings"].items() if k != "precision"}
     Old.objects.filter(id="mtcnn@1.2.0").delete()
     Old.objects.create(
-        id="mtcnn@1.2.0", name="mtcnn", version="1.2.0", implementation="mtcnn-openvino", weights=data["weights"],
-        settings=old_settings, settings_hash=settings_hash(old_settings), labels=["face"],
+        id="mtcnn@1.2.0",
+        name="mtcnn",
+        version="1.2.0",
+        implementation="mtcnn-openvino",
+        weights=data["weights"],
+        settings=old_settings,
+        settings_hash=settings_hash(old_settings),
+        labels=["face"],
     )
     try:
         executor = MigrationExecutor(connection)

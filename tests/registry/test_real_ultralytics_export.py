@@ -28,8 +28,13 @@ from tests.conftest import TESTDATA, photo_bytes, upload
 
 pytestmark = [pytest.mark.django_db]
 
-MANIFEST = {"name": "nudenet", "version": "3.4.2", "implementation": "yolo-onnx", "settings": {},
-            "notes": "NudeNet 3.4.2 320n.onnx: a test fixture (AGPL-3.0), not a shipped version"}
+MANIFEST = {
+    "name": "nudenet",
+    "version": "3.4.2",
+    "implementation": "yolo-onnx",
+    "settings": {},
+    "notes": "NudeNet 3.4.2 320n.onnx: a test fixture (AGPL-3.0), not a shipped version",
+}
 FACE_PHOTOS = ["astronaut_1face.png", "grace_hopper_1face.jpg", "obama_1face.jpg", "cameraman_profile_1face.png"]
 EMPTY_PHOTOS = ["coffee.png", "gravel_texture.png", "chelsea_cat.png"]
 FACE_LABELS = {"face_female", "face_male"}
@@ -53,8 +58,9 @@ def _cache(tmp_path, settings):
 
 @pytest.fixture
 def operator(db):
-    from clients.services import api_key_create
     from rest_framework.test import APIClient
+
+    from clients.services import api_key_create
 
     client = APIClient()
     client.credentials(HTTP_X_API_KEY=api_key_create(client_name="ops-nudenet", operator=True)[1])
@@ -94,7 +100,7 @@ class Reference:
         canvas = np.full((self.size, self.size, 3), 114, dtype=np.uint8)
         left = int(round((self.size - new_w) / 2 - 0.1))
         top = int(round((self.size - new_h) / 2 - 0.1))
-        canvas[top:top + new_h, left:left + new_w] = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        canvas[top : top + new_h, left : left + new_w] = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         tensor = (canvas.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # its Sigmoid overflows to 0 or 1, as it should
@@ -182,7 +188,9 @@ def detect(api_client, registered, monkeypatch):
         job.refresh_from_db()
         assert job.status == "completed", (job.error_code, job.error_message)
         assert job.model_version == DetectorVersion.objects.get(id=registered["id"]).label
-        return [(f.label, f.confidence, [f.box_x, f.box_y, f.box_x + f.box_width, f.box_y + f.box_height]) for f in job.faces.order_by("index")]
+        return [
+            (f.label, f.confidence, [f.box_x, f.box_y, f.box_x + f.box_width, f.box_y + f.box_height]) for f in job.faces.order_by("index")
+        ]
 
     return run
 

@@ -6,8 +6,8 @@ import pytest
 from django.core.management import call_command
 
 from jobs import services
-from registry import services as registry
 from jobs.models import Face, Image
+from registry import services as registry
 from registry.models import DetectorVersion
 from tests.conftest import ROOT, photo_bytes, upload
 
@@ -108,8 +108,13 @@ def test_a_worker_refuses_weights_that_do_not_match_and_the_job_says_so(api_clie
     """A version whose registered checksum differs from the file: the job fails with a clear code."""
     good = DetectorVersion.objects.get(id="mtcnn@1.0.0")
     DetectorVersion.objects.create(
-        id="mtcnn@8.0.0", name="mtcnn", version="8.0.0", implementation="mtcnn", settings=good.settings,
-        settings_hash=good.settings_hash, weights=[{**w, "sha256": "0" * 64} for w in good.weights],
+        id="mtcnn@8.0.0",
+        name="mtcnn",
+        version="8.0.0",
+        implementation="mtcnn",
+        settings=good.settings,
+        settings_hash=good.settings_hash,
+        weights=[{**w, "sha256": "0" * 64} for w in good.weights],
     )
     image_id = upload(api_client, photo_bytes("coffee.png"), request_id="bad-weights", model_version="mtcnn@8.0.0").json()["id"]
     services.image_job_detect(image_id=image_id)

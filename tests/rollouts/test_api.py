@@ -3,9 +3,9 @@ time, and each transition by hand changes the routing and leaves an event."""
 
 import pytest
 
+from core.errors import DomainError
 from jobs.models import Image
 from registry.models import DetectorVersion
-from core.errors import DomainError
 from registry.services import detector_version_activate, detector_version_active, detector_version_retire
 from rollouts import services
 from rollouts.models import Rollout, RolloutEvent
@@ -36,7 +36,9 @@ def active_in_models(client) -> list[str]:
 
 def test_an_operator_starts_a_canary(operator, operator_name):
     """201 with the plan, stage 1 of 2 at 5 %, figures per variant, workers warm and the start event."""
-    response = start(operator, stages=[{"weight": 5, "min_seconds": 60, "min_jobs": 10}, {"weight": 50}], guardrails={"error_rate_max": 0.1})
+    response = start(
+        operator, stages=[{"weight": 5, "min_seconds": 60, "min_jobs": 10}, {"weight": 50}], guardrails={"error_rate_max": 0.1}
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["status"] == "running" and body["mode"] == "canary"
@@ -179,7 +181,10 @@ def test_list_is_paginated_and_detail_has_the_events(operator, canary):
     assert operator.get(page["next"]).json()["results"][0]["id"] == canary["id"]
     detail = operator.get(f"/api/v1/rollouts/{canary['id']}/").json()
     assert detail["status"] == "ended" and detail["ended_at"]
-    assert [(e["action"], e["reason"]) for e in detail["events"]] == [("start", "canary of mtcnn@1.1.0 from mtcnn@1.0.0"), ("end", "enough")]
+    assert [(e["action"], e["reason"]) for e in detail["events"]] == [
+        ("start", "canary of mtcnn@1.1.0 from mtcnn@1.0.0"),
+        ("end", "enough"),
+    ]
     assert detail["workers_warm"] == {"live": 0, "loaded": 0}
 
 
@@ -354,7 +359,9 @@ def test_quality_gate_without_evaluations_is_a_400(operator, evaluated):
 def test_models_show_release_records_and_the_evaluation(api_client):
     """dataset, build, image and evaluation: null until recorded, then as stored."""
     body = api_client.get(f"/api/v1/models/{CANDIDATE}/").json()
-    assert {key: body[key] for key in ("dataset", "build", "image", "evaluation")} == dict.fromkeys(("dataset", "build", "image", "evaluation"))
+    assert {key: body[key] for key in ("dataset", "build", "image", "evaluation")} == dict.fromkeys(
+        ("dataset", "build", "image", "evaluation")
+    )
     assert {"id", "label", "active", "weights", "settings", "notes", "created_at"} <= set(body)  # nothing lost
     DetectorVersion.objects.filter(id=CANDIDATE).update(
         dataset={"tag": "faces-2024", "sha256": "ab" * 32}, build="b-17", image="fda:1.1.0", evaluation={"f1": 0.93}

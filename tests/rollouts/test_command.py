@@ -105,7 +105,9 @@ def test_status_shows_each_variants_figures_on_the_window():
     rollout_id = rollout("start", "--candidate", CANDIDATE, "--mode", "canary").strip().splitlines()[-1]
     finished_jobs(rollout_id, "baseline", count=4, detection_ms=100)
     finished_jobs(rollout_id, "candidate", count=5, detection_ms=300, failed=1)
-    rows = {line.split()[0]: line.split()[1:] for line in rollout("status").splitlines() if line.split()[:1] in (["baseline"], ["candidate"])}
+    rows = {
+        line.split()[0]: line.split()[1:] for line in rollout("status").splitlines() if line.split()[:1] in (["baseline"], ["candidate"])
+    }
     assert rows["baseline"] == ["4", "0", "0.0", "100.0", "100.0", "1.0"]
     assert rows["candidate"] == ["5", "1", "0.2", "300.0", "300.0", "1.0"]
 

@@ -111,7 +111,9 @@ def test_judge_compares_with_a_given_baseline():
     """Blue-green after the switch: latency is compared with the baseline figures handed in."""
     data = figures(side(jobs=0, p95=None), side(p95=300))
     assert judge({"p95_latency_ratio_max": 2.0, "min_jobs": 20}, data).outcome == INCONCLUSIVE
-    verdict = judge({"p95_latency_ratio_max": 2.0, "min_jobs": 20}, data, baseline=side(p95=100), baseline_source="baseline before the switch")
+    verdict = judge(
+        {"p95_latency_ratio_max": 2.0, "min_jobs": 20}, data, baseline=side(p95=100), baseline_source="baseline before the switch"
+    )
     assert verdict.outcome == BREACH and "before the switch" in verdict.reason
 
 
@@ -181,7 +183,9 @@ def test_agreement_below_minimum_rolls_back(caplog):
 @pytest.mark.django_db
 def test_clean_figures_keep_the_rollout_and_reset_the_streak():
     """Healthy candidate figures: no rollback; a clean evaluation ends a streak of breaches."""
-    rollout = start_canary(guardrails={"error_rate_max": 0.1, "p95_latency_ratio_max": 2.0, "agreement_min": 0.8, "min_jobs": 5}, shadow_sample=0.5)
+    rollout = start_canary(
+        guardrails={"error_rate_max": 0.1, "p95_latency_ratio_max": 2.0, "agreement_min": 0.8, "min_jobs": 5}, shadow_sample=0.5
+    )
     Rollout.objects.filter(pk=rollout.pk).update(breaches=1)
     rows.jobs(rollout, "baseline", 10, ms=100)
     served = rows.jobs(rollout, "candidate", 10, ms=120)

@@ -34,16 +34,26 @@ def staff(client):
 
 
 def canary_failing():
-    rollout = rollout_start(candidate=CANDIDATE, mode="canary", actor="test", stages=HOLD,
-                            guardrails={"error_rate_max": 0.1, "p95_latency_ratio_max": 1.5, **WATCH})
+    rollout = rollout_start(
+        candidate=CANDIDATE,
+        mode="canary",
+        actor="test",
+        stages=HOLD,
+        guardrails={"error_rate_max": 0.1, "p95_latency_ratio_max": 1.5, **WATCH},
+    )
     rows.jobs(rollout, "baseline", 10, ms=100)
     rows.jobs(rollout, "candidate", 10, failed=5, ms=400)
     return rollout
 
 
 def ab_slow():
-    rollout = rollout_start(candidate=CANDIDATE, mode="ab", actor="test", stages=[{"weight": 50}],
-                            guardrails={"error_rate_max": 0.5, "p95_latency_ratio_max": 2.0, **WATCH})
+    rollout = rollout_start(
+        candidate=CANDIDATE,
+        mode="ab",
+        actor="test",
+        stages=[{"weight": 50}],
+        guardrails={"error_rate_max": 0.5, "p95_latency_ratio_max": 2.0, **WATCH},
+    )
     rows.jobs(rollout, "baseline", 10, ms=100)
     rows.jobs(rollout, "candidate", 10, failed=1, ms=300)
     return rollout
@@ -51,12 +61,27 @@ def ab_slow():
 
 def shadow_disagreeing():
     """Clients get the baseline; the candidate's shadow runs are slower and disagree with it."""
-    rollout = rollout_start(candidate=CANDIDATE, mode="shadow", actor="test", shadow_sample=1.0,
-                            guardrails={"agreement_min": 0.8, "p95_latency_ratio_max": 1.5, **WATCH})
+    rollout = rollout_start(
+        candidate=CANDIDATE,
+        mode="shadow",
+        actor="test",
+        shadow_sample=1.0,
+        guardrails={"agreement_min": 0.8, "p95_latency_ratio_max": 1.5, **WATCH},
+    )
     served = rows.jobs(rollout, "baseline", 10, ms=100)
     ShadowRun.objects.bulk_create(
-        ShadowRun(job=job, rollout=rollout, detector_version=rollout.candidate, variant="candidate", status=ShadowStatus.COMPLETED,
-                  faces=[], face_count=1, detection_ms=250, agreement=0.5, finished_at=timezone.now())
+        ShadowRun(
+            job=job,
+            rollout=rollout,
+            detector_version=rollout.candidate,
+            variant="candidate",
+            status=ShadowStatus.COMPLETED,
+            faces=[],
+            face_count=1,
+            detection_ms=250,
+            agreement=0.5,
+            finished_at=timezone.now(),
+        )
         for job in served
     )
     return rollout
@@ -64,8 +89,9 @@ def shadow_disagreeing():
 
 def blue_green_before_switch():
     """Nobody is switched yet; candidate rows stand in for a pre-switch test of its figures."""
-    rollout = rollout_start(candidate=CANDIDATE, mode="blue_green", actor="test",
-                            guardrails={"error_rate_max": 0.1, "p95_latency_ratio_max": 1.5, **WATCH})
+    rollout = rollout_start(
+        candidate=CANDIDATE, mode="blue_green", actor="test", guardrails={"error_rate_max": 0.1, "p95_latency_ratio_max": 1.5, **WATCH}
+    )
     rows.jobs(rollout, "baseline", 10, ms=100)
     rows.jobs(rollout, "candidate", 10, failed=3, ms=100)
     return rollout
@@ -73,8 +99,7 @@ def blue_green_before_switch():
 
 def blue_green_after_switch():
     """Switched 30 s ago: the candidate is judged against the baseline version's jobs before the switch."""
-    rollout = rollout_start(candidate=CANDIDATE, mode="blue_green", actor="test",
-                            guardrails={"p95_latency_ratio_max": 2.0, **WATCH})
+    rollout = rollout_start(candidate=CANDIDATE, mode="blue_green", actor="test", guardrails={"p95_latency_ratio_max": 2.0, **WATCH})
     switched = timezone.now() - dt.timedelta(seconds=30)
     Rollout.objects.filter(pk=rollout.pk).update(switched_at=switched, weight=100)
     rows.jobs(None, "", 10, ms=100, finished=switched - dt.timedelta(seconds=10), version=rollout.baseline)
@@ -111,7 +136,10 @@ def test_a_switch_the_figures_were_not_taken_for_is_not_judged_on(db):
     rollout = Rollout(mode=RolloutMode.BLUE_GREEN, switched_at=switched, guardrails={"p95_latency_ratio_max": 1.5, "min_jobs": 5})
     slow = {"jobs": 10, "failed": 0, "p95_detection_ms": 400, "latency_samples": 10}
     fast = {"jobs": 10, "failed": 0, "p95_detection_ms": 100, "latency_samples": 10}
-    figures = {"window": {"baseline": {}, "candidate": slow, "agreement": {}}, "before_switch": {"until": switched.isoformat(), "baseline": fast}}
+    figures = {
+        "window": {"baseline": {}, "candidate": slow, "agreement": {}},
+        "before_switch": {"until": switched.isoformat(), "baseline": fast},
+    }
     assert guardrails.rollout_verdict(rollout, figures).outcome == guardrails.BREACH
     figures["before_switch"]["until"] = (switched - dt.timedelta(seconds=5)).isoformat()
     assert guardrails.rollout_verdict(rollout, figures).outcome == guardrails.INCONCLUSIVE

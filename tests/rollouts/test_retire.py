@@ -65,9 +65,7 @@ def test_the_admin_action_shows_the_refusal(client, live):
     """The registry admin's Retire action shows the refusal as an error and retires nothing."""
     User.objects.create_superuser("ops", "ops@example.com", "pw")
     client.login(username="ops", password="pw")
-    response = client.post(
-        "/admin/registry/detectorversion/", {"action": "retire", "_selected_action": [CANDIDATE]}, follow=True
-    )
+    response = client.post("/admin/registry/detectorversion/", {"action": "retire", "_selected_action": [CANDIDATE]}, follow=True)
     assert response.status_code == 200
     shown = [str(m) for m in response.context["messages"]]
     assert any(str(live.id) in m and "candidate" in m for m in shown), shown

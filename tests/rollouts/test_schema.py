@@ -53,12 +53,16 @@ def test_responses_to_an_operator_match_the_schema(wsgi_db, operator_key):
     started = call(operator_key, "POST", "/api/v1/rollouts/", body=plan, expected=201)
     rollout_id = started["id"]
     call(operator_key, "POST", "/api/v1/rollouts/", body={"candidate": CANDIDATE, "mode": "ab"}, expected=409)
-    call(operator_key, "POST", "/api/v1/rollouts/", body={"candidate": CANDIDATE, "mode": "canary", "guardrails": {"nope": 1}}, expected=400)
+    call(
+        operator_key, "POST", "/api/v1/rollouts/", body={"candidate": CANDIDATE, "mode": "canary", "guardrails": {"nope": 1}}, expected=400
+    )
     call(operator_key, "GET", "/api/v1/rollouts/{rollout_id}/", rollout_id=rollout_id, expected=200)
     page = call(operator_key, "GET", "/api/v1/rollouts/", expected=200)
     assert page["results"][0]["id"] == rollout_id
     for action in ("pause", "resume", "advance"):
-        call(operator_key, "POST", f"/api/v1/rollouts/{{rollout_id}}/{action}/", rollout_id=rollout_id, body={"reason": action}, expected=200)
+        call(
+            operator_key, "POST", f"/api/v1/rollouts/{{rollout_id}}/{action}/", rollout_id=rollout_id, body={"reason": action}, expected=200
+        )
     call(operator_key, "POST", "/api/v1/rollouts/{rollout_id}/resume/", rollout_id=rollout_id, body={}, expected=409)
     promoted = call(operator_key, "POST", "/api/v1/rollouts/{rollout_id}/promote/", rollout_id=rollout_id, expected=200)
     assert promoted["status"] == "promoted"

@@ -8,12 +8,11 @@ import traceback
 
 import pytest
 
-from callbacks import services as delivery
+from detection.mtcnn import DetectorUnavailable
 from jobs import services
 from jobs.models import Image
 from storage.s3 import StorageError
 from tests.conftest import photo_bytes, upload
-from detection.mtcnn import DetectorUnavailable
 from workers.tasks import detect_faces
 
 pytestmark = [pytest.mark.django_db]
@@ -25,9 +24,7 @@ SECRET = "postgres://admin:hunter2@db.internal:5432 /srv/app/secret.key"
 def job(api_client, s3, monkeypatch, stub_detector):
     """A queued job whose chain was not published (the tests run its task by hand)."""
     monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
-    response = upload(
-        api_client, photo_bytes("astronaut_1face.png"), request_id="errors", callback_url="http://127.0.0.1:9/hook"
-    )
+    response = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="errors", callback_url="http://127.0.0.1:9/hook")
     assert response.status_code == 202, response.content
     return Image.objects.get(id=response.json()["id"])
 
@@ -183,11 +180,10 @@ def test_out_of_retries_with_the_database_still_away_the_message_is_dead_lettere
 
 def test_the_delivery_step_retries_a_database_error_instead_of_losing_the_callback(job, monkeypatch, receiver):
     """Without its delivery row a finished job would never be called back: the step retries."""
-    from callbacks.models import CallbackDelivery
-    from workers.tasks import deliver_result
-
     from callbacks.http import post_signed
+    from callbacks.models import CallbackDelivery
     from callbacks.services import callback_deliveries_claim, callback_delivery_record
+    from workers.tasks import deliver_result
 
     Image.objects.filter(id=job.id).update(callback_url=receiver.url())
     run_task(job)

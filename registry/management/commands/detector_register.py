@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import DomainError
-from registry.services import RegistryError, detector_bootstrap, detector_version_activate, detector_version_register, VERSIONS_DIR
+from registry.services import VERSIONS_DIR, RegistryError, detector_bootstrap, detector_version_activate, detector_version_register
 
 
 class Command(BaseCommand):
@@ -55,4 +55,7 @@ class Command(BaseCommand):
             version, created = detector_version_upload(manifest=manifest, path=artifact)
         except DomainError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from exc
-        self.stdout.write(f"{'registered' if created else 'unchanged '} {version.label} (artifact sha256 {version.artifact_sha256}, {version.artifact_size} bytes)")
+        self.stdout.write(
+            f"{'registered' if created else 'unchanged '} {version.label} (artifact sha256 "
+            f"{version.artifact_sha256}, {version.artifact_size} bytes)"
+        )

@@ -46,7 +46,9 @@ class Command(BaseCommand):
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--labels", type=Path, metavar="DIR", help="a folder with manifest.json")
         source.add_argument("--coco", type=Path, metavar="FILE", help="a COCO annotations JSON (images, annotations, categories)")
-        parser.add_argument("--images", type=Path, metavar="DIR", help="with --coco: the folder its file_names are in (default: the JSON's folder)")
+        parser.add_argument(
+            "--images", type=Path, metavar="DIR", help="with --coco: the folder its file_names are in (default: the JSON's folder)"
+        )
         parser.add_argument("--tag", help="the label set's name (default: the folder's name; with --coco the JSON's name)")
         parser.add_argument("--repeat", type=int, default=1, metavar="N", help="time each photo N times (default 1)")
 
@@ -61,9 +63,7 @@ class Command(BaseCommand):
                 )
             else:
                 label_set = labels_load(directory=labels, tag=tag)
-                result = detector_version_evaluate(
-                    version_id=version_id, labels=label_set, decode=decode_as_the_worker_does, repeat=repeat
-                )
+                result = detector_version_evaluate(version_id=version_id, labels=label_set, decode=decode_as_the_worker_does, repeat=repeat)
             detector_version_evaluation_store(version_id=version_id, evaluation=result)
         except RegistryError as exc:
             raise CommandError(str(exc)) from exc

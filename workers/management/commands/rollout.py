@@ -125,7 +125,9 @@ class Command(BaseCommand):
     def _show(self, rollout: Rollout) -> None:
         out = self.stdout.write
         out(f"rollout {rollout.id}: {rollout.mode} of {rollout.candidate_id} from {rollout.baseline_id}")
-        out(f"status {rollout.status}, weight {rollout.weight} %, started by {rollout.created_by} at {rollout.created_at:%Y-%m-%d %H:%M:%S}")
+        out(
+            f"status {rollout.status}, weight {rollout.weight} %, started by {rollout.created_by} at {rollout.created_at:%Y-%m-%d %H:%M:%S}"
+        )
         stage = rollout.current_stage
         if stage is not None:
             out(f"stage {stage.label}: weight {stage.weight} %, at least {stage.min_seconds} s and {stage.min_jobs} jobs")
