@@ -29,7 +29,7 @@ import numpy as np
 
 from .base import DetectorUnavailable
 from .mtcnn import MTCNNDetector
-from .precision import precision_of
+from .openvino_cpu import compiled_precision_check, cpu_compile_config
 from .torchfile import load_state_dict
 from .weights import WeightsMismatch, verify_weights
 
@@ -294,23 +294,7 @@ class MTCNNOpenVINODetector(MTCNNDetector):
 
         paths = verify_weights(self.spec.implementation, self.spec.weights)
         core = openvino.Core()
-        # LATENCY: one photo at a time per process, on `threads` cores (0: OpenVINO's choice, all).
-        # No CPU pinning: OpenVINO would pin each process's threads to the same first cores, so
-        # two single-threaded pool processes would share one core (measured: 2 x 1 no faster
-        # than 1 x 1).
-        config = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "ENABLE_CPU_PINNING": False,
-            # The version's precision, never the CPU's: without it OpenVINO infers in bfloat16 on
-            # any CPU with AVX512_BF16 or AMX, and the faces differ from 1.1.0's (detection/precision.py).
-            "INFERENCE_PRECISION_HINT": precision_of(self.spec.id, self.settings),
-            # No cache of shape-specialised kernels: MTCNN's pyramid brings about ten new input
-            # shapes with every new photo size, and the default cache grew a process by ~6 MB a
-            # size without bound (1.15 GB after 120 sizes). Measured: no slower without it.
-            "CPU_RUNTIME_CACHE_CAPACITY": 0,
-        }
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
+        config = cpu_compile_config(spec_id=self.spec.id, settings=self.settings, threads=self.threads)
         self.compile_config = config
         self._nets = {}
         for net in ("pnet", "rnet", "onet"):
@@ -318,11 +302,7 @@ class MTCNNOpenVINODetector(MTCNNDetector):
             if path is None:
                 raise WeightsMismatch(f"{self.spec.id} does not register {net}.pt")
             compiled = core.compile_model(core.read_model(build_graph(net, load_state_dict(path)), b""), "CPU", config)
-            # What the plugin will really do, read back: a runtime that ignored the hint would
-            # give other faces under the same version id, so it is refused instead.
-            running = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-            if running != config["INFERENCE_PRECISION_HINT"]:
-                raise DetectorUnavailable(f"{self.spec.id}: OpenVINO compiled {net} at {running}, not {config['INFERENCE_PRECISION_HINT']}")
+            compiled_precision_check(compiled, config, spec_id=self.spec.id, what=net)
             self._nets[net] = (compiled, compiled.create_infer_request(), [o.get_any_name() for o in compiled.outputs])
         # An infer request runs one input at a time: a detector shared by threads takes turns.
         self._lock = threading.Lock()

@@ -35,7 +35,7 @@ from PIL import Image
 
 from .base import ArtifactInvalid, Detection, Detector, DetectorSpec, DetectorUnavailable
 from .labels import LABEL_MAX_LENGTH, label_valid
-from .precision import precision_of
+from .openvino_cpu import compiled_precision_check, cpu_compile_config
 from .weights import WeightsMismatch, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -271,16 +271,7 @@ class YoloOnnxDetector(Detector):
         import openvino
 
         core = openvino.Core()
-        config = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "ENABLE_CPU_PINNING": False,
-            # The version's precision, never the CPU's (detection/precision.py).
-            "INFERENCE_PRECISION_HINT": precision_of(self.spec.id, self.settings),
-            # One fixed input shape: nothing to cache, and the cache would only grow (as in MTCNN's engine).
-            "CPU_RUNTIME_CACHE_CAPACITY": 0,
-        }
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
+        config = cpu_compile_config(spec_id=self.spec.id, settings=self.settings, threads=self.threads)
         try:
             model = core.read_model(str(path))
             if len(model.inputs) != 1:
@@ -293,9 +284,7 @@ class YoloOnnxDetector(Detector):
             raise
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ArtifactInvalid(f"OpenVINO could not load the model: {str(exc)[:300]}") from exc
-        running = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if running != config["INFERENCE_PRECISION_HINT"]:
-            raise DetectorUnavailable(f"{self.spec.id}: OpenVINO compiled the model at {running}, not {config['INFERENCE_PRECISION_HINT']}")
+        compiled_precision_check(compiled, config, spec_id=self.spec.id, what="the model")
         shape = tuple(int(d) for d in compiled.inputs[0].get_shape())
         self.input_wh = (shape[3], shape[2])
         self._compiled = compiled
