@@ -217,7 +217,7 @@ def test_detection_records_its_cpu_time(api_client, s3, monkeypatch, stub_detect
         return predict(self, inputs)
 
     monkeypatch.setattr(StubDetector, "predict", busy_predict)
-    monkeypatch.setattr(services.time, "process_time", lambda: cpu[0])
+    monkeypatch.setattr(services.detection.time, "process_time", lambda: cpu[0])
     services.image_job_detect(image_id=job_id)
     job = Image.objects.get(id=job_id)
     assert job.status == "completed" and job.detection_cpu_ms == 250
