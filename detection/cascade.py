@@ -21,14 +21,13 @@ different classes are not comparable either.
 """
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
-from .boxes import nms
+from .boxes import logistic, nms
 from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
@@ -55,11 +54,7 @@ DEFAULT_SETTINGS = {
 def confidence_from_level_weight(weight: float) -> float:
     """The last stage's Gentle AdaBoost score as a (0, 1) ranking score (see the module
     docstring): the logistic of twice the score, computed without overflow."""
-    z = 2.0 * float(weight)
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
+    return logistic(2.0 * float(weight))
 
 
 class CascadeDetector(Detector):

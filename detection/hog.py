@@ -24,14 +24,13 @@ exp(-w))``: monotone in w, in (0, 1), a ranking score within this detector only.
 
 import hashlib
 import logging
-import math
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
-from .boxes import nms
+from .boxes import logistic, nms
 from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
@@ -63,11 +62,7 @@ def default_people_coefficients() -> bytes:
 
 def confidence_from_weight(weight: float) -> float:
     """The SVM's signed distance as a (0, 1) ranking score: its logistic, without overflow."""
-    z = float(weight)
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
+    return logistic(float(weight))
 
 
 class HogDetector(Detector):

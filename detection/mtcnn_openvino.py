@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from .base import DetectorUnavailable
+from .boxes import nms_arrays
 from .mtcnn import MTCNNDetector
 from .openvino_cpu import compiled_precision_check, cpu_compile_config
 from .torchfile import load_state_dict
@@ -205,23 +206,8 @@ class SummedArea:
 # --- the steps of detect_face around the networks, in numpy ----------------------------------
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """torchvision.ops.nms: IoU without the +1, a box suppressed when IoU > threshold, highest score first."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = (x2 - x1) * (y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        w = np.maximum(np.minimum(x2[i], x2) - np.maximum(x1[i], x1), 0)
-        h = np.maximum(np.minimum(y2[i], y2) - np.maximum(y1[i], y1), 0)
-        inter = w * h
-        iou = inter / (area[i] + area - inter)
-        suppressed |= iou > threshold
-    return np.asarray(keep, dtype=np.int64)
+# torchvision.ops.nms, as facenet-pytorch's detect_face calls it.
+_nms = nms_arrays
 
 
 def _nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .base import ArtifactInvalid, Detection, Detector, DetectorSpec, DetectorUnavailable
+from .boxes import nms_arrays
 from .labels import LABEL_MAX_LENGTH, label_valid
 from .openvino_cpu import compiled_precision_check, cpu_compile_config
 from .weights import WeightsMismatch, sha256_file
@@ -153,23 +154,8 @@ def scale_boxes(boxes: np.ndarray, *, input_size: tuple[int, int], image_size: t
     return out
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy NMS, best first: torchvision.ops.nms's rule (a box is dropped when
-    its IoU with a kept, better one is above ``iou``; ties keep the earlier candidate)."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = (x2 - x1) * (y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        inter = np.maximum(np.minimum(x2[i], x2) - np.maximum(x1[i], x1), 0) * np.maximum(np.minimum(y2[i], y2) - np.maximum(y1[i], y1), 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            overlap = inter / (area[i] + area - inter)
-        suppressed |= overlap > iou
-    return np.asarray(keep, dtype=np.int64)
+# Ultralytics' NMS is torchvision's, applied per class (decode offsets boxes by class).
+nms = nms_arrays
 
 
 def decode(output: np.ndarray, *, layout: str, min_confidence: float, iou: float, max_det: int) -> np.ndarray:
