@@ -9,7 +9,9 @@ from typing import Any
 
 from PIL import Image
 
+from .errors import DetectorUnavailable
 from .labels import FACE
+from .precision import precision_of
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -17,10 +19,6 @@ LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 def settings_hash(settings: dict[str, Any]) -> str:
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-class DetectorUnavailable(RuntimeError):
-    """The detector cannot run here (e.g. CUDA asked for but absent)."""
 
 
 class ArtifactInvalid(DetectorUnavailable):
@@ -83,6 +81,17 @@ class Detector(abc.ABC):
         self.spec = spec
         self.settings = dict(spec.settings)
         self.device = device
+        # Every engine runs at the precision its version records; one it does not offer is
+        # refused before anything loads (detection/precision.py).
+        precision_of(spec.id, spec.settings)
+
+    def require_cpu(self, runtime: str, advice: str = "") -> None:
+        """Refuse any device but the CPU, for engines whose runtime has no other path here: a
+        worker is never moved silently to a device other than the one it was configured for."""
+        if self.device != "cpu":
+            raise DetectorUnavailable(
+                f"{self.spec.id} runs on the CPU only ({runtime}); DETECTOR_DEVICE={self.device}" + (f": {advice}" if advice else "")
+            )
 
     @property
     def model_version(self) -> str:

@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
-from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -148,10 +147,7 @@ class BlazeFaceDetector(Detector):
             raise DetectorUnavailable(f"{spec.id}: unknown nms {self.settings['nms']!r} (weighted or hard)")
         self._model = MODELS[model]
         self.settings.setdefault("min_confidence", self._model.min_score)
-        if device != "cpu":
-            # LiteRT's Python wheel runs on the CPU only, and a worker is never moved silently
-            # to a device other than the one it was configured for.
-            raise DetectorUnavailable(f"{spec.id} runs on the CPU only (LiteRT); DETECTOR_DEVICE={device}")
+        self.require_cpu("LiteRT")
         # CPU threads: the caller's count (the registry passes engines.threads, from the worker's
         # settings); 0: LiteRT's default, one thread (workers run a process per core).
         # Not part of the version: 1 and 2 threads give identical outputs.
@@ -176,7 +172,6 @@ class BlazeFaceDetector(Detector):
         content = path.read_bytes()
         if hashlib.sha256(content).hexdigest() != self.spec.weights[file]:
             raise WeightsMismatch(f"weight file {file} changed while it was loaded")
-        precision_of(self.spec.id, self.settings)  # f32, the only one offered (detection/precision.py)
         # LiteRT's XNNPACK delegate computes in f32 unless told otherwise, and the one way a model
         # file tells it otherwise is its "reduced_precision_support" metadata (fp16 inference
         # where the CPU has it, e.g. on ARM): such a file would drift by host, so it is refused.

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
+from .base import Detection, Detector, DetectorSpec
 from .boxes import logistic, nms
-from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -62,17 +61,11 @@ class CascadeDetector(Detector):
 
     def __init__(self, *, spec: DetectorSpec, device: str = "cpu", threads: int = 0) -> None:
         super().__init__(spec=spec, device=device)
-        if device != "cpu":
-            # OpenCV's cascades run on the CPU only; a worker is never moved silently to another
-            # device than the one it was configured for.
-            raise DetectorUnavailable(f"{spec.id} runs on the CPU only (OpenCV cascades); DETECTOR_DEVICE={device}")
+        self.require_cpu("OpenCV cascades")
         self.settings = {**DEFAULT_SETTINGS, **spec.settings}
         self.threads = threads  # CPU threads per detection; 0: OpenCV's default (all cores)
         if not self.settings["classes"]:
             raise ValueError(f"{spec.id} names no classes")
-        # Haar cascades have no lower-precision mode to drift into; an unknown precision named
-        # in settings is still refused, as by every engine (detection/precision.py).
-        precision_of(spec.id, self.settings)
         self._load()
 
     def _load(self) -> None:

@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import Detection, Detector, DetectorSpec, DetectorUnavailable
+from .base import Detection, Detector, DetectorSpec
 from .boxes import logistic, nms
-from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -70,11 +69,9 @@ class HogDetector(Detector):
 
     def __init__(self, *, spec: DetectorSpec, device: str = "cpu", threads: int = 0) -> None:
         super().__init__(spec=spec, device=device)
-        if device != "cpu":
-            raise DetectorUnavailable(f"{spec.id} runs on the CPU only (OpenCV HOG); DETECTOR_DEVICE={device}")
+        self.require_cpu("OpenCV HOG")
         self.settings = {**DEFAULT_SETTINGS, **spec.settings}
         self.threads = threads  # CPU threads per detection; 0: OpenCV's default (all cores)
-        precision_of(spec.id, self.settings)  # no lower precision to drift into; an unknown one is still refused
         self._load()
 
     def _load(self) -> None:

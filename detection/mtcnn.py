@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 
 from .base import LANDMARK_NAMES, Detection, Detector, DetectorSpec, DetectorUnavailable
-from .precision import precision_of
 from .weights import WeightsMismatch, verify_weights
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,6 @@ class MTCNNDetector(Detector):
         self._torch_device = torch.device(self.device)
         if self.threads:
             torch.set_num_threads(self.threads)  # process-wide: torch has no per-model setting
-        precision_of(self.spec.id, self.settings)  # f32, the only one offered (detection/precision.py)
         # f32 means f32 on a GPU too: torch runs cuDNN convolutions (all of MTCNN) in TF32 by
         # default on Ampere and later, a 10-bit mantissa that moves boxes under the same version.
         # Process-wide flags; every version here asks for f32, so no other model needs them on.

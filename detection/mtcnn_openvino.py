@@ -27,7 +27,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .base import DetectorUnavailable
 from .boxes import nms_arrays
 from .mtcnn import MTCNNDetector
 from .openvino_cpu import compiled_precision_check, cpu_compile_config
@@ -271,11 +270,7 @@ class MTCNNOpenVINODetector(MTCNNDetector):
     name = "mtcnn-openvino"
 
     def _load(self) -> None:
-        if self.device != "cpu":
-            raise DetectorUnavailable(
-                f"{self.spec.id} runs on the CPU only (OpenVINO engine); on DETECTOR_DEVICE={self.device} "
-                'use a version with the torch engine (implementation "mtcnn", e.g. mtcnn@1.1.0)'
-            )
+        self.require_cpu("OpenVINO engine", 'use a version with the torch engine (implementation "mtcnn", e.g. mtcnn@1.1.0)')
         import openvino
 
         paths = verify_weights(self.spec.implementation, self.spec.weights)

@@ -15,7 +15,7 @@ measured (docs/models.md), never a silent default.
 
 from typing import Any
 
-from .base import DetectorUnavailable
+from .errors import DetectorUnavailable
 
 DEFAULT = "f32"
 SUPPORTED = ("f32",)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ArtifactInvalid, Detection, Detector, DetectorSpec, DetectorUnavailable
+from .base import ArtifactInvalid, Detection, Detector, DetectorSpec
 from .boxes import nms_arrays
 from .labels import LABEL_MAX_LENGTH, label_valid
 from .openvino_cpu import compiled_precision_check, cpu_compile_config
@@ -241,10 +241,9 @@ class YoloOnnxDetector(Detector):
         super().__init__(spec=spec, device=device)
         self.settings = {**DEFAULT_SETTINGS, **spec.settings}
         self.threads = threads
-        if device != "cpu":
-            # OpenVINO's GPU plugin drives Intel GPUs, not CUDA; a CUDA path needs ONNX Runtime's
-            # CUDA build, which this service does not install (docs/models.md).
-            raise DetectorUnavailable(f"{spec.id} runs on the CPU only (OpenVINO engine); DETECTOR_DEVICE={device} has no ONNX engine here")
+        # OpenVINO's GPU plugin drives Intel GPUs, not CUDA; a CUDA path needs ONNX Runtime's
+        # CUDA build, which this service does not install (docs/models.md).
+        self.require_cpu("OpenVINO engine", "no ONNX engine here")
         expected = list(spec.weights.values())
         if len(expected) != 1:
             raise WeightsMismatch(f"{spec.id} must register exactly one weight (its model file), not {len(expected)}")

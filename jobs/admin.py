@@ -91,30 +91,26 @@ class ImageAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("client").prefetch_related("deliveries")
 
-    @admin.action(description="Send the callback again")
-    def redeliver_callback(self, request, queryset):
-        sent = 0
+    def _each(self, request, queryset, service, done: str) -> None:
+        """Run ``service`` on each selected job; refusals are shown per job, the count after."""
+        count = 0
         for image in queryset:
             try:
-                image_job_redeliver(image_id=image.id)
-                sent += 1
+                service(image_id=image.id)
+                count += 1
             except DomainError as exc:
                 self.message_user(request, f"{image.request_id}: {exc.message}", messages.WARNING)
-        if sent:
-            self.message_user(request, f"{sent} callback(s) queued for delivery.", messages.SUCCESS)
+        if count:
+            self.message_user(request, done.format(count=count), messages.SUCCESS)
+
+    @admin.action(description="Send the callback again")
+    def redeliver_callback(self, request, queryset):
+        self._each(request, queryset, image_job_redeliver, "{count} callback(s) queued for delivery.")
 
     @admin.action(description="Erase photos and detections (keeps a tombstone)")
     def erase(self, request, queryset):
         # The same service as DELETE /api/v1/images/{id}/ (jobs/erasure.py).
-        erased = 0
-        for image in queryset:
-            try:
-                image_job_erase(image_id=image.id)
-                erased += 1
-            except DomainError as exc:
-                self.message_user(request, f"{image.request_id}: {exc.message}", messages.WARNING)
-        if erased:
-            self.message_user(request, f"{erased} job(s) erased.", messages.SUCCESS)
+        self._each(request, queryset, image_job_erase, "{count} job(s) erased.")
 
     def get_urls(self):
         # Photos are served through the admin (staff only): the storage server need not be
