@@ -18,9 +18,37 @@ class JobStatus(models.TextChoices):
     # Erased on request (jobs/erasure.py): a tombstone of id, request_id and times; nothing runs on
     # it any more.
     DELETED = "deleted"
+    # Ended before it started: by the client's cancel (an upload's or its batch's), or because it
+    # had not started when its ``expires_at`` came. A job already detecting finishes instead.
+    CANCELED = "canceled"
+    EXPIRED = "expired"
 
 
-TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELETED)
+TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELETED, JobStatus.CANCELED, JobStatus.EXPIRED)
+
+
+class Batch(models.Model):
+    """Many jobs submitted at once (``POST /api/v1/batches/``): each item is an ordinary Image
+    row with its own request_id, version and callback; the batch adds one callback when the last
+    item ends, and a results stream."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey("clients.ApiClient", on_delete=models.PROTECT, related_name="batches")
+    callback_url = models.URLField(max_length=2048, blank=True)
+    http_request_id = models.CharField(max_length=128, null=True, blank=True)
+    item_count = models.PositiveIntegerField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    # Set once, when the last item reaches a terminal state (the batch callback is recorded then).
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"batch {self.id} ({self.item_count} items)"
 
 
 class Image(models.Model):
@@ -35,6 +63,12 @@ class Image(models.Model):
     # made before it was recorded.
     http_request_id = models.CharField(max_length=128, null=True, blank=True)
     callback_url = models.URLField(max_length=2048, blank=True)
+    # Submitted by reference (``image_url``): the worker fetches it into ``original_key`` before
+    # detecting; until then original_size is 0 and original_sha256 empty.
+    image_url = models.URLField(max_length=2048, blank=True)
+    batch = models.ForeignKey(Batch, on_delete=models.SET_NULL, null=True, blank=True, related_name="items")
+    # Not started by then: ends ``expired`` (``expires_in`` at submission).
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     # Object keys are chosen by the server; the client's filename is kept for operators only.
     original_filename = models.CharField(max_length=255, blank=True)
