@@ -150,7 +150,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
-        "JobStatusEnum": ["queued", "processing", "completed", "failed", "deleted"],
+        "JobStatusEnum": ["queued", "processing", "completed", "failed", "deleted", "canceled", "expired"],
         "CallbackStatusEnum": ["none", "pending", "delivered", "failed"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
         "RolloutStatusEnum": "rollouts.models.RolloutStatus",
