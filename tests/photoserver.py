@@ -24,6 +24,14 @@ from urllib.parse import parse_qs, urlsplit
 TESTDATA = Path(__file__).resolve().parent / "data" / "photos"
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up mid-body (the fetch's size limit, its deadline) is expected here.
+        pass
+
+
 class PhotoServer:
     def __init__(self, *, host: str = "127.0.0.1", flaky_failures: int = 1, slow_seconds: float = 30.0) -> None:
         self.requests: list[str] = []
@@ -48,8 +56,7 @@ class PhotoServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._httpd = ThreadingHTTPServer((host, 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, 0), Handler)
         self.port = self._httpd.server_address[1]
         self.base = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
