@@ -184,3 +184,10 @@ def test_job_ended_is_told_of_every_terminal_transition(api_client, by_hand, end
     assert sorted(ended) == sorted(
         [(str(completed.id), "completed"), (str(failed.id), "failed"), (str(canceled.id), "canceled"), (str(expired.id), "expired")]
     )
+
+
+def test_lifecycle_prefetches_what_the_selectors_do():
+    """lifecycle keeps its own copy of JOB_PREFETCH (an import circle otherwise): the same."""
+    from jobs import selectors
+
+    assert lifecycle.JOB_PREFETCH == selectors.JOB_PREFETCH
