@@ -191,3 +191,19 @@ def test_lifecycle_prefetches_what_the_selectors_do():
     from jobs import selectors
 
     assert lifecycle.JOB_PREFETCH == selectors.JOB_PREFETCH
+
+
+def test_a_canceled_uploads_photo_is_deleted_by_retention(api_client, by_hand, settings):
+    """Retention takes the photo of a canceled (or expired) job like a finished one's."""
+    from jobs import retention
+    from tests.conftest import store_status
+
+    settings.RETENTION_DAYS_ORIGINALS = 30
+    job = submit(api_client, "r-1")
+    services.image_job_cancel(image_id=job.id)
+    made = timezone.now() - dt.timedelta(days=31)
+    Image.objects.filter(id=job.id).update(created_at=made, finished_at=made + dt.timedelta(minutes=1))
+    assert store_status(job.original_key) == 200
+    assert retention.retention_sweep()["originals"] == 1
+    assert store_status(job.original_key) == 404
+    assert Image.objects.get(id=job.id).original_expired_at is not None
