@@ -3,8 +3,10 @@ never detected, is called back through the outbox, counted, and told to the job_
 
 import datetime as dt
 import json
+import threading
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from callbacks.models import CallbackDelivery
@@ -207,3 +209,75 @@ def test_a_canceled_uploads_photo_is_deleted_by_retention(api_client, by_hand, s
     assert retention.retention_sweep()["originals"] == 1
     assert store_status(job.original_key) == 404
     assert Image.objects.get(id=job.id).original_expired_at is not None
+
+
+def _in_thread(target) -> threading.Thread:
+    def run():
+        try:
+            target()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_waits_for_a_starting_detect_task_and_loses(api_client, by_hand):
+    """The detect task's start holds the row: the cancel's conditional update waits, then finds
+    the job processing (409 job_already_started); it never cancels a job being detected."""
+    job = submit(api_client, "race-1")
+    locked, release, outcome = threading.Event(), threading.Event(), {}
+
+    def start():
+        with transaction.atomic():
+            outcome["started"] = services.image_job_start(image_id=job.id) is not None
+            locked.set()
+            release.wait(20)
+
+    def cancel_it():
+        try:
+            services.image_job_cancel(image_id=job.id)
+            outcome["cancel"] = "canceled"
+        except services.JobNotCancelable as exc:
+            outcome["cancel"] = exc.code
+
+    starter = _in_thread(start)
+    assert locked.wait(20)
+    canceller = _in_thread(cancel_it)
+    canceller.join(0.5)
+    assert canceller.is_alive()  # waiting for the row
+    release.set()
+    starter.join(20)
+    canceller.join(20)
+    assert outcome == {"started": True, "cancel": "job_already_started"}
+    assert Image.objects.get(id=job.id).status == "processing"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_detect_task_starting_during_a_cancel_waits_and_skips_the_job(api_client, by_hand):
+    """The other order: the cancel holds the row; the start waits, then finds it canceled."""
+    job = submit(api_client, "race-2")
+    locked, release, outcome = threading.Event(), threading.Event(), {}
+
+    def cancel_it():
+        with transaction.atomic():
+            services.image_job_cancel(image_id=job.id)
+            locked.set()
+            release.wait(20)
+
+    def start():
+        outcome["started"] = services.image_job_start(image_id=job.id) is not None
+
+    canceller = _in_thread(cancel_it)
+    assert locked.wait(20)
+    starter = _in_thread(start)
+    starter.join(0.5)
+    assert starter.is_alive()
+    release.set()
+    canceller.join(20)
+    starter.join(20)
+    assert outcome == {"started": False}
+    image = Image.objects.get(id=job.id)
+    assert (image.status, image.attempts) == ("canceled", 0)
