@@ -281,3 +281,30 @@ def test_a_detect_task_starting_during_a_cancel_waits_and_skips_the_job(api_clie
     assert outcome == {"started": False}
     image = Image.objects.get(id=job.id)
     assert (image.status, image.attempts) == ("canceled", 0)
+
+
+def test_the_admin_filters_canceled_jobs_and_cancels_queued_ones(client, api_client, by_hand):
+    """Operators see canceled jobs by the status filter, and the Cancel action ends a queued job."""
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("ops", "ops@example.com", "pw")
+    client.login(username="ops", password="pw")
+    queued = submit(api_client, "admin-queued")
+    response = client.post("/admin/jobs/image/", {"action": "cancel", "_selected_action": [str(queued.id)]})
+    assert response.status_code == 302
+    assert Image.objects.get(id=queued.id).status == "canceled"
+    listed = client.get("/admin/jobs/image/?status__exact=canceled")
+    assert listed.status_code == 200 and b"admin-queued" in listed.content
+    page = client.get(f"/admin/jobs/image/{queued.id}/change/")
+    assert page.status_code == 200 and b"canceled" in page.content
+
+
+def test_the_beat_expires_queued_jobs_with_a_task_of_its_own(settings):
+    """expire-queued-jobs runs workers.tasks.expire_jobs, routed like the sweep."""
+    from workers import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["expire-queued-jobs"]
+    assert entry["task"] == "workers.tasks.expire_jobs" == tasks.expire_jobs.name
+    assert entry["schedule"] == settings.JOB_EXPIRE_INTERVAL
+    assert settings.CELERY_TASK_ROUTES[entry["task"]] == settings.CELERY_TASK_ROUTES["workers.tasks.sweep"]
+    assert tasks.expire_jobs() == 0
