@@ -404,3 +404,14 @@ def _readyz_storage_result_forgotten():
     from api.health import storage_check_forget
 
     storage_check_forget()
+
+
+@pytest.fixture(autouse=True)
+def _state_cache_forgotten():
+    """Each test starts with empty per-process caches of keys, versions and rollouts
+    (core.statecache): a transactional test's tables are emptied after it without a signal."""
+    from core import statecache
+
+    statecache.reset()
+    yield
+    statecache.reset()
