@@ -207,3 +207,22 @@ def test_the_publish_record_does_not_wait_for_the_disk(api_client, s3, monkeypat
     assert not any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
     job.refresh_from_db()
     assert job.enqueue_count == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_costs_three_statements(api_client, s3):
+    """The repeat check, the INSERT (committing by itself) and the publish record (one round
+    trip): the key, the active version and the rollout come from the process's cache
+    (core.statecache), no BEGIN or COMMIT of their own."""
+    require("postgres", "rabbitmq", "redis")
+    assert upload(api_client, photo_bytes("coffee.png"), request_id="first").status_code == 202  # fills the caches
+    with CaptureQueriesContext(connection) as queries:
+        answer = upload(api_client, photo_bytes("coffee.png"), request_id="second")
+    assert answer.status_code == 202
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == 3, statements
+    assert statements[0].startswith('SELECT 1 AS "a" FROM "api_image"')
+    assert statements[1].startswith('INSERT INTO "api_image"')
+    assert statements[2].startswith("SET LOCAL synchronous_commit TO OFF; UPDATE")
+    job = Image.objects.get(id=answer.json()["id"])
+    assert job.enqueue_count == 1 and job.enqueued_at is not None
