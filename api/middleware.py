@@ -14,6 +14,7 @@ import uuid
 
 from django.utils.log import log_response
 
+from core import statecache
 from core.logging import log_context
 
 HEADER = "X-Request-ID"
@@ -71,6 +72,18 @@ class RequestIdMiddleware:
                 },
             )
         return response
+
+
+class StateCacheScopeMiddleware:
+    """One read of the state cache's generation per request, however many cached things (the
+    key, the rollout, the active version) the request looks up: core.statecache."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with statecache.scope():
+            return self.get_response(request)
 
 
 class DatabaseUnavailableMiddleware:

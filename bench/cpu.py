@@ -150,18 +150,27 @@ class CpuWindow:
         self.wall, self.busy, self.table = time.monotonic(), machine_ticks()[0], processes()
 
     def close(self) -> tuple[float, float]:
-        """(the stack's CPU seconds, the others' share of the machine, 0..1)."""
+        """(the stack's CPU seconds, the others' share of the machine, 0..1). Afterwards
+        ``by_part`` holds the CPU seconds of each part of the stack (PARTS) and of the shared
+        broker and Redis (all their work, whoever asked for it)."""
         wall, busy, table = time.monotonic() - self.wall, machine_ticks()[0] - self.busy, processes()
         ours = descendants(self.table, self.root) | descendants(table, self.root)
         stack = bench = services = 0
+        by_part: dict[str, int] = {}
         for pid, (_, name, ticks) in table.items():
             used = ticks - (self.table[pid][2] if pid in self.table else 0)
             if pid in ours or (self.database and name == "postgres" and f" {self.database} " in (cmdline(pid) or "")):
                 stack += used
+                part = _part(pid, cmdline(pid) or name)
+                by_part[part] = by_part.get(part, 0) + used
             elif pid == os.getpid():
                 bench += used
             elif name in SERVICES:
                 services += used
+                if name != "postgres":
+                    part = f"{_part(pid, cmdline(pid) or name)}, shared"
+                    by_part[part] = by_part.get(part, 0) + used
+        self.by_part = {part: ticks / TICK for part, ticks in sorted(by_part.items(), key=lambda item: -item[1])}
         others = max(busy - stack - bench - services, 0)
         return stack / TICK, others / (wall * TICK * (os.cpu_count() or 1))
 

@@ -23,7 +23,12 @@ this client spent itself (it shares the machine with the service). When it finds
 also prints the CPU milliseconds the stack spent per upload (its processes: gunicorn, the S3
 server, the Celery workers; and the PostgreSQL backends of its database; not RabbitMQ's or
 Redis's, shared services) and the share of the machine that other processes took meanwhile: on
-a shared machine uploads/s alone says little (bench/metrics_overhead.py's CpuWindow).
+a shared machine uploads/s alone says little (bench/metrics_overhead.py's CpuWindow). A second
+line splits it by part and adds the broker's and Redis's CPU (all of it: on a machine where
+nothing else uses them, what the uploads cost them) for the whole stack's CPU per upload.
+
+--profile N then sends N more uploads through the API's own code (Django's WSGI handler) in the
+bench's process, under cProfile, and prints the functions that took the most.
 
 By default the detection workers run meanwhile and detect the uploads as they arrive (the
 "busy" figures: on a small machine they share the CPUs with the API). --pause-detection asks
@@ -170,6 +175,7 @@ def level(base: str, key: str, upload: Upload, *, clients: int, count: int, tag:
     seconds = time.perf_counter() - started
     own_cpu = time.process_time() - own_cpu
     cpu_s, others = window.close() if window is not None else (float("nan"), float("nan"))
+    by_part = {part: seconds * 1000 / max(len(results), 1) for part, seconds in window.by_part.items()} if window is not None else {}
     latencies = [elapsed for status, elapsed, _ in results if status == 202]
     codes: dict[int, int] = {}
     for status, _, _ in results:
@@ -188,6 +194,7 @@ def level(base: str, key: str, upload: Upload, *, clients: int, count: int, tag:
         "cpu_ms": cpu_s * 1000 / max(len(results), 1),
         "others_share": others,
         "client_ms": own_cpu * 1000 / max(len(results), 1),
+        "by_part": by_part,
         "ids": [job_id for status, _, job_id in results if job_id],
     }
 
@@ -200,6 +207,13 @@ def level_line(figures: dict) -> str:
         f"{figures['p95']:>8.1f} {figures['max']:>8.1f} {others:>8} {figures['cpu_ms']:>11.1f} "
         f"{figures['client_ms']:>11.1f} {figures['others_share'] * 100:>9.0f}" + (f"  ({detail})" if detail else "")
     )
+
+
+def parts_line(by_part: dict[str, float]) -> str:
+    """The stack's CPU per upload by part, and the shared broker's and Redis's (all their work)."""
+    shown = ", ".join(f"{part} {ms:.1f}" for part, ms in by_part.items() if ms >= 0.05)
+    whole = sum(by_part.values())
+    return f"        CPU ms per upload: {shown}; whole stack with the shared broker and Redis {whole:.1f}"
 
 
 # --- Detection paused (Celery remote control) and the wait for the jobs ----------------------------
@@ -274,6 +288,80 @@ def wait_finished(base: str, key: str, ids: list[str], timeout: float) -> dict[s
     return counts
 
 
+# --- The API's own code under cProfile ---------------------------------------------------------------
+
+
+def profile(env: dict[str, str], key: str, upload: Upload, *, count: int, top: int, tag: str) -> list[str]:
+    """``count`` uploads through Django's WSGI handler in this process (the stack's settings,
+    database, bucket and broker; gunicorn's HTTP parsing aside), under cProfile timed by CPU
+    time: where the API's CPU goes per upload. Returns the accepted job ids."""
+    import cProfile
+    import io
+    import pstats
+
+    os.environ.update({k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"})
+    os.environ["DJANGO_SETTINGS_MODULE"] = "face_detect_api.settings"
+    import django
+
+    django.setup()
+    import logging
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    logging.getLogger("access").setLevel(logging.WARNING)  # a line per upload would drown the profile
+
+    handler = WSGIHandler()
+
+    def post(request_id: str) -> tuple[int, str | None]:
+        body = upload.body(request_id)
+        answer: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/api/v1/images/",
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_X_API_KEY": key,
+            "CONTENT_TYPE": upload.content_type,
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+        }
+        chunks = handler(environ, lambda status, headers, exc_info=None: answer.append(status))
+        payload = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        status = int(answer[0].split()[0])
+        return status, json.loads(payload)["id"] if status == 202 else None
+
+    for n in range(min(20, count)):  # warm: imports, connections, caches
+        post(f"{tag}-warm-{n}")
+    profiler = cProfile.Profile(time.process_time)  # CPU, not the wall time spent waiting on the services
+    statuses: dict[int, int] = {}
+    ids = []
+    cpu = time.process_time()
+    profiler.enable()
+    for n in range(count):
+        status, job_id = post(f"{tag}-{n}")
+        statuses[status] = statuses.get(status, 0) + 1
+        if job_id:
+            ids.append(job_id)
+    profiler.disable()
+    cpu = time.process_time() - cpu
+    say(f"\nprofile: {count} uploads in this process, {cpu * 1000 / count:.1f} ms CPU each under cProfile (answers: {statuses})")
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top // 2)  # where the time is spent itself
+    say(out.getvalue())
+    return ids
+
+
 # --- The run -----------------------------------------------------------------------------------------
 
 
@@ -287,6 +375,14 @@ def main() -> int:
     parser.add_argument("--pause-detection", action="store_true", help="stop the detection workers consuming while measured (idle workers)")
     parser.add_argument("--wait", action="store_true", help="wait for every accepted job to finish, report any lost")
     parser.add_argument("--wait-timeout", type=float, default=900, help="with --wait: most seconds to wait (default 900)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the levels, N uploads through the API's code in this process under cProfile (its top functions)",
+    )
+    parser.add_argument("--profile-top", type=int, default=40, help="with --profile: how many functions to print (default 40)")
     args = parser.parse_args()
     try:
         args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
@@ -329,6 +425,10 @@ def measure(args) -> int:
                 figures = level(base, key, upload, clients=clients, count=args.uploads, tag=tag, stack=stack_cpu)
                 ids += figures["ids"]
                 say(level_line(figures))
+                if figures["by_part"]:
+                    say(parts_line(figures["by_part"]))
+            if args.profile:
+                ids += profile(svc.env, key, upload, count=args.profile, top=args.profile_top, tag=f"bench-submit-{run}-profile")
             if pause is not None:
                 pause.resume()
             if args.wait:

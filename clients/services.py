@@ -11,6 +11,8 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
+from core import statecache
+
 from .models import ApiClient, ApiKey
 
 KEY_PREFIX = "fda"
@@ -44,13 +46,18 @@ def api_key_create(*, client_name: str, operator: bool = False) -> tuple[ApiKey,
 
 
 def api_key_revoke(*, prefix: str) -> bool:
-    """Revoke one key by its prefix. Returns False if no active key has it."""
-    return bool(ApiKey.objects.filter(prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now()))
+    """Revoke one key by its prefix, at once in every process (core.statecache). Returns False
+    if no active key has it."""
+    revoked = bool(ApiKey.objects.filter(prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now()))
+    statecache.bump()  # update() sends no signal
+    return revoked
 
 
 def api_keys_revoke_all(*, clients) -> int:
     """Revoke every active key of these clients (a queryset). Returns how many were revoked."""
-    return ApiKey.objects.filter(client__in=clients, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    revoked = ApiKey.objects.filter(client__in=clients, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    statecache.bump()  # update() sends no signal
+    return revoked
 
 
 def api_key_check(key: str) -> ApiKey | None:
@@ -58,7 +65,12 @@ def api_key_check(key: str) -> ApiKey | None:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
-    row = ApiKey.objects.select_related("client").filter(prefix=parts[1]).first()
+    # Checked on every request: the row comes from this process's cache while no key or client
+    # has changed anywhere (a revocation is seen at once); only found rows are kept.
+    prefix = parts[1]
+    row = statecache.cached(
+        "api_key", prefix, lambda: ApiKey.objects.select_related("client").filter(prefix=prefix).first(), keep_none=False
+    )
     if row is None or not hmac.compare_digest(row.key_hash, _hash(key)):
         return None
     if row.revoked_at is not None or not row.client.is_active:
@@ -71,3 +83,5 @@ def api_key_touch(*, key: ApiKey) -> None:
     now = timezone.now()
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
         ApiKey.objects.filter(id=key.id).update(last_used_at=now)
+        # The row may be this process's cached one: the next request need not write again.
+        key.last_used_at = now

@@ -53,6 +53,8 @@ MIDDLEWARE = [
     # First: every answer gets X-Request-ID (the others' redirects and errors too), and every log
     # line of the request its http_request_id; it writes the access log.
     "api.middleware.RequestIdMiddleware",
+    # One read of the state cache's generation (Redis) per request: core.statecache.
+    "api.middleware.StateCacheScopeMiddleware",
     # A view outside DRF that meets the database gone answers 503 with Retry-After, not 500.
     "api.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",

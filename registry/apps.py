@@ -13,3 +13,15 @@ class RegistryConfig(AppConfig):
         from .artifacts import artifact_local_path
 
         engines.artifact_source = artifact_local_path
+
+        # Every API process caches the active version and versions by id (core.statecache): an
+        # activation, a retirement, any change to a version makes them stale everywhere at once.
+        from django.db.models.signals import post_delete, post_save
+
+        from core import statecache
+
+        from .models import ActiveDetector, DetectorVersion
+
+        for model in (ActiveDetector, DetectorVersion):
+            post_save.connect(statecache.bump, sender=model, dispatch_uid=f"statecache-{model.__name__}-save")
+            post_delete.connect(statecache.bump, sender=model, dispatch_uid=f"statecache-{model.__name__}-delete")

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core import statecache
 from core.errors import DomainError, Unavailable
 from detection.base import DetectorSpec, settings_hash, weight_checksums
 from detection.engines import loadable
@@ -171,6 +172,9 @@ def detector_version_activate(*, version_id: str, replace: bool = True) -> Detec
             pointer, created = ActiveDetector.objects.select_related("version").get_or_create(id=1, defaults={"version": version})
             if not created:
                 return pointer.version
+        # New jobs in every API process go to it from their next request (core.statecache; the
+        # model signal bumps too, but activation must not depend on how the pointer is written).
+        statecache.bump()
     logger.warning("active detector is now %s", version.label)
     return version
 
@@ -215,15 +219,19 @@ def detector_version_active() -> DetectorVersion | None:
 
 
 def detector_version_for_job(*, requested: str | None) -> DetectorVersion:
-    """The version a new job will use: the one asked for, or the active one."""
+    """The version a new job will use: the one asked for, or the active one. Both are read from
+    this process's cache while no version, nor the active pointer, has changed anywhere
+    (core.statecache)."""
     if requested:
-        version = DetectorVersion.objects.filter(id=requested).first()
+        version = statecache.cached(
+            "detector_version", requested, lambda: DetectorVersion.objects.filter(id=requested).first(), keep_none=False
+        )
         if version is None:
             raise DomainError("unknown_model_version", f"No model version {requested!r}; see /api/v1/models/.", field="model_version")
         if version.retired_at:
             raise DomainError("retired_model_version", f"{requested} is retired.", field="model_version")
         return version
-    version = detector_version_active()
+    version = statecache.cached("active_detector_version", "", detector_version_active)
     if version is None:
         raise Unavailable("no_active_model", "No detector version is active; an operator must activate one.")
     return version

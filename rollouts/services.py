@@ -20,6 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from core import statecache
 from core.errors import Conflict, DomainError, NotFound
 from registry.models import DetectorVersion
 from registry.services import RegistryError, detector_version_activate, detector_version_active
@@ -143,15 +144,17 @@ def rollout_route(*, client_id: int, cohort: str = "", locked: bool = False) -> 
     ends; in the transaction that records the job, so that the job and any transition of the
     rollout (a rollback above all) are ordered: no job is routed by a rollout state that a
     committed transition has already ended."""
-    # Every upload asks, and most of the time no rollout is live: the row alone, without joining
-    # both versions (a query that costs the API more to build than the database to answer). The
-    # version the job is routed to is read below, only when there is one.
+    # Locked: the row alone, without joining both versions; the version the job is routed to is
+    # read below, only when there is one.
     if locked:
         if not connection.in_atomic_block:
             raise RuntimeError("rollout_route(locked=True) must run in the transaction that records the job")
         rollout = _live_rollout_share_locked()
     else:
-        rollout = Rollout.objects.filter(status__in=LIVE_STATUSES).first()
+        # From this process's cache while no rollout has changed anywhere (core.statecache):
+        # a start, a stage, a rollback route from the next request on. Both versions joined:
+        # the join is paid once per change, not per upload.
+        rollout = statecache.cached("live_rollout", "", rollout_live)
     if rollout is None:
         return None
     key = cohort_key(client_id=client_id, cohort=cohort)

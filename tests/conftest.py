@@ -418,3 +418,14 @@ def photoserver():
     server = PhotoServer(slow_seconds=10).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _state_cache_forgotten():
+    """Each test starts with empty per-process caches of keys, versions and rollouts
+    (core.statecache): a transactional test's tables are emptied after it without a signal."""
+    from core import statecache
+
+    statecache.reset()
+    yield
+    statecache.reset()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -16,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from jobs import services
 from jobs.models import Image
 from storage import s3 as storage
-from tests.conftest import ROOT, photo_bytes, upload
+from tests.conftest import ROOT, photo_bytes, require, upload
 
 WEB_VARIABLES = ("WEB_WORKERS", "WEB_THREADS", "WEB_KEEPALIVE")
 
@@ -110,8 +111,74 @@ def test_publishing_a_job_asks_no_result_of_the_backend(monkeypatch):
     services.submission._publish_chain(uuid.uuid4())
     assert [name for name, _ in sent] == [services.DETECT_TASK]
     assert sent[0][1]["ignore_result"] is True
-    # The delivery still follows detection, in the message's chain.
+    # The delivery still follows detection, in the message's chain, and stores no result either.
     assert [task["task"] for task in sent[0][1]["chain"]] == [services.DELIVER_RESULT_TASK]
+    assert sent[0][1]["chain"][0]["options"]["ignore_result"] is True
+
+
+def _published(publish) -> dict:
+    """What ``publish()`` puts on the detect queue, as a consumer gets it: read from a queue of
+    this test's own bound to the same exchange and routing key (the broker copies it there)."""
+    from django.conf import settings
+    from kombu import Exchange, Queue
+
+    from face_detect_api.celery import app
+
+    name = settings.CELERY_QUEUE_DETECT
+    with app.connection_for_write() as conn:
+        probe = Queue(f"{name}-probe-{uuid.uuid4().hex[:8]}", Exchange(name, type="direct"), routing_key=name, exclusive=True)(
+            conn.default_channel
+        )
+        probe.declare()
+        try:
+            publish()
+            deadline = time.monotonic() + 10
+            while (message := probe.get(no_ack=True)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            probe.delete()
+    assert message is not None, "nothing was published"
+    return {
+        "body": message.decode(),
+        "headers": dict(message.headers),
+        "properties": {k: v for k, v in message.properties.items() if k not in ("delivery_info", "application_headers")},
+        "content": (message.content_type, message.content_encoding),
+        "route": (message.delivery_info["exchange"], message.delivery_info["routing_key"]),
+    }
+
+
+def test_the_lean_publish_sends_the_message_celerys_chain_sent():
+    """_publish_chain builds the message without Celery's canvas: the same body, headers (the
+    request id among them), properties, exchange and routing key as the chain it replaced, but
+    for the ids (new for each message) and the delivery's ignore_result."""
+    require("rabbitmq")
+    from celery import signature
+
+    from core.logging import log_context
+
+    job = str(uuid.uuid4())
+
+    def chain() -> None:
+        (
+            signature(services.DETECT_TASK, args=(job,), immutable=True)
+            | signature(services.DELIVER_RESULT_TASK, args=(job,), immutable=True)
+        ).apply_async(ignore_result=True)
+
+    with log_context(http_request_id="front-door-test"):
+        before = _published(chain)
+        after = _published(lambda: services.submission._publish_chain(uuid.UUID(job)))
+
+    for message in (before, after):
+        assert message["headers"]["http_request_id"] == "front-door-test"
+        task_id = message["headers"]["id"]
+        assert message["headers"]["root_id"] == message["properties"]["correlation_id"] == task_id
+        message["headers"]["id"] = message["headers"]["root_id"] = message["properties"]["correlation_id"] = "ID"
+        delivery = message["body"][2]["chain"][0]
+        assert delivery["options"]["task_id"] not in ("", task_id)
+        delivery["options"]["task_id"] = "DELIVERY ID"
+    # The one difference meant: the delivery's result is not stored either.
+    before["body"][2]["chain"][0]["options"]["ignore_result"] = True
+    assert after == before
 
 
 @pytest.mark.django_db(transaction=True)
@@ -140,3 +207,22 @@ def test_the_publish_record_does_not_wait_for_the_disk(api_client, s3, monkeypat
     assert not any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
     job.refresh_from_db()
     assert job.enqueue_count == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_costs_three_statements(api_client, s3):
+    """The repeat check, the INSERT (committing by itself) and the publish record (one round
+    trip): the key, the active version and the rollout come from the process's cache
+    (core.statecache), no BEGIN or COMMIT of their own."""
+    require("postgres", "rabbitmq", "redis")
+    assert upload(api_client, photo_bytes("coffee.png"), request_id="first").status_code == 202  # fills the caches
+    with CaptureQueriesContext(connection) as queries:
+        answer = upload(api_client, photo_bytes("coffee.png"), request_id="second")
+    assert answer.status_code == 202
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == 3, statements
+    assert statements[0].startswith('SELECT 1 AS "a" FROM "api_image"')
+    assert statements[1].startswith('INSERT INTO "api_image"')
+    assert statements[2].startswith("SET LOCAL synchronous_commit TO OFF; UPDATE")
+    job = Image.objects.get(id=answer.json()["id"])
+    assert job.enqueue_count == 1 and job.enqueued_at is not None

@@ -214,9 +214,9 @@ def test_every_way_a_job_fails_counts_once(api_client, anonymous_client, by_hand
 
 def test_a_rollout_job_and_its_shadow_run_are_labelled_by_version_and_variant(api_client, anonymous_client, by_hand, monkeypatch):
     """The served baseline and the candidate's shadow run each count a detection under their own version and variant."""
-    sent = lambda name, args: type("Sent", (), {"apply_async": lambda self: None})()  # noqa: E731
-    for module in ("submission", "shadow"):  # the job's chain and the shadow run's publish
-        monkeypatch.setattr(f"jobs.services.{module}.signature", sent)
+    # Nothing published: the job's chain and the shadow run's publish.
+    monkeypatch.setattr("jobs.services.submission._publish_chain", lambda image_id: None)
+    monkeypatch.setattr("jobs.services.shadow.signature", lambda name, args: type("Sent", (), {"apply_async": lambda self: None})())
     DetectorVersion.objects.create(id="stub@0.0.1", name="stub", version="0.0.1", implementation="stub", settings_hash="")
     rollout_start(candidate="stub@0.0.1", mode="shadow", actor="test")
     job = submit(api_client, "metrics-shadow", cohort="cohort-secret-7")
