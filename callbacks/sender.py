@@ -70,6 +70,28 @@ class Sender:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def reserve(self) -> bool:
+        """Hold a free sending thread for a claim the caller is about to take itself (send_claimed,
+        or release if it took none). False: every thread is busy, so the caller leaves the
+        delivery to the claims in turn (a claim must not wait out its lease in a queue)."""
+        with self._lock:
+            if self._stop.is_set() or self._in_flight >= self.threads:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a thread reserved for a claim that was not taken."""
+        with self._lock:
+            self._in_flight -= 1
+        self._wake.set()
+
+    def send_claimed(self, claim: Claim) -> None:
+        """POST a claim taken with a reserved thread; recorded by this sender's loop as its own."""
+        with self._lock:
+            self._contexts[claim.delivery_id] = contextvars.copy_context()
+        self._pool.submit(self._post, claim)
+
     def stop(self, timeout: float = STOP_WAIT_SECONDS) -> None:
         """Claim nothing more; wait up to ``timeout`` for the POSTs in flight and record them."""
         self._stop.set()
@@ -110,7 +132,8 @@ class Sender:
         with self._lock:
             asked = list(self._contexts)
         for claim in callback_deliveries_claim(limit=free, asked=asked):
-            self._in_flight += 1
+            with self._lock:
+                self._in_flight += 1
             self._pool.submit(self._post, claim)
 
     def _post(self, claim: Claim) -> None:
@@ -128,8 +151,8 @@ class Sender:
                 claim, result = self._results.get_nowait()
             except queue.Empty:
                 return
-            self._in_flight -= 1
             with self._lock:
+                self._in_flight -= 1
                 context = self._contexts.pop(claim.delivery_id, None)
             if isinstance(result, Exception):
                 continue  # not recorded: the lease runs out and the delivery is tried again

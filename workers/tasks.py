@@ -197,15 +197,24 @@ def deliver_result(self, image_id: str) -> str:
         # The client still hears about its job; output_image_url stays null.
         logger.exception("job %s: annotation failed; calling back without it", image_id)
 
+    # This process's sender, when it runs and has a free thread: the new row is then made with
+    # its first try's lease, and that try handed to the thread at once (no claim round trips).
+    sender = sending.sender_with_free_thread()
+    claim = None
     try:
-        outbox_row = services.image_job_callback_delivery(image_id=job_id)
+        outbox_row, claim = services.image_job_callback_delivery_claimed(image_id=job_id, claim=sender is not None)
     except DATABASE_ERRORS as exc:
         if self.request.retries < settings.JOB_MAX_RETRIES:
             logger.warning("job %s: database unavailable for its callback, retry %d: %s", image_id, self.request.retries + 1, exc)
             _retry(self, exc)
         _dead_letter(self, exc)
         return image_id
-    if outbox_row is not None:
+    finally:
+        if sender is not None and claim is None:
+            sender.release()
+    if claim is not None:
+        sender.send_claimed(claim)
+    elif outbox_row is not None:
         # Once the row exists it is the outbox's: a failed try here is retried from the row.
         _attempt(outbox_row.id)
     return image_id
