@@ -138,7 +138,10 @@ def image_job_complete(
         if image.status != JobStatus.PROCESSING:
             logger.info("job %s is %s, not processing; not completing it", image_id, image.status)
             return False
-        image.faces.all().delete()
+        if image.attempts > 1:
+            # Detections are written only with the completion, in this transaction: a first
+            # attempt has none to replace (a round trip saved on every job).
+            image.faces.all().delete()
         Face.objects.bulk_create(
             Face(
                 image=image,
