@@ -128,7 +128,7 @@ def _job_fail(job_id: uuid.UUID, code: str, message: str):
     return lambda: services.image_job_fail(image_id=job_id, code=code, message=message)
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     """Detect the faces of one job. Returns normally once the job is terminal, so the chained
     delivery runs for failed jobs too. ``attempt``: set by this task's own retry (see
@@ -180,7 +180,7 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     return image_id
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def deliver_result(self, image_id: str) -> str:
     """Annotate a finished job's photo, then make its callback delivery and try it. A database
     error anywhere is retried (the delivery row must be made); past the retries the message goes
@@ -220,7 +220,7 @@ def deliver_result(self, image_id: str) -> str:
     return image_id
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def deliver_callback(self, delivery_id: int) -> None:
     """Try one callback delivery (a retry, or a redelivery asked for by an operator). A database
     error is retried; the row stays pending, so past the retries the sweeper sends it when due."""
@@ -317,7 +317,7 @@ def _parse_time(value) -> dt.datetime | None:
         return None
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def shadow_detect(self, shadow_run_id: int) -> None:
     """Run the other version of a rollout on a job's photo (a shadow run): stored, compared,
     never returned or called back. Transient errors retry; anything else fails the run only."""
@@ -371,7 +371,7 @@ def retention_sweep() -> dict:
     return retention.retention_sweep()
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def send_rollout_alert(self, event_id: int) -> None:
     """Deliver a rollout event's alert to ROLLOUT_ALERT_URL through the outbox. Rollbacks now
     make the alert's delivery themselves; this task stays for messages published before. A
