@@ -76,6 +76,35 @@ def detection_sums(api: Api) -> dict[str, float] | None:
     return sums if sums["count"] else None
 
 
+def database_counts(stack) -> dict[str, float] | None:
+    """A stack of its own's PostgreSQL database, from pg_stat_database: transactions (each
+    statement outside a transaction is one), sessions opened, and milliseconds its backends
+    spent executing statements. None without a database of its own."""
+    if stack is None or not stack.database:
+        return None
+    from urllib.parse import urlsplit
+
+    import psycopg2
+
+    parts = urlsplit(stack.service_env["DATABASE_URL"])
+    try:
+        conn = psycopg2.connect(
+            dbname="postgres", host=parts.hostname, port=parts.port or 5432, user=parts.username, password=parts.password
+        )
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            # Backends report their counts when idle, at most once a second: give them the time.
+            cursor.execute("SELECT pg_sleep(1.2)")
+            cursor.execute(
+                "SELECT xact_commit + xact_rollback, sessions, active_time FROM pg_stat_database WHERE datname = %s", (stack.database,)
+            )
+            row = cursor.fetchone()
+        conn.close()
+    except Exception:  # noqa: BLE001 - a figure the bench can do without
+        return None
+    return {"transactions": float(row[0]), "sessions": float(row[1]), "active_ms": float(row[2])} if row else None
+
+
 def best_raw(version: str, repeat: int) -> tuple[float, str]:
     """(photos/s, layout) of the best processes x threads layout of the raw detector here."""
     cores = os.cpu_count() or 1
@@ -122,6 +151,7 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
     detection_before = detection_sums(api)
     # A stack of its own: its processes alone (this machine may be shared), found before and after.
     pids = cpu.stack_pids(stack.root_pid(), stack.database) if stack is not None else None
+    database_before = database_counts(stack)
     before = cpu.snapshot()
     began = time.monotonic()
     ids = submit(items, len(warm))
@@ -132,6 +162,7 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
     if pids is not None:
         pids |= cpu.stack_pids(stack.root_pid(), stack.database)
     detection_after = detection_sums(api)
+    database_after = database_counts(stack)
     if not arrived:
         raise BenchFailed("no callback arrived: does the service allow loopback callbacks (CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8)?")
     last = max(at for at, _ in arrived.values())
@@ -167,6 +198,7 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
         "versions": sorted({body.get("model_version") or "" for _, body in arrived.values()}),
         "cpu": (before, after),
         "stack_pids": pids,
+        "database": {k: database_after[k] - database_before[k] for k in database_after} if database_before and database_after else None,
         "detection": {k: detection_after[k] - detection_before[k] for k in detection_after}
         if detection_before and detection_after
         else None,
@@ -234,6 +266,13 @@ def report(result: dict, ceiling: float, layout: str) -> None:
         "the stack's own processes, its PostgreSQL backends, the broker and Redis" if pids is not None else "every part but the bench's"
     )
     say(f"\nWhole stack: {stack_ms:.1f} ms of CPU per photo = **{stack_ms:.0f} CPU-seconds per 1,000 photos** ({counted})")
+    database = result["database"]
+    if database:
+        n = max(result["called_back"], 1)
+        say(
+            f"PostgreSQL, per job (pg_stat_database; the upload's included): {database['transactions'] / n:.1f} transactions, "
+            f"{database['sessions'] / n:.2f} sessions opened, {database['active_ms'] / n:.1f} ms executing statements."
+        )
     detection = result["detection"]
     if detection and detection["count"]:
         inside = detection["cpu"] * 1000 / detection["count"]
