@@ -27,7 +27,10 @@ comes from --key or FDA_API_KEY, or one is made with `manage.py create_api_key` 
 4. The profile across processes (bench/cpu.py): CPU ms per job of each part of the machine (API,
    detect and deliver workers, S3 server, PostgreSQL, RabbitMQ, ...) over the timed run, the
    machine's busy share, and from the service's /metrics the detector's own CPU per job, so
-   that the task around it shows too.
+   that the task around it shows too; then the whole stack's CPU-seconds per 1,000 photos and
+   the CPU per job outside the detector. With --start only the stack's own processes count
+   (and its database's transactions, sessions and statement time per job, pg_stat_database):
+   a neighbour's work on a shared machine is left out.
 
 Prints figures; asserts nothing. Exit status 1 only when the bench itself could not run.
 """
