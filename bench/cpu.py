@@ -104,9 +104,26 @@ def parts(before: Snapshot, after: Snapshot) -> dict[str, float]:
     return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
-def report(before: Snapshot, after: Snapshot, *, per: int, say) -> dict[str, float]:
+def stack_pids(root: int, database: str | None) -> set[int]:
+    """The processes of a stack now: those below ``root`` (its runner), the PostgreSQL backends
+    serving its ``database``, and the broker and Redis (shared with whoever else uses them, so
+    counted whole: an upper bound). Call it before and after the work: a process counts if it
+    is in either set."""
+    table = processes()
+    pids = descendants(table, root)
+    for pid, (_, name, _) in table.items():
+        if name in SERVICES - {"postgres"} or (database and name == "postgres" and f" {database} " in (cmdline(pid) or "")):
+            pids.add(pid)
+    return pids
+
+
+def report(before: Snapshot, after: Snapshot, *, per: int, say, only: set[int] | None = None) -> dict[str, float]:
     """Print a table of CPU ms per job for each part (``per`` jobs were done), with the
-    machine's busy share; returns the per-job figures."""
+    machine's busy share; returns the per-job figures. ``only``: count these processes alone
+    (stack_pids: a stack's, leaving out a neighbour's work on a shared machine)."""
+    if only is not None:
+        before = Snapshot({pid: v for pid, v in before.processes.items() if pid in only}, before.busy, before.total)
+        after = Snapshot({pid: v for pid, v in after.processes.items() if pid in only}, after.busy, after.total)
     used = parts(before, after)
     wall = (after.total - before.total) / (os.cpu_count() or 1)
     busy_share = (after.busy - before.busy) / max(after.total - before.total, 1e-9)

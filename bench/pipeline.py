@@ -27,7 +27,10 @@ comes from --key or FDA_API_KEY, or one is made with `manage.py create_api_key` 
 4. The profile across processes (bench/cpu.py): CPU ms per job of each part of the machine (API,
    detect and deliver workers, S3 server, PostgreSQL, RabbitMQ, ...) over the timed run, the
    machine's busy share, and from the service's /metrics the detector's own CPU per job, so
-   that the task around it shows too.
+   that the task around it shows too; then the whole stack's CPU-seconds per 1,000 photos and
+   the CPU per job outside the detector. With --start only the stack's own processes count
+   (and its database's transactions, sessions and statement time per job, pg_stat_database):
+   a neighbour's work on a shared machine is left out.
 
 Prints figures; asserts nothing. Exit status 1 only when the bench itself could not run.
 """
@@ -76,6 +79,35 @@ def detection_sums(api: Api) -> dict[str, float] | None:
     return sums if sums["count"] else None
 
 
+def database_counts(stack) -> dict[str, float] | None:
+    """A stack of its own's PostgreSQL database, from pg_stat_database: transactions (each
+    statement outside a transaction is one), sessions opened, and milliseconds its backends
+    spent executing statements. None without a database of its own."""
+    if stack is None or not stack.database:
+        return None
+    from urllib.parse import urlsplit
+
+    import psycopg2
+
+    parts = urlsplit(stack.service_env["DATABASE_URL"])
+    try:
+        conn = psycopg2.connect(
+            dbname="postgres", host=parts.hostname, port=parts.port or 5432, user=parts.username, password=parts.password
+        )
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            # Backends report their counts when idle, at most once a second: give them the time.
+            cursor.execute("SELECT pg_sleep(1.2)")
+            cursor.execute(
+                "SELECT xact_commit + xact_rollback, sessions, active_time FROM pg_stat_database WHERE datname = %s", (stack.database,)
+            )
+            row = cursor.fetchone()
+        conn.close()
+    except Exception:  # noqa: BLE001 - a figure the bench can do without
+        return None
+    return {"transactions": float(row[0]), "sessions": float(row[1]), "active_ms": float(row[2])} if row else None
+
+
 def best_raw(version: str, repeat: int) -> tuple[float, str]:
     """(photos/s, layout) of the best processes x threads layout of the raw detector here."""
     cores = os.cpu_count() or 1
@@ -88,7 +120,7 @@ def best_raw(version: str, repeat: int) -> tuple[float, str]:
     return figures[layout], layout
 
 
-def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: float) -> dict:
+def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: float, stack=None) -> dict:
     photos = sorted(PHOTOS.glob("*.[pj][np]g"))
     run = uuid.uuid4().hex[:8]
 
@@ -120,6 +152,9 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
     items = [(p, p.read_bytes()) for p in photos] * repeat
     started = dt.datetime.now(dt.UTC)
     detection_before = detection_sums(api)
+    # A stack of its own: its processes alone (this machine may be shared), found before and after.
+    pids = cpu.stack_pids(stack.root_pid(), stack.database) if stack is not None else None
+    database_before = database_counts(stack)
     before = cpu.snapshot()
     began = time.monotonic()
     ids = submit(items, len(warm))
@@ -127,7 +162,10 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
     wait(ids)
     arrived = arrivals(callbacks, ids)
     after = cpu.snapshot()
+    if pids is not None:
+        pids |= cpu.stack_pids(stack.root_pid(), stack.database)
     detection_after = detection_sums(api)
+    database_after = database_counts(stack)
     if not arrived:
         raise BenchFailed("no callback arrived: does the service allow loopback callbacks (CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8)?")
     last = max(at for at, _ in arrived.values())
@@ -162,6 +200,8 @@ def pipeline(api: Api, callbacks: Receiver, version: str, repeat: int, timeout: 
         "stages": {name: sorted(values) for name, values in stages.items() if values},
         "versions": sorted({body.get("model_version") or "" for _, body in arrived.values()}),
         "cpu": (before, after),
+        "stack_pids": pids,
+        "database": {k: database_after[k] - database_before[k] for k in database_after} if database_before and database_after else None,
         "detection": {k: detection_after[k] - detection_before[k] for k in detection_after}
         if detection_before and detection_after
         else None,
@@ -191,7 +231,7 @@ def measure(args) -> int:
         with harness.service(args, key_name="bench-pipeline", prefix="fda-bench-pipeline", extra_env=extra_env) as svc:
             api = Api(svc.base, svc.key)
             ceiling, layout = (0.0, "") if args.skip_raw else best_raw(args.version, args.repeat)
-            result = pipeline(api, callbacks, args.version, args.repeat, args.timeout)
+            result = pipeline(api, callbacks, args.version, args.repeat, args.timeout, stack=svc.stack)
             report(result, ceiling, layout)
             return 0
     finally:
@@ -220,15 +260,31 @@ def report(result: dict, ceiling: float, layout: str) -> None:
     say(f"| versions that ran | {', '.join(result['versions'])} |")
     # The profile across processes: where each job's CPU went (the detector's share is in
     # the detect worker's), next to what the raw detector spends on a photo.
-    per_job = cpu.report(*result["cpu"], per=result["called_back"], say=say)
+    pids = result["stack_pids"]
+    per_job = cpu.report(*result["cpu"], per=result["called_back"], say=say, only=pids)
+    # The bench's own client and other processes (a neighbour's, on a shared machine) are not
+    # what a user pays for: the whole stack is the rest.
+    stack_ms = sum(ms for part, ms in per_job.items() if part not in ("bench (the client)", "other"))
+    counted = (
+        "the stack's own processes, its PostgreSQL backends, the broker and Redis" if pids is not None else "every part but the bench's"
+    )
+    say(f"\nWhole stack: {stack_ms:.1f} ms of CPU per photo = **{stack_ms:.0f} CPU-seconds per 1,000 photos** ({counted})")
+    database = result["database"]
+    if database:
+        n = max(result["called_back"], 1)
+        say(
+            f"PostgreSQL, per job (pg_stat_database; the upload's included): {database['transactions'] / n:.1f} transactions, "
+            f"{database['sessions'] / n:.2f} sessions opened, {database['active_ms'] / n:.1f} ms executing statements."
+        )
     detection = result["detection"]
     if detection and detection["count"]:
         inside = detection["cpu"] * 1000 / detection["count"]
         say(
-            f"\nIn the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
+            f"In the detect worker, the detector itself: {inside:.1f} ms of CPU per job "
             f"({detection['wall'] * 1000 / detection['count']:.1f} ms of wall time; /metrics); the task around it: "
             f"{per_job.get('detect worker', 0.0) - inside:.1f} ms."
         )
+        say(f"Outside the detector (the whole stack less the detector itself): **{stack_ms - inside:.1f} ms of CPU per job**.")
     if ceiling:
         say(
             f"\nThe raw detector ({layout}) spends about {(os.cpu_count() or 1) * 1000 / ceiling:.0f} ms of CPU per photo "

@@ -49,6 +49,12 @@ class Sender:
         # The log context of the task that asked for a delivery (its task, request id, job), for
         # the line of that delivery's try.
         self._contexts: dict[int, contextvars.Context] = {}
+        # Deliveries whose first try a task claimed itself (send_claimed): no claim asks for them.
+        self._preclaimed: set[int] = set()
+        # Whether the next turn claims: asked for (wake), the poll came round, or the last claim
+        # filled every free thread (more may be due). A turn woken only by a POST's result that
+        # came back records it and claims nothing: no query for what nobody asked.
+        self._claim_next = True
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -64,11 +70,34 @@ class Sender:
                 if len(self._contexts) > MAX_CONTEXTS:  # those claimed by other processes
                     self._contexts.clear()
                 self._contexts[delivery_id] = contextvars.copy_context()
+        self._claim_next = True
         self._wake.set()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def reserve(self) -> bool:
+        """Hold a free sending thread for a claim the caller is about to take itself (send_claimed,
+        or release if it took none). False: every thread is busy, so the caller leaves the
+        delivery to the claims in turn (a claim must not wait out its lease in a queue)."""
+        with self._lock:
+            if self._stop.is_set() or self._in_flight >= self.threads:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a thread reserved for a claim that was not taken."""
+        with self._lock:
+            self._in_flight -= 1
+
+    def send_claimed(self, claim: Claim) -> None:
+        """POST a claim taken with a reserved thread; recorded by this sender's loop as its own."""
+        with self._lock:
+            self._contexts[claim.delivery_id] = contextvars.copy_context()
+            self._preclaimed.add(claim.delivery_id)
+        self._pool.submit(self._post, claim)
 
     def stop(self, timeout: float = STOP_WAIT_SECONDS) -> None:
         """Claim nothing more; wait up to ``timeout`` for the POSTs in flight and record them."""
@@ -92,7 +121,8 @@ class Sender:
                 if self._stop.is_set():
                     if self._in_flight == 0:
                         return
-                else:
+                elif self._claim_next:
+                    self._claim_next = False
                     self._claim_and_send()
             except Exception:
                 # The database away, say: logged, tried again at the next turn. This thread must
@@ -100,17 +130,23 @@ class Sender:
                 logger.exception("callback sender: a turn failed; trying again in %ss", self.poll)
             finally:
                 close_old_connections()
-            self._wake.wait(self.poll)
+            if not self._wake.wait(self.poll):
+                self._claim_next = True  # the poll: retries due, rows made elsewhere
             self._wake.clear()
 
     def _claim_and_send(self) -> None:
         free = self.threads - self._in_flight
         if free <= 0:
+            self._claim_next = True  # once a thread is free again
             return
         with self._lock:
-            asked = list(self._contexts)
-        for claim in callback_deliveries_claim(limit=free, asked=asked):
-            self._in_flight += 1
+            asked = [delivery_id for delivery_id in self._contexts if delivery_id not in self._preclaimed]
+        claims = callback_deliveries_claim(limit=free, asked=asked)
+        if len(claims) >= free:
+            self._claim_next = True
+        for claim in claims:
+            with self._lock:
+                self._in_flight += 1
             self._pool.submit(self._post, claim)
 
     def _post(self, claim: Claim) -> None:
@@ -128,9 +164,10 @@ class Sender:
                 claim, result = self._results.get_nowait()
             except queue.Empty:
                 return
-            self._in_flight -= 1
             with self._lock:
+                self._in_flight -= 1
                 context = self._contexts.pop(claim.delivery_id, None)
+                self._preclaimed.discard(claim.delivery_id)
             if isinstance(result, Exception):
                 continue  # not recorded: the lease runs out and the delivery is tried again
             (context or contextvars.copy_context()).run(self._record, claim, result, asked=context is not None)

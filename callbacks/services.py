@@ -42,13 +42,39 @@ def callback_delivery_create(*, image_id: uuid.UUID, url: str, render: Callable[
     """A new pending delivery to ``url`` whose frozen body is ``render(delivery)`` as compact
     JSON. The row is built first, unsaved, and the body rendered from it, so the body can
     describe the very delivery that carries it (its webhook id, pending, no attempts)."""
+    return callback_delivery_create_claimed(image_id=image_id, url=url, render=render, claim=False)[0]
+
+
+def callback_delivery_create_claimed(
+    *, image_id: uuid.UUID, url: str, render: Callable[[CallbackDelivery], dict[str, Any]], claim: bool = True
+) -> "tuple[CallbackDelivery, Claim | None]":
+    """callback_delivery_create, and with ``claim`` the lease of its first try taken in the same
+    statement that writes the row (a Claim; None when its receiver's breaker is open or its
+    in-flight cap reached: then a sender claims it in turn). The caller sends the Claim at once
+    (it must hold a free sending thread: the lease is what keeps others off) and records it,
+    as a sender does with the claims it takes; it saves that claim's own transaction."""
     outbox_row = CallbackDelivery(image_id=image_id, webhook_id=new_webhook_id(), url=url, host=host_of(url))
     outbox_row.body = json.dumps(render(outbox_row), separators=(",", ":"), sort_keys=True)
-    outbox_row.next_attempt_at = timezone.now()  # after rendering: the body shows nothing scheduled
+    now = timezone.now()
+    outbox_row.next_attempt_at = now  # after rendering: the body shows nothing scheduled
+    leased = False
+    if claim:
+        # Locked as a sender's claim locks it (the host first, then its deliveries), so that the
+        # per-host cap counts this try and no sender's claim at once.
+        receiver = CallbackHost.objects.select_for_update().filter(host=outbox_row.host).first()
+        leased = receiver is not None and receiver.breaker_state(now, settings.CALLBACK_BREAKER_FAILURES) == "closed"
+        if leased:
+            in_flight = CallbackDelivery.objects.filter(host=outbox_row.host, status=DeliveryStatus.PENDING, sending_until__gt=now).count()
+            leased = in_flight < settings.CALLBACK_MAX_IN_FLIGHT_PER_HOST
+        if leased:
+            # What _claim does to a due row, written with the row itself.
+            outbox_row.attempt_count = 1
+            outbox_row.next_attempt_at = outbox_row.sending_until = now + dt.timedelta(seconds=_lease_seconds())
     outbox_row.save(force_insert=True)
-    # In a savepoint: two jobs to a new receiver at once both try to make its row.
-    CallbackHost.objects.get_or_create(host=outbox_row.host)
-    return outbox_row
+    if not leased:
+        # In a savepoint: two jobs to a new receiver at once both try to make its row.
+        CallbackHost.objects.get_or_create(host=outbox_row.host)
+    return outbox_row, (_claim_of(outbox_row) if leased else None)
 
 
 def alert_delivery_create(*, url: str, body: bytes, webhook_id: str, subject: str) -> CallbackDelivery:
@@ -130,6 +156,10 @@ def _claim(outbox_row: CallbackDelivery, now: dt.datetime) -> Claim:
     outbox_row.attempt_count += 1
     outbox_row.next_attempt_at = outbox_row.sending_until = now + dt.timedelta(seconds=_lease_seconds())
     outbox_row.save(update_fields=["attempt_count", "next_attempt_at", "sending_until"])
+    return _claim_of(outbox_row)
+
+
+def _claim_of(outbox_row: CallbackDelivery) -> Claim:
     return Claim(
         delivery_id=outbox_row.id,
         url=outbox_row.url,
@@ -248,7 +278,8 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
             next_delay = max(next_delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
 
     with transaction.atomic():
-        delivery = CallbackDelivery.objects.select_for_update().get(id=delivery_id)
+        # With its job (none for an alert), which the metrics of a first delivery read.
+        delivery = CallbackDelivery.objects.select_for_update(of=("self",)).select_related("image").get(id=delivery_id)
         CallbackAttempt.objects.create(
             delivery=delivery,
             number=number,
@@ -308,6 +339,11 @@ def _breaker_record(host: str, *, failed: bool, error: str) -> None:
     """Count a try against its receiver: CALLBACK_BREAKER_FAILURES failures in a row open the
     breaker for CALLBACK_BREAKER_PAUSE seconds (a failed half-open try opens it again); any
     answer that is not a failure closes it."""
+    if (
+        not failed
+        and not CallbackHost.objects.filter(host=host).filter(Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).exists()
+    ):
+        return  # closed and counting no failure (or no row yet): an answer changes nothing
     now = timezone.now()
     with transaction.atomic():
         receiver, _ = CallbackHost.objects.select_for_update().get_or_create(host=host)

@@ -399,6 +399,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=4.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection before and after every task unless this
+# is set (it then closes them every 2 x this many tasks): a new PostgreSQL connection per task
+# cost a backend start and a login each time. Kept instead, under DATABASE_CONN_MAX_AGE and the
+# health check, as the API keeps its (workers/signals.py: close_old_connections around each task).
+# 0: a connection per task, as before.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1_000_000) or None
 # A new worker process loads the detector before taking work (workers/process.py): give it time.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 60
 if CELERY_BROKER_URL.startswith("filesystem://"):

@@ -37,3 +37,10 @@ def child_stop() -> None:
 def sender() -> Sender:
     """This process's running sender."""
     return sender_start(log_fields=lambda delivery_id: job_log_context_for(delivery_id=delivery_id))
+
+
+def sender_with_free_thread() -> Sender | None:
+    """This process's sender if it is running (a delivering worker's pool process) and a thread
+    of it is free, that thread reserved (Sender.reserve: send_claimed or release it); else None."""
+    running = sender_running()
+    return running if running is not None and running.reserve() else None

@@ -15,6 +15,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
+from django.db import close_old_connections
 
 from . import metrics_server, prewarm, process, sending, tasklogs
 
@@ -60,9 +61,19 @@ def _publish(headers=None, **_: object) -> None:
 
 @task_prerun.connect
 def _task_start(task=None, task_id=None, **_: object) -> None:
+    _connections_checked(task)
     tasklogs.task_log_scope_open(task, task_id)
 
 
 @task_postrun.connect
 def _task_end(task=None, **_: object) -> None:
     tasklogs.task_log_scope_close(task)
+    _connections_checked(task)
+
+
+def _connections_checked(task) -> None:
+    # Connections live across tasks (CELERY_DB_REUSE_MAX): like a request, a task drops one that
+    # broke or outlived DATABASE_CONN_MAX_AGE, and its first query checks the one it keeps. Not
+    # for a task run eagerly, inside its caller's transaction (Celery's fixup skips those too).
+    if not getattr(getattr(task, "request", None), "is_eager", False):
+        close_old_connections()

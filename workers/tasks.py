@@ -128,7 +128,7 @@ def _job_fail(job_id: uuid.UUID, code: str, message: str):
     return lambda: services.image_job_fail(image_id=job_id, code=code, message=message)
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     """Detect the faces of one job. Returns normally once the job is terminal, so the chained
     delivery runs for failed jobs too. ``attempt``: set by this task's own retry (see
@@ -180,7 +180,7 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     return image_id
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def deliver_result(self, image_id: str) -> str:
     """Annotate a finished job's photo, then make its callback delivery and try it. A database
     error anywhere is retried (the delivery row must be made); past the retries the message goes
@@ -197,21 +197,30 @@ def deliver_result(self, image_id: str) -> str:
         # The client still hears about its job; output_image_url stays null.
         logger.exception("job %s: annotation failed; calling back without it", image_id)
 
+    # This process's sender, when it runs and has a free thread: the new row is then made with
+    # its first try's lease, and that try handed to the thread at once (no claim round trips).
+    sender = sending.sender_with_free_thread()
+    claim = None
     try:
-        outbox_row = services.image_job_callback_delivery(image_id=job_id)
+        outbox_row, claim = services.image_job_callback_delivery_claimed(image_id=job_id, claim=sender is not None)
     except DATABASE_ERRORS as exc:
         if self.request.retries < settings.JOB_MAX_RETRIES:
             logger.warning("job %s: database unavailable for its callback, retry %d: %s", image_id, self.request.retries + 1, exc)
             _retry(self, exc)
         _dead_letter(self, exc)
         return image_id
-    if outbox_row is not None:
+    finally:
+        if sender is not None and claim is None:
+            sender.release()
+    if claim is not None:
+        sender.send_claimed(claim)
+    elif outbox_row is not None:
         # Once the row exists it is the outbox's: a failed try here is retried from the row.
         _attempt(outbox_row.id)
     return image_id
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def deliver_callback(self, delivery_id: int) -> None:
     """Try one callback delivery (a retry, or a redelivery asked for by an operator). A database
     error is retried; the row stays pending, so past the retries the sweeper sends it when due."""
@@ -320,7 +329,7 @@ def _parse_time(value) -> dt.datetime | None:
         return None
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def shadow_detect(self, shadow_run_id: int) -> None:
     """Run the other version of a rollout on a job's photo (a shadow run): stored, compared,
     never returned or called back. Transient errors retry; anything else fails the run only."""
@@ -374,7 +383,7 @@ def retention_sweep() -> dict:
     return retention.retention_sweep()
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, max_retries=None, ignore_result=True)
 def send_rollout_alert(self, event_id: int) -> None:
     """Deliver a rollout event's alert to ROLLOUT_ALERT_URL through the outbox. Rollbacks now
     make the alert's delivery themselves; this task stays for messages published before. A

@@ -11,11 +11,11 @@ from django.conf import settings
 from django.db import (
     transaction,
 )
-from django.db.models import Max, Q
+from django.db.models import Max, Q, prefetch_related_objects
 from django.utils import timezone
 
 from callbacks.models import CallbackDelivery
-from callbacks.services import callback_delivery_create, callback_delivery_enqueue
+from callbacks.services import Claim, callback_delivery_create, callback_delivery_create_claimed, callback_delivery_enqueue
 from core.errors import Conflict
 from detection.annotate import annotate_jpeg
 
@@ -71,13 +71,29 @@ def image_job_annotate(*, image_id: uuid.UUID) -> None:
 def image_job_callback_delivery(*, image_id: uuid.UUID) -> CallbackDelivery | None:
     """The job's automatic callback delivery, made once when its result is ready (None: the job
     has no callback_url or is not finished)."""
+    return image_job_callback_delivery_claimed(image_id=image_id, claim=False)[0]
+
+
+def image_job_callback_delivery_claimed(*, image_id: uuid.UUID, claim: bool = True) -> tuple[CallbackDelivery | None, Claim | None]:
+    """image_job_callback_delivery, and with ``claim`` the lease of the first try of a delivery
+    made now (callbacks.services.callback_delivery_create_claimed: the caller sends it at once;
+    None when it is not made now or its receiver must wait its turn)."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         # An erased job calls back nothing: its pending deliveries were cancelled (docs/security.md).
         if not image.callback_url or image.status not in TERMINAL_STATUSES or image.status == JobStatus.DELETED:
-            return None
-        existing = image.deliveries.order_by("created_at").first()
-        return existing or _callback_delivery_create(image_id=image_id)
+            return None, None
+        # The locked row is the one rendered: its detections and deliveries read once, here.
+        prefetch_related_objects([image], *JOB_PREFETCH)
+        existing = min(image.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
+        if existing is not None:
+            return existing, None
+        return callback_delivery_create_claimed(
+            image_id=image.id,
+            url=image.callback_url,
+            render=lambda delivery: image_representation(image, delivery=delivery),
+            claim=claim,
+        )
 
 
 def image_job_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:

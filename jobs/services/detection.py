@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import (
@@ -39,6 +39,7 @@ from ..models import (
 )
 from .fetching import FetchFailed, image_job_fetch
 from .lifecycle import image_job_expire_if_due, job_ended, shadow_runs_abandon
+from .annotation import annotation_discard, annotation_store
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +131,22 @@ def image_job_complete(
     detection_ms: int | None = None,
     detector_cold: bool = False,
     detection_cpu_ms: int | None = None,
+    annotated_key: str = "",
 ) -> bool:
     """Record the detections of a processing job (each marked with the job's detector version
     and its label), replacing any from an earlier attempt, and mark it completed, with how many
-    are faces, how long the detector took and whether it was loaded for this job. Returns False
-    (and changes nothing) if the job is not processing."""
+    are faces, how long the detector took, whether it was loaded for this job and the key of its
+    annotated image when one was stored already. Returns False (and changes nothing) if the job
+    is not processing."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         if image.status != JobStatus.PROCESSING:
             logger.info("job %s is %s, not processing; not completing it", image_id, image.status)
             return False
-        image.faces.all().delete()
+        if image.attempts > 1:
+            # Detections are written only with the completion, in this transaction: a first
+            # attempt has none to replace (a round trip saved on every job).
+            image.faces.all().delete()
         Face.objects.bulk_create(
             Face(
                 image=image,
@@ -162,6 +168,8 @@ def image_job_complete(
         image.face_count = sum(1 for face in faces if face.label == FACE)
         image.detection_ms, image.detector_cold = detection_ms, detector_cold
         image.detection_cpu_ms = detection_cpu_ms
+        if annotated_key:
+            image.annotated_key = annotated_key
         image.error_code = image.error_message = ""
         image.finished_at = timezone.now()
         image.save()
@@ -301,16 +309,23 @@ def _image_job_detect_started(image: Image) -> None:
         found.elapsed_ms,
         " (cold)" if found.cold else "",
     )
-    image_job_complete(
+    faces = faces_from_detections(found.detections, width=found.width, height=found.height)
+    # Drawn here, on the photo already decoded, and recorded with the faces: the deliverer then
+    # only calls back (it draws only for a job that arrives without one).
+    annotated_key = annotation_store(image=image, rgb=found.rgb, faces=faces)
+    completed = image_job_complete(
         image_id=image.id,
-        faces=faces_from_detections(found.detections, width=found.width, height=found.height),
+        faces=faces,
         model_version=found.model_version,
         width=found.width,
         height=found.height,
         detection_ms=found.elapsed_ms,
         detector_cold=found.cold,
         detection_cpu_ms=found.cpu_ms,
+        annotated_key=annotated_key,
     )
+    if annotated_key and not completed:
+        annotation_discard(image_id=image.id, key=annotated_key)
 
 
 # --- The detect pipeline a job and a shadow run share ---------------------------------------------
@@ -339,6 +354,8 @@ class PhotoDetections:
     cold: bool
     elapsed_ms: int
     cpu_ms: int
+    # The decoded, upright photo the detector saw (the job draws its annotated image on it).
+    rgb: object = field(default=None, repr=False, compare=False)
 
 
 def photo_detect(*, key: str, version, variant: str, labels: Sequence[str]) -> PhotoDetections:
@@ -367,4 +384,5 @@ def photo_detect(*, key: str, version, variant: str, labels: Sequence[str]) -> P
         cold=cold,
         elapsed_ms=elapsed_ms,
         cpu_ms=cpu_ms,
+        rgb=rgb,
     )

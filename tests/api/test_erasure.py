@@ -128,10 +128,12 @@ def test_a_job_erased_mid_detection_gets_no_detections_or_annotated_image(api_cl
 
 
 def test_an_annotated_image_drawn_while_the_job_was_erased_is_deleted(api_client, enqueue_off, monkeypatch):
-    """The DELETE lands between the worker reading the job and storing its drawing: the worker
-    deletes what it stored."""
+    """The DELETE lands between the deliverer reading the job and storing its drawing (its
+    fallback, for a job detected without one): the worker deletes what it stored."""
     job = submit(api_client, "drawn-meanwhile")
     services.image_job_detect(image_id=job.id)
+    storage.storage_delete(key=Image.objects.get(id=job.id).annotated_key)
+    Image.objects.filter(id=job.id).update(annotated_key="")
     real_put = storage.storage_put
 
     def erase_then_put(**kwargs):
@@ -141,6 +143,24 @@ def test_an_annotated_image_drawn_while_the_job_was_erased_is_deleted(api_client
     monkeypatch.setattr("storage.s3.storage_put", erase_then_put)
     services.image_job_annotate(image_id=job.id)
 
+    assert storage.storage_list(prefix="annotated/") == []
+    assert store_status(services.annotated_object_key(job)) == 404
+
+
+def test_an_annotated_image_drawn_by_the_detect_task_while_the_job_was_erased_is_deleted(api_client, enqueue_off, monkeypatch):
+    """The DELETE lands while the detect task stores its drawing: the job is not completed and
+    the drawing is deleted."""
+    job = submit(api_client, "drawn-in-detect-meanwhile")
+    real_put = storage.storage_put
+
+    def erase_then_put(**kwargs):
+        image_job_erase(image_id=job.id)
+        real_put(**kwargs)
+
+    monkeypatch.setattr("storage.s3.storage_put", erase_then_put)
+    services.image_job_detect(image_id=job.id)
+
+    assert Image.objects.get(id=job.id).status == "deleted"
     assert storage.storage_list(prefix="annotated/") == []
     assert store_status(services.annotated_object_key(job)) == 404
 

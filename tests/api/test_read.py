@@ -34,7 +34,11 @@ def test_unknown_ids_and_routes_are_404_json(api_client, path):
 
 
 def test_annotated_is_409_until_ready_then_served(api_client, completed):
-    """Before annotation: 409 not_ready. After: the JPEG."""
+    """Before annotation (a job whose detect task could not store it: the deliverer draws it):
+    409 not_ready. After: the JPEG."""
+    from jobs.models import Image
+
+    Image.objects.filter(id=completed).update(annotated_key="")
     response = api_client.get(f"/api/v1/images/{completed}/annotated/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "not_ready"
     services.image_job_annotate(image_id=completed)

@@ -1,0 +1,141 @@
+"""What a job costs the database: the statements of the detect task and of its callback, counted
+with Django's CaptureQueriesContext (transaction control aside: BEGIN, COMMIT and the test's own
+savepoints), in-process with the stub detector. docs/benchmarks.md's pipeline section has the
+figures; a change that adds a round trip to the hot path shows here. And the guarantees the
+fewer statements keep: a callback whose first try is leased with its row is never claimed twice
+at once, and never lost."""
+
+import datetime as dt
+import time
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from callbacks import services as outbox
+from callbacks.models import CallbackDelivery, CallbackHost
+from callbacks.sender import sender_start, sender_stop
+from jobs import services
+from jobs.models import Image
+from tests.conftest import photo_bytes, upload
+
+
+def statements(captured: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in captured.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+
+
+@pytest.fixture
+def job(api_client, s3, monkeypatch, stub_detector, receiver):
+    """A completed job (detected by hand) whose callback_url is the receiver."""
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
+    body = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="costs", callback_url=receiver.url()).json()
+    return Image.objects.get(id=body["id"])
+
+
+@pytest.mark.django_db
+def test_the_detect_task_takes_five_statements(job):
+    """Start (lock, update), then complete (lock, the detections in one insert, update): no
+    delete of earlier detections on a first attempt, no second write for the annotated image."""
+    with CaptureQueriesContext(connection) as captured:
+        services.image_job_detect(image_id=job.id)
+    sql = statements(captured)
+    assert len(sql) == 5, sql
+    assert sum(s.startswith('INSERT INTO "api_face"') for s in sql) == 1
+    job.refresh_from_db()
+    assert job.status == "completed" and job.annotated_key and job.faces.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_callback_row_is_made_with_its_first_lease_in_six_statements(job):
+    """The job locked and read with its detections and deliveries, the receiver locked and its
+    tries in flight counted, the row written leased: no claim transaction after it."""
+    services.image_job_detect(image_id=job.id)
+    services.image_job_callback_delivery_claimed(image_id=job.id)  # the receiver's row, once
+    CallbackDelivery.objects.all().delete()
+    with CaptureQueriesContext(connection) as captured:
+        row, claim = services.image_job_callback_delivery_claimed(image_id=job.id)
+    assert len(statements(captured)) == 6, statements(captured)
+    assert claim is not None and claim.delivery_id == row.id and claim.number == 1
+    row.refresh_from_db()
+    assert row.attempt_count == 1 and row.sending_until > timezone.now()
+    # Held: no sender's claim and no direct try takes it while the lease runs.
+    assert outbox.callback_deliveries_claim(limit=10, asked=[row.id]) == []
+    assert outbox.callback_delivery_claim(delivery_id=row.id) is None
+    # Never lost: a try that is never recorded (its process died) is claimed again after the lease.
+    CallbackDelivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now() - dt.timedelta(seconds=1), sending_until=None)
+    (again,) = outbox.callback_deliveries_claim(limit=10)
+    assert again.delivery_id == row.id and again.number == 2
+
+
+@pytest.mark.django_db
+def test_the_body_is_the_one_an_unleased_row_gets(job):
+    """The lease is written after the body is rendered: the body says pending, no attempts."""
+    services.image_job_detect(image_id=job.id)
+    services.image_job_callback_delivery_claimed(image_id=job.id)
+    CallbackDelivery.objects.all().delete()
+    leased, claim = services.image_job_callback_delivery_claimed(image_id=job.id)
+    assert claim is not None
+    CallbackDelivery.objects.all().delete()
+    plain = services.image_job_callback_delivery(image_id=job.id)
+    assert plain.attempt_count == 0
+    assert leased.body.replace(leased.webhook_id, "") == plain.body.replace(plain.webhook_id, "")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("why", ["breaker open", "cap reached"])
+def test_a_receiver_that_must_wait_gets_no_lease_at_creation(job, settings, why):
+    """An open breaker or a full per-host cap: the row is made due, for the senders' fair turns."""
+    services.image_job_detect(image_id=job.id)
+    first, _ = services.image_job_callback_delivery_claimed(image_id=job.id, claim=False)
+    host = CallbackHost.objects.get(host=first.host)
+    first.delete()
+    if why == "breaker open":
+        host.consecutive_failures, host.open_until = settings.CALLBACK_BREAKER_FAILURES, timezone.now() + dt.timedelta(seconds=60)
+        host.save()
+    else:
+        settings.CALLBACK_MAX_IN_FLIGHT_PER_HOST = 0
+    row, claim = services.image_job_callback_delivery_claimed(image_id=job.id)
+    assert claim is None
+    row.refresh_from_db()
+    assert row.attempt_count == 0 and row.sending_until is None and row.next_attempt_at <= timezone.now()
+
+
+@pytest.mark.django_db
+def test_recording_a_delivered_first_try_takes_five_statements(job, receiver):
+    """The row locked with its job, the attempt, the row's new state; the receiver's breaker
+    only read (closed, nothing to write); whether it is the job's first delivery."""
+    services.image_job_detect(image_id=job.id)
+    row = services.image_job_callback_delivery(image_id=job.id)
+    claim = outbox.callback_delivery_claim(delivery_id=row.id)
+    result = outbox.post_signed(claim.url, claim.body, webhook_id=claim.webhook_id)
+    with CaptureQueriesContext(connection) as captured:
+        outbox.callback_delivery_record(claim=claim, result=result)
+    assert len(statements(captured)) == 5, statements(captured)
+    row.refresh_from_db()
+    assert row.status == "delivered" and row.attempts.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_deliver_task_hands_its_leased_try_to_the_running_sender(job, receiver, monkeypatch):
+    """In a delivering process (its sender running), the task's new row goes out on a sender
+    thread at once, without a claim of the sender's own: one POST, one attempt, delivered."""
+    from workers.tasks import deliver_result
+
+    monkeypatch.setattr("callbacks.sender.callback_deliveries_claim", lambda **_: [])
+
+    services.image_job_detect(image_id=job.id)
+    CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
+    sender = sender_start()
+    try:
+        result = deliver_result.apply(args=[str(job.id)])
+        assert result.successful(), result.traceback
+        assert len(receiver.wait(1, timeout=10)) == 1
+        deadline = time.monotonic() + 10
+        while CallbackDelivery.objects.get(image_id=job.id).status == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender_stop()
+    row = CallbackDelivery.objects.get(image_id=job.id)
+    assert row.status == "delivered" and row.attempt_count == 1 and row.attempts.count() == 1
+    assert sender.in_flight == 0
