@@ -37,9 +37,9 @@ from ..models import (
     Image,
     JobStatus,
 )
+from .annotation import annotation_discard, annotation_store
 from .fetching import FetchFailed, image_job_fetch
 from .lifecycle import image_job_expire_if_due, job_ended, shadow_runs_abandon
-from .annotation import annotation_discard, annotation_store
 
 logger = logging.getLogger(__name__)
 
