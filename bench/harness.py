@@ -309,7 +309,8 @@ class OwnStack:
             if rc != 0:
                 problems.append(f"`devstack up` did not stop cleanly on SIGTERM (exit {rc})")
             problems += delete_queues(
-                self.service_env["CELERY_BROKER_URL"], [self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"]]
+                self.service_env["CELERY_BROKER_URL"],
+                [self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"], self.env["CELERY_QUEUE_DETECT_BATCH"]],
             )
             if self.database:
                 problems += drop_database(self.service_env["DATABASE_URL"], self.database)
