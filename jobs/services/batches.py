@@ -335,9 +335,9 @@ def batch_cancel(*, client: ApiClient, batch_id: str) -> Batch:
     """Cancel the client's batch: its queued items end canceled; items already being detected
     finish. The batch ends (and calls back) once every item has ended. Canceling a canceled
     batch again answers the same; a batch that ended otherwise is a Conflict batch_finished."""
+    batch = batch_get(client=client, batch_id=batch_id)
     from .lifecycle import image_jobs_cancel
 
-    batch = batch_get(client=client, batch_id=batch_id)
     if batch.finished_at is not None and batch.canceled_at is None:
         raise Conflict("batch_finished", "The batch has ended; there is nothing to cancel.")
     if batch.canceled_at is None:
