@@ -218,7 +218,7 @@ def delete_queues(broker: str, names: list[str]) -> list[str]:
     try:
         with Connection(broker, connect_timeout=5) as conn:
             channel = conn.default_channel
-            for name in names:
+            for name in dict.fromkeys(names):  # a bench may give two roles one queue
                 channel.queue_delete(name)
                 channel.exchange_delete(name)
     except Exception as exc:  # noqa: BLE001 - said, not raised: the bench is on its way out
