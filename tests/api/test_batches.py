@@ -211,3 +211,24 @@ def test_another_clients_batch_is_not_found(api_client, published):
 
 def test_batches_need_an_api_key(anonymous_client):
     assert submit(anonymous_client, {"items": items(1)}).status_code == 401
+
+
+def test_a_batch_larger_than_djangos_body_limit_is_accepted(api_client, published):
+    """3,000 presigned-looking URLs (about 3 MB of JSON, past Django's 2.5 MB for other routes)."""
+    body = [{"request_id": f"big-{i}", "image_url": f"https://s3.example.com/b/{i}.jpg?X-Amz-Signature={'a' * 1000}"} for i in range(3000)]
+    response = api_client.post("/api/v1/batches/", json.dumps({"items": body}), content_type="application/json")
+    assert response.status_code == 202, response.content[:300]
+    assert Image.objects.filter(batch_id=response.json()["id"]).count() == 3000
+
+
+@override_settings(BATCH_MAX_ITEMS=2)
+def test_a_body_larger_than_the_batch_limit_allows_is_refused_413(api_client):
+    body = json.dumps({"items": items(1), "pad": "x" * (2 * 4096 + 64 * 1024)})
+    response = api_client.post("/api/v1/batches/", body, content_type="application/json")
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert Batch.objects.count() == 0
+
+
+def test_a_body_that_is_not_json_is_refused_415(api_client):
+    response = api_client.post("/api/v1/batches/", {"items": "x"}, format="multipart")
+    assert response.status_code == 415 and Batch.objects.count() == 0
