@@ -12,12 +12,14 @@ from rest_framework.utils import html
 
 from callbacks.models import DeliveryStatus
 from callbacks.urlpolicy import UrlRefused, check_callback_url
+from jobs.fetch import image_url_check
 from jobs.models import JobStatus
 from jobs.representation import iso
 from jobs.services import LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS
 from rollouts.models import Variant
 
 CALLBACK_URL_MAX_LENGTH = 2048
+IMAGE_URL_MAX_LENGTH = 2048
 
 
 # The request_id rule, as one regular expression: the OpenAPI schema publishes it as the field's
@@ -138,10 +140,17 @@ class ImageListQuerySerializer(serializers.Serializer):
     request_id = request_id_field(required=False)
 
 
-class ImageSubmitSerializer(serializers.Serializer):
-    """The fields of POST /api/v1/images/. The image's content is checked by the service."""
+IMAGE_URL_HELP = (
+    "The photo's http(s) URL, instead of `image`: the job is accepted at once and a worker fetches the photo "
+    "before detecting it (under the same size and pixel limits as uploads). The host must resolve to a public "
+    "address; the job fails with `image_fetch_failed`, `image_too_large`, `image_url_refused` or "
+    "`unsupported_image` when the photo cannot be had."
+)
 
-    image = serializers.FileField(allow_empty_file=False, use_url=False)
+
+class _ImageSubmitFields(serializers.Serializer):
+    """What a submission by URL and an upload share. The image's content is checked by the service."""
+
     request_id = request_id_field()
     callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
     model_version = serializers.CharField(
@@ -163,6 +172,17 @@ class ImageSubmitSerializer(serializers.Serializer):
         help_text=LABELS_HELP,
     )
 
+    expires_in = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Seconds: a job not started within this time ends `expired` (and is called back). Default: never.",
+    )
+
+    def validate_expires_in(self, value: int) -> int:
+        if value > settings.JOB_EXPIRES_IN_MAX:
+            raise serializers.ValidationError(f"expires_in may be at most {settings.JOB_EXPIRES_IN_MAX} seconds.", code="max_value")
+        return value
+
     def validate_labels(self, value: str) -> list[str]:
         """The label names, without repeats (first one first)."""
         labels = list(dict.fromkeys(value.split(","))) if value else []
@@ -178,6 +198,47 @@ class ImageSubmitSerializer(serializers.Serializer):
         except UrlRefused as exc:
             raise serializers.ValidationError(str(exc), code=exc.code) from exc
         return value
+
+
+def _image_url_field() -> serializers.URLField:
+    return serializers.URLField(max_length=IMAGE_URL_MAX_LENGTH, required=False, help_text=IMAGE_URL_HELP)
+
+
+class ImageSubmitSerializer(_ImageSubmitFields):
+    """The fields of POST /api/v1/images/ (multipart): exactly one of ``image`` and ``image_url``."""
+
+    image = serializers.FileField(allow_empty_file=False, use_url=False, required=False, help_text="The photo, uploaded.")
+    image_url = _image_url_field()
+
+    field_order = ("image", "image_url")
+
+    def validate_image_url(self, value: str) -> str:
+        return _image_url_checked(value)
+
+    def validate(self, attrs: dict) -> dict:
+        if "image" in attrs and "image_url" in attrs:
+            raise serializers.ValidationError({"image_url": "Give either image or image_url, not both."}, code="invalid")
+        if "image" not in attrs and "image_url" not in attrs:
+            raise serializers.ValidationError({"image": "Give the photo as image (a file) or image_url."}, code="required")
+        return attrs
+
+
+class ImageSubmitByUrlSerializer(_ImageSubmitFields):
+    """The fields of POST /api/v1/images/ as a JSON body: the photo by ``image_url``."""
+
+    image_url = serializers.URLField(max_length=IMAGE_URL_MAX_LENGTH, help_text=IMAGE_URL_HELP)
+
+    def validate_image_url(self, value: str) -> str:
+        return _image_url_checked(value)
+
+
+def _image_url_checked(value: str) -> str:
+    """Only a URL the workers may fetch (jobs/fetch.py's rule: public addresses, http(s))."""
+    try:
+        image_url_check(value)
+    except UrlRefused as exc:
+        raise serializers.ValidationError(str(exc), code=exc.code) from exc
+    return value
 
 
 class BatchItemSerializer(serializers.Serializer):
@@ -199,8 +260,21 @@ class BatchItemSerializer(serializers.Serializer):
     cohort = request_id_field(name="cohort", required=False, help_text="As for POST /api/v1/images/.")
 
     def validate_image_url(self, value: str) -> str:
-        if urlsplit(value).scheme.lower() not in ("http", "https"):
-            raise serializers.ValidationError("image_url must be an http or https URL.", code="invalid_scheme")
+        """The rule of POST /api/v1/images/ (_image_url_checked), its verdict kept per scheme and
+        host for this serializer: the view checks every item of a batch with one instance, and a
+        batch's URLs mostly share a host (a bucket), which is then resolved once, not 10,000 times."""
+        parts = urlsplit(value)
+        origin = (parts.scheme.lower(), parts.netloc.lower())
+        verdicts = self.__dict__.setdefault("_origin_verdicts", {})
+        if origin not in verdicts:
+            try:
+                image_url_check(value)
+                verdicts[origin] = None
+            except UrlRefused as exc:
+                verdicts[origin] = exc
+        refused = verdicts[origin]
+        if refused is not None:
+            raise serializers.ValidationError(str(refused), code=refused.code)
         return value
 
 
@@ -221,7 +295,7 @@ class BatchSubmitSerializer(serializers.Serializer):
         return value
 
     def validate_expires_in(self, value: int) -> int:
-        longest = getattr(settings, "JOB_EXPIRES_IN_MAX", 7 * 24 * 3600)
+        longest = settings.JOB_EXPIRES_IN_MAX
         if value > longest:
             raise serializers.ValidationError(f"expires_in may be at most {longest} seconds.", code="max_value")
         return value
@@ -372,6 +446,11 @@ class ImageSubmittedSerializer(serializers.Serializer):
 class ImageSerializer(ImageSubmittedSerializer):
     """A job, as GET returns it and as the callback carries it."""
 
+    image_url = serializers.URLField(allow_null=True, help_text="The URL the photo was submitted by; null for an upload.")
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="A job not started by then ends `expired` (from `expires_in`); null: never."
+    )
+    batch_id = serializers.UUIDField(allow_null=True, help_text="The batch this job is an item of; null for a job on its own.")
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     model_version = serializers.CharField(allow_null=True)

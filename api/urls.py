@@ -8,6 +8,7 @@ urlpatterns = [
     path("models/<str:version_id>/stats/", stats.VersionStatsView.as_view(), name="model-stats"),  # operators only
     path("images/", views.ImageCollectionView.as_view(), name="image-collection"),
     path("images/<str:image_id>/", views.ImageDetailView.as_view(), name="image-detail"),
+    path("images/<str:image_id>/cancel/", views.ImageCancelView.as_view(), name="image-cancel"),
     path("images/<str:image_id>/redeliver/", views.ImageRedeliverView.as_view(), name="image-redeliver"),
     path("images/<str:image_id>/annotated/", views.ImageAnnotatedView.as_view(), name="image-annotated"),
     path("batches/", batches.BatchCollectionView.as_view(), name="batch-collection"),

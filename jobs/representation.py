@@ -37,6 +37,10 @@ def image_representation(image: Image, *, delivery: CallbackDelivery | None = No
     ]
     return {
         **image_submitted_representation(image),
+        # Null: uploaded; a job on its own; never expires.
+        "image_url": image.image_url or None,
+        "expires_at": iso(image.expires_at),
+        "batch_id": str(image.batch_id) if image.batch_id else None,
         "started_at": iso(image.started_at),
         "finished_at": iso(image.finished_at),
         "model_version": image.model_version or None,

@@ -410,3 +410,17 @@ def _readyz_storage_result_forgotten():
     from api.health import storage_check_forget
 
     storage_check_forget()
+
+
+# --- Photos by URL ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def photoserver():
+    """A real HTTP server on 127.0.0.1 serving the test photos and awkward answers
+    (tests/photoserver.py); it records the paths asked."""
+    from tests.photoserver import PhotoServer
+
+    server = PhotoServer(slow_seconds=10).start()
+    yield server
+    server.stop()

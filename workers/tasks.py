@@ -259,6 +259,18 @@ def sweep() -> dict | None:
     return {**counts, "deliveries": len(due), "dead_letters": dead}
 
 
+@shared_task
+def expire_jobs() -> int | None:
+    """Periodic (Celery beat): queued jobs past their expires_at end "expired" and are called
+    back. With the database away the tick is skipped (the next one is its retry; the detect
+    task checks each job's expiry again when it starts)."""
+    try:
+        return services.image_jobs_expire_sweep()
+    except DATABASE_ERRORS as exc:
+        logger.warning("expiry sweep: database unavailable, skipping this run: %s", exc)
+        return None
+
+
 # At most this many dead letters are recorded per sweep: a long outage's pile is worked through
 # over a few sweeps rather than in one long task.
 DEAD_LETTERS_PER_SWEEP = 200

@@ -27,6 +27,7 @@ from rollouts.services import rollout_route, shadow_sampled, shadow_variant
 
 from ..models import Batch, Image, JobStatus, ShadowRun
 from ..representation import batch_callback_representation
+from .lifecycle import image_jobs_cancel, job_ended_listen
 from .submission import DELIVER_RESULT_TASK, DETECT_TASK, _labels_asked, _labels_check
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,15 @@ def batch_item_ended(*, batch_id: uuid.UUID | None) -> CallbackDelivery | None:
     return batch_finish(batch_id=batch_id)
 
 
+def batch_job_ended(image: Image) -> None:
+    """The lifecycle's job_ended listener (called once the item's terminal transition committed)."""
+    if image.batch_id is not None:
+        batch_item_ended(batch_id=image.batch_id)
+
+
+job_ended_listen(batch_job_ended)
+
+
 def batch_finish(*, batch_id: uuid.UUID) -> CallbackDelivery | None:
     """End the batch if none of its items is open: ``finished_at`` is set by one conditional
     UPDATE (WHERE finished_at IS NULL AND no open item), so however many callers race, one
@@ -336,8 +346,6 @@ def batch_cancel(*, client: ApiClient, batch_id: str) -> Batch:
     finish. The batch ends (and calls back) once every item has ended. Canceling a canceled
     batch again answers the same; a batch that ended otherwise is a Conflict batch_finished."""
     batch = batch_get(client=client, batch_id=batch_id)
-    from .lifecycle import image_jobs_cancel
-
     if batch.finished_at is not None and batch.canceled_at is None:
         raise Conflict("batch_finished", "The batch has ended; there is nothing to cancel.")
     if batch.canceled_at is None:
