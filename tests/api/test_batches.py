@@ -13,7 +13,8 @@ pytestmark = [pytest.mark.django_db]
 
 
 def items(n: int, prefix: str = "item", **extra) -> list[dict]:
-    return [{"request_id": f"{prefix}-{i}", "image_url": f"https://photos.example.com/{prefix}/{i}.jpg", **extra} for i in range(n)]
+    # Loopback: the tests open it for image_url (IMAGE_URL_ALLOWED_NETWORKS); nothing is fetched here.
+    return [{"request_id": f"{prefix}-{i}", "image_url": f"http://127.0.0.1:9/{prefix}/{i}.jpg", **extra} for i in range(n)]
 
 
 def submit(client, body, **kwargs):
@@ -52,7 +53,7 @@ def test_valid_batch_is_accepted_with_one_job_per_item_published_after_commit(ap
     jobs = list(Image.objects.filter(batch_id=body["id"]).order_by("request_id"))
     assert [job.request_id for job in jobs] == [f"item-{i}" for i in range(5)]
     for job in jobs:
-        assert job.status == "queued" and job.image_url.startswith("https://photos.example.com/")
+        assert job.status == "queued" and job.image_url.startswith("http://127.0.0.1:9/item/")
         # The batch calls back; its items do not.
         assert job.callback_url == "" and job.labels == ["face"] and job.expires_at is not None
         assert job.model_version  # pinned when accepted
@@ -65,7 +66,9 @@ def test_valid_batch_is_accepted_with_one_job_per_item_published_after_commit(ap
 @pytest.mark.parametrize(
     ("bad", "field", "code"),
     [
-        ({"image_url": "ftp://photos.example.com/3.jpg"}, "items[3].image_url", "invalid_scheme"),
+        ({"image_url": "ftp://127.0.0.1/3.jpg"}, "items[3].image_url", "invalid_scheme"),
+        ({"image_url": "http://10.0.0.1/3.jpg"}, "items[3].image_url", "image_url_refused"),
+        ({"image_url": "http://user:pw@127.0.0.1/3.jpg"}, "items[3].image_url", "image_url_refused"),
         ({"image_url": "not a url"}, "items[3].image_url", None),
         ({"image_url": None}, "items[3].image_url", None),
         ({"request_id": ""}, "items[3].request_id", None),
@@ -215,7 +218,7 @@ def test_batches_need_an_api_key(anonymous_client):
 
 def test_a_batch_larger_than_djangos_body_limit_is_accepted(api_client, published):
     """3,000 presigned-looking URLs (about 3 MB of JSON, past Django's 2.5 MB for other routes)."""
-    body = [{"request_id": f"big-{i}", "image_url": f"https://s3.example.com/b/{i}.jpg?X-Amz-Signature={'a' * 1000}"} for i in range(3000)]
+    body = [{"request_id": f"big-{i}", "image_url": f"http://127.0.0.1:9/b/{i}.jpg?X-Amz-Signature={'a' * 1000}"} for i in range(3000)]
     response = api_client.post("/api/v1/batches/", json.dumps({"items": body}), content_type="application/json")
     assert response.status_code == 202, response.content[:300]
     assert Image.objects.filter(batch_id=response.json()["id"]).count() == 3000
@@ -232,3 +235,15 @@ def test_a_body_larger_than_the_batch_limit_allows_is_refused_413(api_client):
 def test_a_body_that_is_not_json_is_refused_415(api_client):
     response = api_client.post("/api/v1/batches/", {"items": "x"}, format="multipart")
     assert response.status_code == 415 and Batch.objects.count() == 0
+
+
+def test_each_host_of_a_batch_is_checked_once(api_client, published, monkeypatch):
+    """The address check (a name lookup) runs once per scheme and host, not once per item."""
+    import api.serializers
+
+    checked = []
+    real = api.serializers.image_url_check
+    monkeypatch.setattr(api.serializers, "image_url_check", lambda url: (checked.append(url), real(url))[1])
+    body = items(4) + [{"request_id": f"other-{i}", "image_url": f"http://127.0.0.2:9/{i}.jpg"} for i in range(3)]
+    assert submit(api_client, {"items": body}).status_code == 202
+    assert len(checked) == 2
