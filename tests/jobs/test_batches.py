@@ -151,3 +151,55 @@ def test_items_are_published_on_the_batch_queue(monkeypatch, settings):
         assert detect.options["queue"] == detect.options["exchange"] == detect.options["routing_key"] == settings.CELERY_QUEUE_DETECT_BATCH
         assert "queue" not in deliver.options
     assert all(job.enqueued_at is not None and job.enqueue_count == 1 for job in Image.objects.filter(batch=batch))
+
+
+def test_cancel_ends_queued_items_and_the_batch_ends_canceled_once_the_rest_end(monkeypatch):
+    """Queued items end canceled at once; one being detected finishes; then the batch ends
+    canceled, with one callback that says so."""
+    batch = make_batch(3, monkeypatch=monkeypatch)
+    busy = Image.objects.filter(batch=batch).order_by("created_at", "id").first()
+    Image.objects.filter(id=busy.id).update(status=JobStatus.PROCESSING)
+    batches.batch_cancel(client=batch.client, batch_id=str(batch.id))
+    batch.refresh_from_db()
+    assert batch.canceled_at is not None and batch.finished_at is None and batch.status == "running"
+    assert batches.batch_counts(batch_id=batch.id) == {"canceled": 2, "processing": 1}
+    assert batch_deliveries(batch) == []
+    # Canceling again answers the same and changes nothing.
+    assert batches.batch_cancel(client=batch.client, batch_id=str(batch.id)).canceled_at == batch.canceled_at
+    end_item(busy.id)
+    batch.refresh_from_db()
+    assert batch.status == "canceled"
+    [delivery] = batch_deliveries(batch)
+    body = json.loads(delivery.body)
+    assert body["status"] == "canceled" and body["counts"] == {"canceled": 2, "completed": 1}
+
+
+def test_canceling_a_batch_of_queued_items_ends_it_at_once(monkeypatch):
+    batch = make_batch(4, monkeypatch=monkeypatch)
+    batches.batch_cancel(client=batch.client, batch_id=str(batch.id))
+    batch.refresh_from_db()
+    assert batch.status == "canceled" and len(batch_deliveries(batch)) == 1
+
+
+def test_a_batch_that_ended_by_itself_cannot_be_canceled(monkeypatch):
+    from core.errors import Conflict, NotFound
+
+    batch = make_batch(1, monkeypatch=monkeypatch)
+    end_item(Image.objects.get(batch=batch).id)
+    with pytest.raises(Conflict) as refused:
+        batches.batch_cancel(client=batch.client, batch_id=str(batch.id))
+    assert refused.value.code == "batch_finished"
+    other = api_key_create(client_name="someone-else")[0].client
+    with pytest.raises(NotFound):
+        batches.batch_cancel(client=other, batch_id=str(batch.id))
+
+
+def test_the_lifecycle_hook_ends_the_batch(monkeypatch):
+    """A real terminal transition (image_job_fail) reaches the batch through job_ended."""
+    from jobs.services import image_job_fail
+
+    batch = make_batch(2, monkeypatch=monkeypatch)
+    for image_id in Image.objects.filter(batch=batch).values_list("id", flat=True):
+        assert image_job_fail(image_id=image_id, code="image_fetch_failed", message="no")
+    batch.refresh_from_db()
+    assert batch.status == "completed" and json.loads(batch_deliveries(batch)[0].body)["counts"] == {"failed": 2}
