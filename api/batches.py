@@ -26,6 +26,7 @@ from .serializers import (
     BatchCallbackSerializer,
     BatchItemSerializer,
     BatchSerializer,
+    BatchSubmitRequestSerializer,
     BatchSubmitSerializer,
     BatchSubmittedSerializer,
 )
@@ -120,7 +121,7 @@ class BatchCollectionView(APIView):
             "back once, when its last item ended. The same batch POSTed again (every request_id already the same "
             "item of one batch) answers 200 with that batch."
         ),
-        request=BatchSubmitSerializer,
+        request={"application/json": BatchSubmitRequestSerializer},
         responses={
             202: BatchSubmittedSerializer,
             413: OpenApiResponse(description="The body is larger than BATCH_MAX_ITEMS items can be."),

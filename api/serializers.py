@@ -241,6 +241,21 @@ def _image_url_checked(value: str) -> str:
     return value
 
 
+def _json_types(data, *, strings=(), string_lists=(), integers=()) -> None:
+    """Refuse a JSON body's field of the wrong type (DRF would read 0 as "0", "5" or 5.0 as 5)."""
+    if not isinstance(data, dict):
+        return
+    for name in strings:
+        if name in data and not isinstance(data[name], str):
+            raise serializers.ValidationError({name: ["Must be a string."]}, code="invalid")
+    for name in string_lists:
+        if name in data and not (isinstance(data[name], list) and all(isinstance(v, str) for v in data[name])):
+            raise serializers.ValidationError({name: ["Must be a list of strings."]}, code="invalid")
+    for name in integers:
+        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
+            raise serializers.ValidationError({name: ["Must be an integer."]}, code="invalid")
+
+
 class BatchItemSerializer(serializers.Serializer):
     """One item of POST /api/v1/batches/: a photo by URL and the options of an upload."""
 
@@ -258,6 +273,11 @@ class BatchItemSerializer(serializers.Serializer):
         help_text="Keep only detections with these labels (a list of label names); default: every label.",
     )
     cohort = request_id_field(name="cohort", required=False, help_text="As for POST /api/v1/images/.")
+
+    def to_internal_value(self, data):
+        # JSON has types: a number where a string belongs is refused, not read as its digits.
+        _json_types(data, strings=("request_id", "image_url", "model_version", "cohort"), string_lists=("labels",))
+        return super().to_internal_value(data)
 
     def validate_image_url(self, value: str) -> str:
         """The rule of POST /api/v1/images/ (_image_url_checked), its verdict kept per scheme and
@@ -288,6 +308,10 @@ class BatchSubmitSerializer(serializers.Serializer):
         required=False, min_value=1, help_text="Seconds: items not started by then end `expired` (at most JOB_EXPIRES_IN_MAX)."
     )
 
+    def to_internal_value(self, data):
+        _json_types(data, strings=("callback_url",), integers=("expires_in",))
+        return super().to_internal_value(data)
+
     def validate_items(self, value: list) -> list:
         limit = settings.BATCH_MAX_ITEMS
         if len(value) > limit:
@@ -302,6 +326,13 @@ class BatchSubmitSerializer(serializers.Serializer):
 
     def validate_callback_url(self, value: str) -> str:
         return ImageSubmitSerializer.validate_callback_url(self, value)
+
+
+class BatchSubmitRequestSerializer(BatchSubmitSerializer):
+    """The schema's view of POST /api/v1/batches/: the items' own fields (the view checks them one
+    by one, BatchItemSerializer, to name the item at fault)."""
+
+    items = BatchItemSerializer(many=True, allow_empty=False, max_length=settings.BATCH_MAX_ITEMS, help_text="1 to BATCH_MAX_ITEMS items.")
 
 
 class BatchSubmittedSerializer(serializers.Serializer):

@@ -77,6 +77,9 @@ def test_valid_batch_is_accepted_with_one_job_per_item_published_after_commit(ap
         ({"labels": ["cat"]}, "items[3].labels", "unsupported_label"),
         ({"model_version": "nope@9"}, "items[3].model_version", "unknown_model_version"),
         ({"cohort": "\x00"}, "items[3].cohort", None),
+        ({"cohort": 0}, "items[3].cohort", "invalid"),
+        ({"request_id": 17}, "items[3].request_id", "invalid"),
+        ({"labels": "face"}, "items[3].labels", "invalid"),
     ],
 )
 def test_one_bad_item_refuses_the_whole_batch_naming_it(api_client, published, bad, field, code):
@@ -102,6 +105,8 @@ def test_an_item_without_image_url_is_refused_naming_it(api_client):
         ({"items": [1, 2]}, "items"),
         ({"items": items(1), "callback_url": "ftp://x"}, "callback_url"),
         ({"items": items(1), "expires_in": 0}, "expires_in"),
+        ({"items": items(1), "expires_in": "60"}, "expires_in"),
+        ({"items": items(1), "expires_in": 60.0}, "expires_in"),
         ({"items": items(1), "expires_in": 10**9}, "expires_in"),
     ],
 )
