@@ -219,8 +219,10 @@ JOB_EXPIRES_IN_MAX = env.int("JOB_EXPIRES_IN_MAX", default=7 * 24 * 3600)
 JOB_EXPIRE_INTERVAL = env.float("JOB_EXPIRE_INTERVAL", default=30.0)
 
 # --- Detector ----------------------------------------------------------------------------------
-# Activated on a fresh database only; afterwards the active version lives in the database.
-DETECTOR_MODEL = env("DETECTOR_MODEL", default="mtcnn@1.0.0")
+# Activated on a fresh database only; afterwards the active version lives in the database. Empty
+# (default): the fastest shipped version with the reference's faces that runs on DETECTOR_DEVICE
+# (registry.services.detector_version_default: mtcnn@1.2.0 on CPUs, mtcnn@1.1.0 on CUDA).
+DETECTOR_MODEL = env("DETECTOR_MODEL", default="")
 # "cpu" (default), "cuda" or "cuda:N". CUDA must be asked for: a worker never picks it silently.
 DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")
 # CPU threads one detection may use, per worker process, for every engine (torch, OpenVINO,

@@ -16,7 +16,7 @@ from storage import s3 as storage
 
 from .erasure import image_job_erase
 from .models import Batch, DeadLetter, Face, Image, JobStatus, ShadowRun
-from .services import image_job_redeliver
+from .services import image_job_cancel, image_job_redeliver
 
 
 class FaceInline(ReadOnlyInline):
@@ -60,7 +60,7 @@ class ImageAdmin(ReadOnlyAdmin):
     search_fields = ("request_id", "=id", "cohort")
     date_hierarchy = "created_at"
     inlines = [FaceInline, ShadowRunInline, DeliveryInline]
-    actions = ["redeliver_callback", "erase"]
+    actions = ["redeliver_callback", "cancel", "erase"]
     readonly_fields = (
         "id",
         "original_thumbnail",
@@ -74,6 +74,8 @@ class ImageAdmin(ReadOnlyAdmin):
             "Result",
             {"fields": ("detector_version", "model_version", "labels", "width", "height", "face_count", "detection_ms", "detector_cold")},
         ),
+        # By URL (fetched by the worker), its expiry and its batch: empty for a plain upload.
+        ("Submission", {"fields": ("image_url", "expires_at", "batch")}),
         ("Rollout", {"fields": ("rollout", "variant", "cohort")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
         ("Retention and erasure", {"fields": ("original_expired_at", "annotated_expired_at", "deleted_at")}),
@@ -108,6 +110,11 @@ class ImageAdmin(ReadOnlyAdmin):
     @admin.action(description="Send the callback again")
     def redeliver_callback(self, request, queryset):
         self._each(request, queryset, image_job_redeliver, "{count} callback(s) queued for delivery.")
+
+    @admin.action(description="Cancel (queued jobs only)")
+    def cancel(self, request, queryset):
+        # The same service as POST /api/v1/images/{id}/cancel/: a started or ended job is refused.
+        self._each(request, queryset, image_job_cancel, "{count} job(s) canceled.")
 
     @admin.action(description="Erase photos and detections (keeps a tombstone)")
     def erase(self, request, queryset):

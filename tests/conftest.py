@@ -308,8 +308,9 @@ def _delete_test_queues() -> None:
 @pytest.fixture(autouse=True)
 def _detector_registry(request):
     """Every test with database access starts with the shipped versions registered and
-    mtcnn@1.0.0 active, as `manage.py detector_register --bootstrap` leaves a fresh database
-    (transactional tests empty the tables after each test, so this runs per test)."""
+    mtcnn@1.0.0 active, as `manage.py detector_register --bootstrap` leaves a fresh database with
+    the suite's DETECTOR_MODEL (tests/settings.py) (transactional tests empty the tables after
+    each test, so this runs per test)."""
     marker = request.node.get_closest_marker("django_db")
     if marker is None:
         return

@@ -35,6 +35,7 @@ class _Server(ThreadingHTTPServer):
 class PhotoServer:
     def __init__(self, *, host: str = "127.0.0.1", flaky_failures: int = 1, slow_seconds: float = 30.0) -> None:
         self.requests: list[str] = []
+        self.hosts: list[str] = []  # each request's Host header
         self.flaky_failures = flaky_failures
         self.slow_seconds = slow_seconds
         self._flaky: dict[str, int] = {}
@@ -51,6 +52,7 @@ class PhotoServer:
             def do_GET(self) -> None:
                 with server._lock:
                     server.requests.append(self.path)
+                    server.hosts.append(self.headers.get("Host", ""))
                 try:
                     server._answer(self)
                 except (BrokenPipeError, ConnectionResetError):

@@ -22,9 +22,12 @@ from core.errors import Conflict
 
 from ..models import Image, JobStatus, ShadowRun, ShadowStatus
 from ..representation import image_representation
-from ..selectors import JOB_PREFETCH
 
 logger = logging.getLogger(__name__)
+
+# What image_representation reads (jobs.selectors.JOB_PREFETCH, which this module cannot import:
+# erasure calls job_ended, and selectors reaches erasure through retention).
+JOB_PREFETCH = ("faces", "deliveries__attempts")
 
 JOB_END_MESSAGES = {
     JobStatus.CANCELED: "The job was canceled before it started.",

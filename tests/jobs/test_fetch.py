@@ -172,3 +172,45 @@ def test_submission_check_refuses(url, code):
 def test_submission_check_allows_the_opened_range(photoserver):
     """IMAGE_URL_ALLOWED_NETWORKS (127.0.0.0/8 in the tests) opens loopback."""
     image_url_check(photoserver.url("/photos/obama_1face.jpg"))
+
+
+def test_the_connection_goes_to_the_checked_address_with_the_urls_host(photoserver, monkeypatch):
+    """A name is resolved once per hop and connected to by address: the fetch works for a name
+    no resolver knows (photos.test) once the check's lookup gave its address, and the server
+    sees the URL's host in the Host header."""
+    import ipaddress
+
+    looked_up = []
+
+    def resolve(host, port):
+        looked_up.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    monkeypatch.setattr("jobs.fetch.resolve", resolve)
+    fetched = image_fetch(f"http://photos.test:{photoserver.port}/photos/chelsea_cat.png")
+    assert fetched.info.sha256 == _sha("chelsea_cat.png")
+    assert looked_up == ["photos.test"]
+    assert photoserver.hosts == [f"photos.test:{photoserver.port}"]
+
+
+def test_a_name_that_rebinds_to_a_refused_address_is_not_fetched(photoserver, monkeypatch):
+    """The fetch resolves again and checks what it got (DNS rebinding after the submission's check)."""
+    import ipaddress
+
+    monkeypatch.setattr("jobs.fetch.resolve", lambda host, port: [ipaddress.ip_address("10.0.0.7")])
+    with pytest.raises(FetchFailed) as caught:
+        image_fetch(f"http://photos.test:{photoserver.port}/photos/chelsea_cat.png")
+    assert caught.value.code == "image_url_refused"
+    assert photoserver.requests == []
+
+
+def test_https_is_verified_against_the_urls_host(photoserver, settings, monkeypatch):
+    """An https URL whose server does not speak TLS (here: plain HTTP) is a failed fetch, not a
+    fallback to plain text."""
+    import ipaddress
+
+    settings.IMAGE_URL_FETCH_ATTEMPTS = 1
+    monkeypatch.setattr("jobs.fetch.resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+    with pytest.raises(FetchFailed) as caught:
+        image_fetch(f"https://photos.test:{photoserver.port}/photos/chelsea_cat.png")
+    assert caught.value.code == "image_fetch_failed"
