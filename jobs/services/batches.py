@@ -3,6 +3,7 @@ job (its own request_id, pinned version, rollout routing, metrics); the batch ad
 nothing check, one transaction for every row, a queue of its own, a results stream and one
 callback when its last item ends (docs/batches.md)."""
 
+import contextvars
 import datetime as dt
 import logging
 import uuid
@@ -291,9 +292,14 @@ def batch_item_ended(*, batch_id: uuid.UUID | None) -> CallbackDelivery | None:
     return batch_finish(batch_id=batch_id)
 
 
+# Batches whose items this thread is canceling in bulk (batch_cancel): their items' ends are
+# not looked at one by one, batch_cancel looks once after.
+_canceling: contextvars.ContextVar[frozenset] = contextvars.ContextVar("batches_canceling", default=frozenset())
+
+
 def batch_job_ended(image: Image) -> None:
     """The lifecycle's job_ended listener (called once the item's terminal transition committed)."""
-    if image.batch_id is not None:
+    if image.batch_id is not None and image.batch_id not in _canceling.get():
         batch_item_ended(batch_id=image.batch_id)
 
 
@@ -350,7 +356,11 @@ def batch_cancel(*, client: ApiClient, batch_id: str) -> Batch:
         raise Conflict("batch_finished", "The batch has ended; there is nothing to cancel.")
     if batch.canceled_at is None:
         Batch.objects.filter(id=batch.id, canceled_at__isnull=True).update(canceled_at=timezone.now())
-    image_jobs_cancel(queryset=Image.objects.filter(batch_id=batch.id, status=JobStatus.QUEUED))
+    token = _canceling.set(_canceling.get() | {batch.id})
+    try:
+        image_jobs_cancel(queryset=Image.objects.filter(batch_id=batch.id, status=JobStatus.QUEUED))
+    finally:
+        _canceling.reset(token)
     batch_finish(batch_id=batch.id)
     batch.refresh_from_db()
     return batch

@@ -203,3 +203,25 @@ def test_the_lifecycle_hook_ends_the_batch(monkeypatch):
         assert image_job_fail(image_id=image_id, code="image_fetch_failed", message="no")
     batch.refresh_from_db()
     assert batch.status == "completed" and json.loads(batch_deliveries(batch)[0].body)["counts"] == {"failed": 2}
+
+
+def test_canceling_a_batch_looks_at_its_end_once_not_per_item(monkeypatch):
+    """A bulk cancel ends many items at once; the batch is looked at once after, not once per item."""
+    batch = make_batch(6, monkeypatch=monkeypatch)
+    calls = []
+    real = batches.batch_finish
+    monkeypatch.setattr(batches, "batch_finish", lambda *, batch_id: (calls.append(batch_id), real(batch_id=batch_id))[1])
+    batches.batch_cancel(client=batch.client, batch_id=str(batch.id))
+    assert calls == [batch.id] and len(batch_deliveries(batch)) == 1
+
+
+def test_items_expired_end_the_batch(monkeypatch):
+    """Items not started by the batch's expires_at end expired (the beat's sweep), and the batch with them."""
+    from jobs.services.lifecycle import image_jobs_expire_sweep
+
+    batch = make_batch(3, monkeypatch=monkeypatch)
+    Image.objects.filter(batch=batch).update(expires_at=timezone.now() - timezone.timedelta(seconds=1))
+    assert image_jobs_expire_sweep() == 3
+    batch.refresh_from_db()
+    assert batch.status == "completed"
+    assert json.loads(batch_deliveries(batch)[0].body)["counts"] == {"expired": 3}
