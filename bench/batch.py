@@ -68,6 +68,9 @@ class PhotoServer:
         self.httpd.server_close()
 
 
+SLOW: list[dict] = []  # the single uploads that took over 10 s, for the report
+
+
 def single(api: Api, photo: Path, data: bytes, request_id: str, timeout: float) -> float:
     """Upload one photo and wait for its job to finish: its finished_at - created_at, in ms."""
     response = api.call(
@@ -82,7 +85,11 @@ def single(api: Api, photo: Path, data: bytes, request_id: str, timeout: float) 
     while time.monotonic() < deadline:
         job = api.call("GET", f"/api/v1/images/{job_id}/").json()
         if job["finished_at"]:
-            return (parse_at(job["finished_at"]) - parse_at(job["created_at"])).total_seconds() * 1000
+            took = (parse_at(job["finished_at"]) - parse_at(job["created_at"])).total_seconds() * 1000
+            if took > 10_000:
+                waited = (parse_at(job["started_at"]) - parse_at(job["created_at"])).total_seconds() if job["started_at"] else None
+                SLOW.append({"id": job_id, "ms": round(took), "queued_s": waited, "status": job["status"], "error": job["error"]})
+            return took
         time.sleep(0.05)
     raise BenchFailed(f"single upload {request_id} did not finish in {timeout:.0f} s")
 
@@ -142,6 +149,8 @@ def report(args, result: dict) -> None:
             f"| single upload during the batch ({len(lat)} uploads), p50 / p95 / max | "
             f"{percentile(lat, 50):.0f} / {percentile(lat, 95):.0f} / {lat[-1]:.0f} ms |"
         )
+    for slow in SLOW:
+        say(f"\nslow single upload: {slow}")
 
 
 def main() -> int:
