@@ -327,8 +327,8 @@ CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
 CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
 CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
 # The items of batches (POST /api/v1/batches/) wait here, not on the detect queue: the detect
-# workers consume both, so a single upload waits behind at most the batch items already being
-# detected, not behind a whole batch (docs/batches.md has the measurement).
+# workers consume both, so a single upload waits for a free pool process, not behind a whole
+# batch (docs/batches.md has the measurement).
 CELERY_QUEUE_DETECT_BATCH = env("CELERY_QUEUE_DETECT_BATCH", default="detect-batch")
 # Where a task message goes when its transient error (database, storage) outlived every retry and
 # not even the failure could be recorded: no worker consumes it; the sweeper records each one
