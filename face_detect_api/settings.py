@@ -319,11 +319,19 @@ CALLBACK_SIGNING_SECRET = env("CALLBACK_SIGNING_SECRET")
 # CIDR ranges a callback_url may resolve to although they are not public (empty: none).
 CALLBACK_ALLOWED_NETWORKS = env.list("CALLBACK_ALLOWED_NETWORKS", default=[])
 
+# --- Batches ----------------------------------------------------------------------------------
+# Most items in one batch (POST /api/v1/batches/); a larger one is refused whole.
+BATCH_MAX_ITEMS = env.int("BATCH_MAX_ITEMS", default=10000)
+
 # --- Celery ------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
 CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
 CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
+# The items of batches (POST /api/v1/batches/) wait here, not on the detect queue: the detect
+# workers consume both, so a single upload waits for a free pool process, not behind a whole
+# batch (docs/batches.md has the measurement).
+CELERY_QUEUE_DETECT_BATCH = env("CELERY_QUEUE_DETECT_BATCH", default="detect-batch")
 # Where a task message goes when its transient error (database, storage) outlived every retry and
 # not even the failure could be recorded: no worker consumes it; the sweeper records each one
 # (jobs.DeadLetter, in the admin) once the database is back (docs/reliability.md).
@@ -339,7 +347,7 @@ CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "direct"
 CELERY_TASK_DEFAULT_ROUTING_KEY = CELERY_QUEUE_DETECT
 CELERY_TASK_QUEUES = tuple(
     Queue(_name, Exchange(_name, type="direct", durable=True), routing_key=_name, durable=True)
-    for _name in (CELERY_QUEUE_DETECT, CELERY_QUEUE_DELIVER)
+    for _name in (CELERY_QUEUE_DETECT, CELERY_QUEUE_DELIVER, CELERY_QUEUE_DETECT_BATCH)
 )
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 

@@ -257,6 +257,7 @@ def sweep() -> dict | None:
     try:
         counts = services.image_jobs_sweep()
         counts.update(services.shadow_runs_sweep())
+        counts["batches_ended"] = services.batches_finish_sweep()
         due = delivery.callback_deliveries_due()
     except DATABASE_ERRORS as exc:
         logger.warning("sweeper: database unavailable, skipping this run: %s", exc)

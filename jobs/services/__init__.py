@@ -11,6 +11,18 @@ replaces a function patches it in the module that calls it (e.g. jobs.services.s
 from detection.labels import LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS
 
 from ..keys import annotated_object_key
+from .batches import (
+    BatchItem,
+    batch_cancel,
+    batch_counts,
+    batch_create,
+    batch_finish,
+    batch_get,
+    batch_item_ended,
+    batch_items,
+    batch_results,
+    batches_finish_sweep,
+)
 from .delivery import (
     dead_letter_record,
     image_job_annotate,
@@ -59,6 +71,16 @@ from .submission import (
 )
 
 __all__ = [
+    "BatchItem",
+    "batch_cancel",
+    "batch_counts",
+    "batch_create",
+    "batch_finish",
+    "batch_get",
+    "batch_item_ended",
+    "batch_items",
+    "batch_results",
+    "batches_finish_sweep",
     "DELIVER_RESULT_TASK",
     "DETECT_TASK",
     "JOB_ERROR_MESSAGES",

@@ -367,7 +367,7 @@ def _record_published(image_id: uuid.UUID) -> None:
     Image.objects.filter(id=image_id).update(enqueued_at=now, enqueue_count=F("enqueue_count") + 1, updated_at=now)
 
 
-def _publish_chain(image_id: uuid.UUID) -> None:
+def _publish_chain(image_id: uuid.UUID, **route: str) -> None:
     """detect -> deliver for one job, published by task name (routed to their queues by
     CELERY_TASK_ROUTES): one message to the detect queue carrying the delivery as its chain.
 
@@ -377,6 +377,8 @@ def _publish_chain(image_id: uuid.UUID) -> None:
     task's options as the chain passes them. ignore_result on both: nothing reads either task's
     return value (the job lives in the database), and without it the result backend (Redis)
     subscribes to every published task and unsubscribes again, and stores every delivery's result.
+    ``route`` (queue, exchange, routing_key) sends the detect task elsewhere than its
+    CELERY_TASK_ROUTES route: batch items go to their own queue (jobs/services/batches.py).
     """
     app = current_app
     job = str(image_id)
@@ -388,7 +390,9 @@ def _publish_chain(image_id: uuid.UUID) -> None:
         "subtask_type": None,
         "immutable": True,
     }
-    app.send_task(DETECT_TASK, args=(job,), kwargs={}, chain=[deliver], task_id=task_uuid(), reply_to=app.thread_oid, ignore_result=True)
+    app.send_task(
+        DETECT_TASK, args=(job,), kwargs={}, chain=[deliver], task_id=task_uuid(), reply_to=app.thread_oid, ignore_result=True, **route
+    )
 
 
 def _delete_quietly(key: str) -> None:
