@@ -36,6 +36,7 @@ def clock(monkeypatch):
 
 
 @pytest.fixture
-def client(api, clock):
+def sdk(api, clock):
+    """A client of the fake API (named so as not to hide pytest-django's `client`)."""
     with Client(api.url, API_KEY, timeout=10) as c:
         yield c
