@@ -241,7 +241,7 @@ def test_a_batch_is_canceled_and_its_queued_items_with_it(sdk, api):
 
 
 def test_batch_results_are_read_line_by_line_as_they_stream(sdk, api):
-    """The first job arrives while the server still holds back the rest: the sdk streams."""
+    """The first job arrives while the server still holds back the rest: the client streams."""
     batch = sdk.submit_batch([{"request_id": f"s-{i}", "image_url": f"https://p.example.com/{i}.jpg"} for i in range(3)])
     sdk.wait_batch(batch)
     api.hold_results.clear()
