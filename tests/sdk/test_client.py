@@ -3,6 +3,7 @@
 
 import io
 import json
+import socket
 
 import pytest
 from face_detect_client import (
@@ -133,7 +134,10 @@ def test_an_answer_not_in_the_api_shape_still_is_a_typed_error(sdk, api, clock):
 
 def test_an_unreachable_service_is_a_transport_error_after_the_retries(clock):
     """Connections refused are tried max_retries more times with backoff, then TransportError."""
-    with Client("http://127.0.0.1:9", API_KEY, max_retries=2) as c, pytest.raises(TransportError):
+    with socket.socket() as probe:  # a port nothing listens on: bound, then let go
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Client(f"http://127.0.0.1:{port}", API_KEY, max_retries=2) as c, pytest.raises(TransportError):
         c.get_job("x")
     assert len(clock.sleeps) == 2 and 0.25 <= clock.sleeps[0] <= 0.5 and 0.5 <= clock.sleeps[1] <= 1.0
 
