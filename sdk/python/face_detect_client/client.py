@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import os
@@ -104,7 +105,9 @@ class Client:
             labels=_labels(labels),
             expires_in=expires_in,
         )
-        response = self._request("POST", "images/", data={k: str(v) for k, v in fields.items()}, files=lambda: {"image": opener()})
+        response = self._request(
+            "POST", "images/", data={k: str(v) for k, v in fields.items()}, files=lambda opened: {"image": opener(opened)}
+        )
         return Job.from_json(response.json())
 
     def submit_url(
@@ -130,7 +133,7 @@ class Client:
             labels=_labels(labels),
             expires_in=expires_in,
         )
-        return Job.from_json(self._request("POST", "images/", json=body).json())
+        return Job.from_json(self._request("POST", "images/", body=body).json())
 
     def get_job(self, job_id: str | Job) -> Job:
         return Job.from_json(self._request("GET", f"images/{_id(job_id)}/").json())
@@ -176,7 +179,7 @@ class Client:
         an ordinary job. A bad item is a BadRequest whose ``field`` names it
         (``items[3].image_url``), and nothing is submitted."""
         body = _fields(items=[_batch_item(item) for item in items], callback_url=callback_url, expires_in=expires_in)
-        return Batch.from_json(self._request("POST", "batches/", json=body).json())
+        return Batch.from_json(self._request("POST", "batches/", body=body).json())
 
     def get_batch(self, batch_id: str | Batch) -> Batch:
         return Batch.from_json(self._request("GET", f"batches/{_id(batch_id)}/").json())
@@ -239,19 +242,21 @@ class Client:
         method: str,
         path: str,
         *,
-        json: Any = None,
+        body: Any = None,
         data: dict[str, str] | None = None,
-        files: Callable[[], dict[str, Any]] | None = None,
+        files: Callable[[contextlib.ExitStack], dict[str, Any]] | None = None,
         stream: bool = False,
         deadline: float | None = None,
     ) -> httpx.Response:
-        """The answer to one API call, after the retries; an ApiError for an error status."""
+        """The answer to one API call, after the retries; an ApiError for an error status. ``body``:
+        sent as JSON; ``data`` and ``files``: as multipart, the files made afresh for each attempt
+        (httpx reads them to the end), those opened here closed once it is sent."""
         attempt = 0
         while True:
             try:
-                # Files are opened (or rewound) afresh for each attempt: httpx reads them to the end.
-                request = self._http.build_request(method, path, json=json, data=data, files=files() if files else None)
-                response = self._http.send(request, stream=stream)
+                with contextlib.ExitStack() as opened:
+                    request = self._http.build_request(method, path, json=body, data=data, files=files(opened) if files else None)
+                    response = self._http.send(request, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # No connection, so nothing was sent: safe to try again.
                 delay = self._backoff(attempt)
@@ -314,24 +319,24 @@ def _batch_item(item: BatchItem | Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _file_opener(file: FileInput, filename: str | None) -> Callable[[], tuple[str, Any, str]]:
+def _file_opener(file: FileInput, filename: str | None) -> Callable[[contextlib.ExitStack], tuple[str, Any, str]]:
     """A function giving httpx's (filename, content, content type) for each attempt: a path is
     opened afresh, a file at its start streamed (httpx rewinds it), anything else read into memory."""
     if isinstance(file, (str, os.PathLike)):
         path = os.fspath(file)
         name = filename or os.path.basename(path)
-        return lambda: (name, open(path, "rb"), _content_type(name))
+        return lambda opened: (name, opened.enter_context(open(path, "rb")), _content_type(name))
     if isinstance(file, (bytes, bytearray, memoryview)):
         content = bytes(file)
         name = filename or "image"
-        return lambda: (name, content, _content_type(name))
+        return lambda opened: (name, content, _content_type(name))
     name = filename or os.path.basename(str(getattr(file, "name", "") or "")) or "image"
     # httpx streams a file object from its start (it seeks to 0 for each attempt, and sizes the
     # part from the whole file); one read from elsewhere is held in memory instead.
     if file.seekable() and file.tell() == 0:
-        return lambda: (name, file, _content_type(name))
+        return lambda opened: (name, file, _content_type(name))
     content = file.read()
-    return lambda: (name, content, _content_type(name))
+    return lambda opened: (name, content, _content_type(name))
 
 
 def _content_type(name: str) -> str:
