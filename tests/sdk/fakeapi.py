@@ -224,6 +224,8 @@ class FakeApi:
                     raise ApiError(400, "required", "This field is required.", f"items[{index}].{name}")
             if not item["image_url"].startswith(("http://", "https://")):
                 raise ApiError(400, "invalid", "Enter a valid URL.", f"items[{index}].image_url")
+            if "labels" in item and not isinstance(item["labels"], list):
+                raise ApiError(400, "not_a_list", 'Expected a list of items but got type "str".', f"items[{index}].labels")
         batch_id = str(uuid.uuid4())
         job_ids = []
         for item in items:

@@ -79,11 +79,12 @@ def test_a_url_job_is_a_json_body_with_image_url(sdk, api):
 
 
 def test_a_batch_is_submitted_as_items_and_answers_its_urls(sdk, api):
-    """submit_batch takes BatchItems and dicts alike and returns the batch's id, count and URLs."""
+    """submit_batch takes BatchItems and dicts alike (labels go as the JSON list a batch item takes,
+    given as a list or a comma-separated string) and returns the batch's id, count and URLs."""
     batch = sdk.submit_batch(
         [
             BatchItem(request_id="b-1", image_url="https://p.example.com/1.jpg", labels=["face"]),
-            {"request_id": "b-2", "image_url": "https://p.example.com/2.jpg"},
+            {"request_id": "b-2", "image_url": "https://p.example.com/2.jpg", "labels": "face,person"},
         ],
         callback_url="https://example.com/batch-hook",
     )
@@ -91,8 +92,8 @@ def test_a_batch_is_submitted_as_items_and_answers_its_urls(sdk, api):
     assert batch.results_url.endswith(f"/api/v1/batches/{batch.id}/results/")
     assert api.batches[batch.id]["body"] == {
         "items": [
-            {"request_id": "b-1", "image_url": "https://p.example.com/1.jpg", "labels": "face"},
-            {"request_id": "b-2", "image_url": "https://p.example.com/2.jpg"},
+            {"request_id": "b-1", "image_url": "https://p.example.com/1.jpg", "labels": ["face"]},
+            {"request_id": "b-2", "image_url": "https://p.example.com/2.jpg", "labels": ["face", "person"]},
         ],
         "callback_url": "https://example.com/batch-hook",
     }

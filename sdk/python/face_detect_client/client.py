@@ -314,8 +314,12 @@ def _batch_item(item: BatchItem | Mapping[str, Any]) -> dict[str, Any]:
         )
     else:
         fields = dict(item)
-    if fields.get("labels") is not None:
-        fields["labels"] = _labels(fields["labels"])
+    # A batch item's `labels` is a JSON list of names (an upload's is one comma-separated string).
+    labels = fields.get("labels")
+    if isinstance(labels, str):
+        fields["labels"] = [name for name in labels.split(",") if name]
+    elif labels is not None:
+        fields["labels"] = list(labels)
     return fields
 
 
