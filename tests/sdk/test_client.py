@@ -209,6 +209,16 @@ def test_wait_gives_up_at_its_deadline_with_the_last_job_seen(sdk, api, clock):
         sdk.wait(job_id, timeout=20, poll_interval=1, max_poll_interval=8)
     assert caught.value.job.id == job_id and caught.value.job.status == "processing"
     assert clock.sleeps == [1, 2, 4, 8, 5] and sum(clock.sleeps) == 20
+    assert str(caught.value) == f"job {job_id} still processing after 20 s"
+
+
+def test_wait_batch_gives_up_at_its_deadline_with_the_last_batch_seen(sdk, api, clock):
+    batch = sdk.submit_batch([{"request_id": "slow", "image_url": "https://p.example.com/1.jpg"}])
+    api.script[api.batches[batch.id]["jobs"][0]] = ["processing"] * 1000
+    with pytest.raises(WaitTimeout) as caught:
+        sdk.wait_batch(batch, timeout=10, poll_interval=1)
+    assert isinstance(caught.value.job, Batch) and caught.value.job.counts == {"processing": 1}
+    assert str(caught.value) == f"batch {batch.id} still running after 10 s" and sum(clock.sleeps) == 10
 
 
 def test_a_retry_that_would_pass_the_deadline_is_not_slept(sdk, api, clock):

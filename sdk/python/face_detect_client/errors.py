@@ -109,10 +109,11 @@ def error_class(status_code: int) -> type[ApiError]:
 
 
 class WaitTimeout(FaceDetectError):
-    """``Client.wait`` reached its deadline before the job ended; ``job`` is the last state seen."""
+    """``Client.wait`` (or ``wait_batch``) reached its deadline before the job (the batch) ended;
+    ``job`` is the last state seen: a Job, or a Batch from ``wait_batch``."""
 
     def __init__(self, job: Any, timeout: float) -> None:
-        super().__init__(f"job {job.id} still {job.status} after {timeout:g} s")
+        super().__init__(f"{type(job).__name__.lower()} {job.id} still {job.status} after {timeout:g} s")
         self.job = job
         self.timeout = timeout
 
