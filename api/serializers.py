@@ -3,19 +3,23 @@ that document in the schema the shapes jobs/representation.py builds."""
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 from rest_framework.utils import html
 
 from callbacks.models import DeliveryStatus
 from callbacks.urlpolicy import UrlRefused, check_callback_url
+from jobs.fetch import image_url_check
 from jobs.models import JobStatus
 from jobs.representation import iso
 from jobs.services import LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS
 from rollouts.models import Variant
 
 CALLBACK_URL_MAX_LENGTH = 2048
+IMAGE_URL_MAX_LENGTH = 2048
 
 
 # The request_id rule, as one regular expression: the OpenAPI schema publishes it as the field's
@@ -136,10 +140,17 @@ class ImageListQuerySerializer(serializers.Serializer):
     request_id = request_id_field(required=False)
 
 
-class ImageSubmitSerializer(serializers.Serializer):
-    """The fields of POST /api/v1/images/. The image's content is checked by the service."""
+IMAGE_URL_HELP = (
+    "The photo's http(s) URL, instead of `image`: the job is accepted at once and a worker fetches the photo "
+    "before detecting it (under the same size and pixel limits as uploads). The host must resolve to a public "
+    "address; the job fails with `image_fetch_failed`, `image_too_large`, `image_url_refused` or "
+    "`unsupported_image` when the photo cannot be had."
+)
 
-    image = serializers.FileField(allow_empty_file=False, use_url=False)
+
+class _ImageSubmitFields(serializers.Serializer):
+    """What a submission by URL and an upload share. The image's content is checked by the service."""
+
     request_id = request_id_field()
     callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
     model_version = serializers.CharField(
@@ -161,6 +172,17 @@ class ImageSubmitSerializer(serializers.Serializer):
         help_text=LABELS_HELP,
     )
 
+    expires_in = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Seconds: a job not started within this time ends `expired` (and is called back). Default: never.",
+    )
+
+    def validate_expires_in(self, value: int) -> int:
+        if value > settings.JOB_EXPIRES_IN_MAX:
+            raise serializers.ValidationError(f"expires_in may be at most {settings.JOB_EXPIRES_IN_MAX} seconds.", code="max_value")
+        return value
+
     def validate_labels(self, value: str) -> list[str]:
         """The label names, without repeats (first one first)."""
         labels = list(dict.fromkeys(value.split(","))) if value else []
@@ -176,6 +198,149 @@ class ImageSubmitSerializer(serializers.Serializer):
         except UrlRefused as exc:
             raise serializers.ValidationError(str(exc), code=exc.code) from exc
         return value
+
+
+def _image_url_field() -> serializers.URLField:
+    return serializers.URLField(max_length=IMAGE_URL_MAX_LENGTH, required=False, help_text=IMAGE_URL_HELP)
+
+
+class ImageSubmitSerializer(_ImageSubmitFields):
+    """The fields of POST /api/v1/images/ (multipart): exactly one of ``image`` and ``image_url``."""
+
+    image = serializers.FileField(allow_empty_file=False, use_url=False, required=False, help_text="The photo, uploaded.")
+    image_url = _image_url_field()
+
+    field_order = ("image", "image_url")
+
+    def validate_image_url(self, value: str) -> str:
+        return _image_url_checked(value)
+
+    def validate(self, attrs: dict) -> dict:
+        if "image" in attrs and "image_url" in attrs:
+            raise serializers.ValidationError({"image_url": "Give either image or image_url, not both."}, code="invalid")
+        if "image" not in attrs and "image_url" not in attrs:
+            raise serializers.ValidationError({"image": "Give the photo as image (a file) or image_url."}, code="required")
+        return attrs
+
+
+class ImageSubmitByUrlSerializer(_ImageSubmitFields):
+    """The fields of POST /api/v1/images/ as a JSON body: the photo by ``image_url``."""
+
+    image_url = serializers.URLField(max_length=IMAGE_URL_MAX_LENGTH, help_text=IMAGE_URL_HELP)
+
+    def validate_image_url(self, value: str) -> str:
+        return _image_url_checked(value)
+
+
+def _image_url_checked(value: str) -> str:
+    """Only a URL the workers may fetch (jobs/fetch.py's rule: public addresses, http(s))."""
+    try:
+        image_url_check(value)
+    except UrlRefused as exc:
+        raise serializers.ValidationError(str(exc), code=exc.code) from exc
+    return value
+
+
+def _json_types(data, *, strings=(), string_lists=(), integers=()) -> None:
+    """Refuse a JSON body's field of the wrong type (DRF would read 0 as "0", "5" or 5.0 as 5)."""
+    if not isinstance(data, dict):
+        return
+    for name in strings:
+        if name in data and not isinstance(data[name], str):
+            raise serializers.ValidationError({name: ["Must be a string."]}, code="invalid")
+    for name in string_lists:
+        if name in data and not (isinstance(data[name], list) and all(isinstance(v, str) for v in data[name])):
+            raise serializers.ValidationError({name: ["Must be a list of strings."]}, code="invalid")
+    for name in integers:
+        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
+            raise serializers.ValidationError({name: ["Must be an integer."]}, code="invalid")
+
+
+class BatchItemSerializer(serializers.Serializer):
+    """One item of POST /api/v1/batches/: a photo by URL and the options of an upload."""
+
+    request_id = request_id_field()
+    image_url = serializers.URLField(
+        max_length=CALLBACK_URL_MAX_LENGTH, help_text="The photo, fetched by the worker (http or https; e.g. a presigned S3 URL)."
+    )
+    model_version = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, help_text="A detector version id (see /api/v1/models/); default: the active one."
+    )
+    labels = serializers.ListField(
+        child=serializers.CharField(max_length=LABEL_MAX_LENGTH),
+        required=False,
+        max_length=MAX_LABELS,
+        help_text="Keep only detections with these labels (a list of label names); default: every label.",
+    )
+    cohort = request_id_field(name="cohort", required=False, help_text="As for POST /api/v1/images/.")
+
+    def to_internal_value(self, data):
+        # JSON has types: a number where a string belongs is refused, not read as its digits.
+        _json_types(data, strings=("request_id", "image_url", "model_version", "cohort"), string_lists=("labels",))
+        return super().to_internal_value(data)
+
+    def validate_image_url(self, value: str) -> str:
+        """The rule of POST /api/v1/images/ (_image_url_checked), its verdict kept per scheme and
+        host for this serializer: the view checks every item of a batch with one instance, and a
+        batch's URLs mostly share a host (a bucket), which is then resolved once, not 10,000 times."""
+        parts = urlsplit(value)
+        origin = (parts.scheme.lower(), parts.netloc.lower())
+        verdicts = self.__dict__.setdefault("_origin_verdicts", {})
+        if origin not in verdicts:
+            try:
+                image_url_check(value)
+                verdicts[origin] = None
+            except UrlRefused as exc:
+                verdicts[origin] = exc
+        refused = verdicts[origin]
+        if refused is not None:
+            raise serializers.ValidationError(str(refused), code=refused.code)
+        return value
+
+
+class BatchSubmitSerializer(serializers.Serializer):
+    """The body of POST /api/v1/batches/ (JSON). The items are checked one by one by the view
+    (BatchItemSerializer), so that an error names the item: ``items[3].image_url``."""
+
+    items = serializers.ListField(child=serializers.DictField(), allow_empty=False, help_text="1 to BATCH_MAX_ITEMS items.")
+    callback_url = serializers.URLField(max_length=CALLBACK_URL_MAX_LENGTH, required=False, allow_blank=True)
+    expires_in = serializers.IntegerField(
+        required=False, min_value=1, help_text="Seconds: items not started by then end `expired` (at most JOB_EXPIRES_IN_MAX)."
+    )
+
+    def to_internal_value(self, data):
+        _json_types(data, strings=("callback_url",), integers=("expires_in",))
+        return super().to_internal_value(data)
+
+    def validate_items(self, value: list) -> list:
+        limit = settings.BATCH_MAX_ITEMS
+        if len(value) > limit:
+            raise serializers.ValidationError(f"A batch may have at most {limit} items; this one has {len(value)}.", code="too_many_items")
+        return value
+
+    def validate_expires_in(self, value: int) -> int:
+        longest = settings.JOB_EXPIRES_IN_MAX
+        if value > longest:
+            raise serializers.ValidationError(f"expires_in may be at most {longest} seconds.", code="max_value")
+        return value
+
+    def validate_callback_url(self, value: str) -> str:
+        return ImageSubmitSerializer.validate_callback_url(self, value)
+
+
+class BatchSubmitRequestSerializer(BatchSubmitSerializer):
+    """The schema's view of POST /api/v1/batches/: the items' own fields (the view checks them one
+    by one, BatchItemSerializer, to name the item at fault)."""
+
+    items = BatchItemSerializer(many=True, allow_empty=False, max_length=settings.BATCH_MAX_ITEMS, help_text="1 to BATCH_MAX_ITEMS items.")
+
+
+class BatchSubmittedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status_url = serializers.URLField()
+    results_url = serializers.URLField(help_text="Every item's job, one JSON object per line (application/x-ndjson).")
+    item_count = serializers.IntegerField()
+    status = serializers.ChoiceField(["running", "completed", "canceled"])
 
 
 def detector_version_representation(version, *, active_id: str | None) -> dict[str, Any]:
@@ -312,6 +477,11 @@ class ImageSubmittedSerializer(serializers.Serializer):
 class ImageSerializer(ImageSubmittedSerializer):
     """A job, as GET returns it and as the callback carries it."""
 
+    image_url = serializers.URLField(allow_null=True, help_text="The URL the photo was submitted by; null for an upload.")
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="A job not started by then ends `expired` (from `expires_in`); null: never."
+    )
+    batch_id = serializers.UUIDField(allow_null=True, help_text="The batch this job is an item of; null for a job on its own.")
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     model_version = serializers.CharField(allow_null=True)
@@ -416,3 +586,35 @@ class DetectorVersionSerializer(serializers.Serializer):
 
 class DetectorVersionPageSerializer(_PageSerializer):
     results = DetectorVersionSerializer(many=True)
+
+
+class BatchSerializer(serializers.Serializer):
+    """A batch, as GET returns it: counts by item status and a page of its items."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(
+        ["running", "completed", "canceled"], help_text="running until every item has ended; then completed, or canceled."
+    )
+    item_count = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Items by status (statuses with none left out).")
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    canceled_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    callback_url = serializers.URLField(allow_null=True)
+    status_url = serializers.URLField()
+    results_url = serializers.URLField()
+    items = ImageSerializer(many=True, help_text="A page of its items, in the order they were made (?page=, ?page_size=).")
+    next = serializers.URLField(allow_null=True, help_text="The next page of items; null on the last.")
+
+
+class BatchCallbackSerializer(serializers.Serializer):
+    """The body of a batch's callback, sent once when its last item ended."""
+
+    type = serializers.ChoiceField(["batch.completed"])
+    batch_id = serializers.UUIDField()
+    status = serializers.ChoiceField(["completed", "canceled"])
+    item_count = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField())
+    results_url = serializers.URLField()
+    finished_at = serializers.DateTimeField()

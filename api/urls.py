@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import rollouts, stats, views
+from . import batches, rollouts, stats, views
 
 urlpatterns = [
     path("models/", views.ModelCollectionView.as_view(), name="model-collection"),
@@ -8,8 +8,13 @@ urlpatterns = [
     path("models/<str:version_id>/stats/", stats.VersionStatsView.as_view(), name="model-stats"),  # operators only
     path("images/", views.ImageCollectionView.as_view(), name="image-collection"),
     path("images/<str:image_id>/", views.ImageDetailView.as_view(), name="image-detail"),
+    path("images/<str:image_id>/cancel/", views.ImageCancelView.as_view(), name="image-cancel"),
     path("images/<str:image_id>/redeliver/", views.ImageRedeliverView.as_view(), name="image-redeliver"),
     path("images/<str:image_id>/annotated/", views.ImageAnnotatedView.as_view(), name="image-annotated"),
+    path("batches/", batches.BatchCollectionView.as_view(), name="batch-collection"),
+    path("batches/<str:batch_id>/", batches.BatchDetailView.as_view(), name="batch-detail"),
+    path("batches/<str:batch_id>/results/", batches.BatchResultsView.as_view(), name="batch-results"),
+    path("batches/<str:batch_id>/cancel/", batches.BatchCancelView.as_view(), name="batch-cancel"),
     # Operators only (api.auth.IsOperator).
     path("rollouts/", rollouts.RolloutCollectionView.as_view(), name="rollout-collection"),
     path("rollouts/<str:rollout_id>/", rollouts.RolloutDetailView.as_view(), name="rollout-detail"),

@@ -4,12 +4,14 @@ Every route needs an API key (api.auth); a client sees only its own jobs (others
 """
 
 import copy
+import datetime as dt
 import json
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpResponseRedirect, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiCallback, OpenApiResponse, extend_schema
@@ -36,6 +38,7 @@ from .serializers import (
     ImageListQuerySerializer,
     ImagePageSerializer,
     ImageSerializer,
+    ImageSubmitByUrlSerializer,
     ImageSubmitSerializer,
     ImageSubmittedSerializer,
     ModelUploadSerializer,
@@ -147,7 +150,7 @@ CALLBACK_DOC = OpenApiCallback(
     extend_schema(
         summary="The job's result, POSTed to your callback_url",
         description=(
-            "Sent once the job is completed or failed, signed per Standard Webhooks (headers "
+            "Sent once the job is completed, failed, canceled or expired, signed per Standard Webhooks (headers "
             "webhook-id, webhook-timestamp, webhook-signature). Answer 2xx. 408, 429, 5xx and "
             "network errors are retried with backoff; other answers end the delivery. The body is "
             "the job as GET returns it, except its `callback` block: that describes the delivery "
@@ -171,6 +174,7 @@ SUBMITTED_LINKS = {
     "GetImage": _job_link("images_retrieve", "The job: its status, faces and callback state."),
     "GetAnnotatedImage": _job_link("images_annotated", "The annotated JPEG, once the job is completed."),
     "RedeliverImage": _job_link("images_redeliver", "Send the finished job's callback again."),
+    "CancelImage": _job_link("images_cancel", "Cancel the job while it is queued."),
     "ListImagesByRequestId": {
         "operationId": "images_list",
         "parameters": {"request_id": "$response.body#/request_id"},
@@ -196,7 +200,12 @@ class ImageCollectionView(APIView):
     @extend_schema(
         operation_id="images_submit",
         summary="Submit a photo for face detection",
-        request={"multipart/form-data": ImageSubmitSerializer},
+        description=(
+            "The photo is uploaded (`image`, multipart) or given by URL (`image_url`, multipart or a JSON body), exactly "
+            "one of them. A photo by URL is not fetched now: the job is accepted at once and a worker fetches it before "
+            "detecting. `expires_in`: a job not started within that many seconds ends `expired`."
+        ),
+        request={"multipart/form-data": ImageSubmitSerializer, "application/json": ImageSubmitByUrlSerializer},
         responses={
             202: ImageSubmittedSerializer,
             200: OpenApiResponse(
@@ -213,17 +222,21 @@ class ImageCollectionView(APIView):
             raise _too_large(settings.MAX_UPLOAD_BYTES)  # refused before a byte of the body is read
         request._request.upload_handlers.insert(0, _MaxSizeUploadHandler(request._request))
 
+        # One serializer for both bodies: in JSON an `image` is no file, and is refused as such.
         serializer = ImageSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        upload = data["image"]
+        upload = data.get("image")
+        expires_in = data.get("expires_in")
         image, created = job_services.image_job_create(
             client=request.user,
             upload=upload,
-            size=upload.size,
+            size=upload.size if upload is not None else 0,
+            image_url=data.get("image_url"),
+            expires_at=timezone.now() + dt.timedelta(seconds=expires_in) if expires_in else None,
             request_id=data["request_id"],
             callback_url=data.get("callback_url", ""),
-            filename=upload.name or "",
+            filename=(upload.name or "") if upload is not None else "",
             model_version=data.get("model_version", ""),
             cohort=data.get("cohort", ""),
             labels=data.get("labels", []),
@@ -313,6 +326,22 @@ class ImageRedeliverView(APIView):
             {"id": str(image.id), "webhook_id": outbox_row.webhook_id, "status": outbox_row.status},
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+class ImageCancelView(APIView):
+    @extend_schema(
+        operation_id="images_cancel",
+        summary="Cancel a job that has not started",
+        description=(
+            "A queued job ends `canceled` (error code `canceled`) and is called back like any finished job. "
+            "409 `job_already_started` when it is being detected (it finishes), `job_finished` when it has ended."
+        ),
+        request=None,
+        responses={200: ImageSerializer, **_errors(401, 404, 409, 429)},
+    )
+    def post(self, request: Request, image_id: str) -> Response:
+        image = job_selectors.image_get(client=request.user, image_id=image_id)
+        return Response(image_representation(job_services.image_job_cancel(image_id=image.id)))
 
 
 class ModelCollectionView(APIView):

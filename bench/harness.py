@@ -218,7 +218,7 @@ def delete_queues(broker: str, names: list[str]) -> list[str]:
     try:
         with Connection(broker, connect_timeout=5) as conn:
             channel = conn.default_channel
-            for name in names:
+            for name in dict.fromkeys(names):  # a bench may give two roles one queue
                 channel.queue_delete(name)
                 channel.exchange_delete(name)
     except Exception as exc:  # noqa: BLE001 - said, not raised: the bench is on its way out
@@ -309,7 +309,8 @@ class OwnStack:
             if rc != 0:
                 problems.append(f"`devstack up` did not stop cleanly on SIGTERM (exit {rc})")
             problems += delete_queues(
-                self.service_env["CELERY_BROKER_URL"], [self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"]]
+                self.service_env["CELERY_BROKER_URL"],
+                [self.env["CELERY_QUEUE_DETECT"], self.env["CELERY_QUEUE_DELIVER"], self.env["CELERY_QUEUE_DETECT_BATCH"]],
             )
             if self.database:
                 problems += drop_database(self.service_env["DATABASE_URL"], self.database)

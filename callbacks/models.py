@@ -17,14 +17,19 @@ class DeliveryKind(models.TextChoices):
     # An operator's alert to a URL from the settings (ROLLOUT_ALERT_URL), often an internal
     # address: the address policy that guards clients' URLs does not apply.
     ALERT = "alert"
+    # A batch's one callback (type batch.completed) to the callback_url its client gave, once its
+    # last item ended: held to the same address policy as a job's.
+    BATCH = "batch"
 
 
 class CallbackDelivery(models.Model):
     """One message to a URL (an outbox row): the exact body, signed on each try under the same
-    webhook id, retried on a schedule until delivered or failed. A callback points at its job;
-    an alert at no job (``subject`` says what it is about)."""
+    webhook id, retried on a schedule until delivered or failed. A callback points at its job,
+    a batch's callback at its batch, an alert at neither (``subject`` says what it is about)."""
 
     image = models.ForeignKey("jobs.Image", on_delete=models.CASCADE, related_name="deliveries", null=True, blank=True)
+    # A batch's callback points at its batch instead (kind batch).
+    batch = models.ForeignKey("jobs.Batch", on_delete=models.CASCADE, related_name="deliveries", null=True, blank=True)
     kind = models.CharField(max_length=16, choices=DeliveryKind.choices, default=DeliveryKind.CALLBACK)
     # What a delivery without a job is about, in words ("rollout 3f2c... rollback, event 42").
     subject = models.CharField(max_length=200, blank=True, default="")

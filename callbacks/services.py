@@ -38,11 +38,19 @@ def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def callback_delivery_create(*, image_id: uuid.UUID, url: str, render: Callable[[CallbackDelivery], dict[str, Any]]) -> CallbackDelivery:
+def callback_delivery_create(
+    *,
+    image_id: uuid.UUID | None = None,
+    url: str,
+    render: Callable[[CallbackDelivery], dict[str, Any]],
+    batch_id: uuid.UUID | None = None,
+) -> CallbackDelivery:
     """A new pending delivery to ``url`` whose frozen body is ``render(delivery)`` as compact
-    JSON. The row is built first, unsaved, and the body rendered from it, so the body can
-    describe the very delivery that carries it (its webhook id, pending, no attempts)."""
-    outbox_row = CallbackDelivery(image_id=image_id, webhook_id=new_webhook_id(), url=url, host=host_of(url))
+    JSON: a job's callback (``image_id``) or a batch's (``batch_id``). The row is built first,
+    unsaved, and the body rendered from it, so the body can describe the very delivery that
+    carries it (its webhook id, pending, no attempts)."""
+    kind = DeliveryKind.BATCH if batch_id is not None else DeliveryKind.CALLBACK
+    outbox_row = CallbackDelivery(image_id=image_id, batch_id=batch_id, kind=kind, webhook_id=new_webhook_id(), url=url, host=host_of(url))
     outbox_row.body = json.dumps(render(outbox_row), separators=(",", ":"), sort_keys=True)
     outbox_row.next_attempt_at = timezone.now()  # after rendering: the body shows nothing scheduled
     outbox_row.save(force_insert=True)
@@ -279,9 +287,10 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
 
     logger.log(
         logging.INFO if delivered else logging.WARNING,
-        "callback %s for job %s, attempt %d: %s -> %s%s",
+        "callback %s for %s %s, attempt %d: %s -> %s%s",
         delivery.webhook_id,
-        delivery.image_id,
+        "batch" if delivery.batch_id else "job",
+        delivery.batch_id or delivery.image_id,
         number,
         code or result.error,
         delivery.status,
@@ -344,7 +353,11 @@ def _attempt_counted(delivery: CallbackDelivery, *, refused: bool, retried: bool
         outcome = "retry"
     else:
         outcome = "delivered" if delivery.status == DeliveryStatus.DELIVERED else "failed"
-    first = outcome == "delivered" and not CallbackDelivery.objects.filter(image_id=delivery.image_id, id__lt=delivery.id).exists()
+    first = (
+        outcome == "delivered"
+        and delivery.image_id is not None
+        and not CallbackDelivery.objects.filter(image_id=delivery.image_id, id__lt=delivery.id).exists()
+    )
     metrics.callback_attempted(outcome=outcome, job=delivery.image if first else None, delivered_at=delivery.finished_at)
 
 

@@ -5,6 +5,9 @@ Refused: loopback, private, link-local (cloud metadata included), shared, reserv
 unspecified addresses, in IPv4, IPv6, IPv4-mapped, 6to4, Teredo and NAT64 forms, and any name
 that resolves to one. CALLBACK_ALLOWED_NETWORKS (CIDRs) opens chosen ranges, for development
 and tests.
+
+The same rule guards the photos the workers fetch by URL (jobs/fetch.py), with its own opened
+ranges (IMAGE_URL_ALLOWED_NETWORKS): ``networks`` and ``field`` below.
 """
 
 import ipaddress
@@ -30,8 +33,16 @@ def parse_address(text: str) -> IPAddress:
     return ipaddress.ip_address(text.split("%", 1)[0])
 
 
-def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(cidr.strip(), strict=False) for cidr in settings.CALLBACK_ALLOWED_NETWORKS if cidr.strip()]
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def networks_parse(cidrs) -> Networks:
+    """CIDR strings (a setting's list) as networks; blanks skipped."""
+    return [ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs if cidr.strip()]
+
+
+def _allowed_networks() -> Networks:
+    return networks_parse(settings.CALLBACK_ALLOWED_NETWORKS)
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -46,15 +57,18 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def address_allowed(ip: IPAddress) -> bool:
-    """True when a callback may connect to ``ip``."""
-    if any(ip in network for network in _allowed_networks()):
+def address_allowed(ip: IPAddress, networks: Networks | None = None) -> bool:
+    """True when a callback (or, with ``networks`` opened instead of CALLBACK_ALLOWED_NETWORKS,
+    another outgoing request) may connect to ``ip``."""
+    if networks is None:
+        networks = _allowed_networks()
+    if any(ip in network for network in networks):
         return True
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             return False
         inner = _embedded_ipv4(ip)
-        if inner is not None and not address_allowed(inner):
+        if inner is not None and not address_allowed(inner, networks):
             return False
     return ip.is_global and not ip.is_multicast
 
@@ -70,18 +84,32 @@ def resolve(host: str, port: int) -> list[IPAddress]:
 def check_callback_url(url: str) -> None:
     """Raise UrlRefused unless ``url`` is http(s) and every address its host resolves to is
     allowed."""
+    check_url(url)
+
+
+def check_url(
+    url: str, *, networks: Networks | None = None, field: str = "callback_url", code: str = "callback_url_refused"
+) -> list[IPAddress]:
+    """Raise UrlRefused (with ``code``; ``field`` names the URL in messages) unless ``url`` is
+    http(s) without credentials and every address its host resolves to is allowed (``networks``:
+    the ranges opened, default CALLBACK_ALLOWED_NETWORKS). Returns those addresses: a caller that
+    connects to one of them is not at the mercy of a second lookup (DNS rebinding)."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
-        raise UrlRefused("callback_url must be an http or https URL.", code="invalid_scheme")
+        raise UrlRefused(f"{field} must be an http or https URL.", code="invalid_scheme")
     if not parts.hostname:
-        raise UrlRefused("The URL has no host.")
+        raise UrlRefused("The URL has no host.", code=code)
     if parts.username or parts.password:
-        raise UrlRefused("Credentials in the URL are not allowed.")
+        raise UrlRefused("Credentials in the URL are not allowed.", code=code)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     except ValueError as exc:
-        raise UrlRefused("The URL's port is not valid.") from exc
-    addresses = resolve(parts.hostname, port)
-    refused = [str(ip) for ip in addresses if not address_allowed(ip)]
+        raise UrlRefused("The URL's port is not valid.", code=code) from exc
+    try:
+        addresses = resolve(parts.hostname, port)
+    except UrlRefused as exc:
+        raise UrlRefused(str(exc), code=code) from exc
+    refused = [str(ip) for ip in addresses if not address_allowed(ip, networks)]
     if refused or not addresses:
-        raise UrlRefused(f"The host resolves to an address that is not public ({', '.join(refused) or 'none'}).")
+        raise UrlRefused(f"The host resolves to an address that is not public ({', '.join(refused) or 'none'}).", code=code)
+    return addresses

@@ -95,6 +95,12 @@ STORAGE_ERRORS = Counter(
     ["operation", "reason"],
 )
 
+BATCHES_FINISHED = Counter(
+    "fda_batches_finished_total",
+    "Batches (POST /api/v1/batches/) whose last item ended, by how they ended: completed or canceled.",
+    ["status"],
+)
+
 CALLBACK_OUTCOMES = ("delivered", "retry", "failed", "refused")
 STORAGE_OPERATIONS = ("put", "get", "delete", "list", "bucket", "stat")
 
@@ -152,6 +158,13 @@ def callback_attempted(*, outcome: str, job=None, delivered_at: datetime | None 
     if job is not None and delivered_at is not None:
         seconds = (delivered_at - job.created_at).total_seconds()
         JOB_SECONDS.labels(job.detector_version_id, _variant(job.variant)).observe(max(seconds, 0.0))
+
+
+def batch_finished(*, status: str) -> None:
+    """A batch ended (once per batch: its end is a conditional UPDATE that one caller wins)."""
+    if not ENABLED:
+        return
+    BATCHES_FINISHED.labels(status).inc()
 
 
 def upload_refused(*, reason: str) -> None:

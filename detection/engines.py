@@ -6,6 +6,7 @@ DetectorSpec and loads it here once, keeping at most CACHE_SIZE loaded. The web 
 loads any. Plain Python: the caller says which device (Django's DETECTOR_DEVICE in the workers).
 """
 
+import importlib.util
 import logging
 import threading
 from collections import OrderedDict
@@ -99,6 +100,10 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "yolo-onnx": ("openvino", "onnx", "cv2"),
 }
 
+# The implementations that can run on a GPU (DETECTOR_DEVICE=cuda; the stub ignores the device);
+# every other one refuses any device but the CPU when it loads (Detector.require_cpu).
+CUDA_IMPLEMENTATIONS = frozenset({"mtcnn", "stub"})
+
 # The implementations whose one weight is an uploaded model file in the bucket (an artifact),
 # not a file some installed package ships.
 ARTIFACT_IMPLEMENTATIONS = ("yolo-onnx",)
@@ -109,6 +114,19 @@ def preload(implementation: str) -> None:
 
     for module in PRELOAD.get(implementation, ()):
         importlib.import_module(module)
+
+
+def loadable(implementation: str, *, device: str = "cpu") -> bool:
+    """Whether this machine could load the implementation on ``device``, as far as can be told
+    without importing or loading anything (the web process calls it): a known implementation,
+    on a device it runs on, with its runtime's packages installed. Whether CUDA itself answers
+    is left to the worker, which fails jobs with detector_unavailable when it does not."""
+    if implementation not in IMPLEMENTATIONS:
+        return False
+    if device != "cpu" and implementation not in CUDA_IMPLEMENTATIONS:
+        return False
+    # Top-level packages only: finding "facenet_pytorch.models.mtcnn" would import torch.
+    return all(importlib.util.find_spec(module.split(".")[0]) is not None for module in PRELOAD.get(implementation, ()))
 
 
 class UnknownDetector(LookupError):

@@ -60,4 +60,5 @@ def isolated_env(prefix: str) -> dict[str, str]:
         "CELERY_QUEUE_DETECT": f"{prefix}-{run}-detect",
         "CELERY_QUEUE_DELIVER": f"{prefix}-{run}-deliver",
         "CELERY_QUEUE_DEAD": f"{prefix}-{run}-dead",
+        "CELERY_QUEUE_DETECT_BATCH": f"{prefix}-{run}-detect-batch",
     }

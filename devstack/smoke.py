@@ -8,10 +8,12 @@ that refuses connections, so `python -m devstack up` must fall back to its embed
 runs in a temporary var dir (FDA_VAR_DIR) on free ports, with its own bucket and queues, so it
 never touches a developer's var/ or a running `make up`. Then: wait for /readyz, create an API
 key, upload tests/data/photos/grace_hopper_1face.jpg, poll the job until it is completed with its
-annotated image stored, and check one face. The stack is always stopped; any failure exits 1.
+annotated image stored, and check one face, found by the default detector version (DETECTOR_MODEL
+empty, as env.env ships it). The stack is always stopped; any failure exits 1.
 """
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,19 @@ PHOTO = ROOT / "tests" / "data" / "photos" / "grace_hopper_1face.jpg"
 
 class SmokeFailed(Exception):
     """A check of the smoke failed."""
+
+
+def default_version_id() -> str:
+    """The version a fresh database gets on the CPU: the shipped file with the lowest
+    default_rank (registry.services.detector_version_default; this machine has every engine)."""
+    ranked = []
+    for path in (ROOT / "detector_versions").glob("*.json"):
+        data = json.loads(path.read_text())
+        if "default_rank" in data:
+            ranked.append((data["default_rank"], f"{data['name']}@{data['version']}"))
+    if not ranked:
+        raise SmokeFailed("no file in detector_versions/ has a default_rank")
+    return min(ranked)[1]
 
 
 def create_api_key(env: dict[str, str]) -> str:
@@ -93,6 +108,8 @@ def main() -> int:
     dead = refusing_port()
     api_port = free_port()
     env = stack_env(var, api_port, prefix="fda-smoke", dead_port=dead.getsockname()[1])
+    # What a fresh `make up` serves as shipped, whatever the developer's shell chose.
+    env["DETECTOR_MODEL"] = ""
     base = f"http://127.0.0.1:{api_port}"
     stack = None
     ok = False
@@ -110,6 +127,9 @@ def main() -> int:
         job_started = time.monotonic()
         body = run_job(stack, base, key, args.photo, args.job_timeout)
         job_s = time.monotonic() - job_started
+        expected = default_version_id()
+        if not body["model_version"].startswith(f"{expected}+"):
+            raise SmokeFailed(f"a fresh database served {body['model_version']}, not the default {expected}")
         ok = True
     except (SmokeFailed, StackFailed) as exc:
         print(f"smoke: FAILED: {exc}", file=sys.stderr)

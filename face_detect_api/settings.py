@@ -196,9 +196,33 @@ RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
 
+# --- Photos by URL (image_url; jobs/fetch.py; docs/security.md) -----------------------------------
+# The worker fetches the photo before detecting it, under the upload limits above. Only public
+# addresses are fetched (the callbacks' rule), checked at submission and again on every connection
+# and redirect; IMAGE_URL_ALLOWED_NETWORKS (CIDRs) opens chosen ranges (empty: none).
+IMAGE_URL_ALLOWED_NETWORKS = env.list("IMAGE_URL_ALLOWED_NETWORKS", default=[])
+IMAGE_URL_CONNECT_TIMEOUT = env.float("IMAGE_URL_CONNECT_TIMEOUT", default=5.0)
+IMAGE_URL_READ_TIMEOUT = env.float("IMAGE_URL_READ_TIMEOUT", default=10.0)
+# One try (redirects included) ends after this many seconds however slowly the server sends.
+IMAGE_URL_TOTAL_TIMEOUT = env.float("IMAGE_URL_TOTAL_TIMEOUT", default=30.0)
+IMAGE_URL_MAX_REDIRECTS = env.int("IMAGE_URL_MAX_REDIRECTS", default=3)
+# Tries in all for transient failures (connect errors, timeouts, 5xx, 429), waiting
+# IMAGE_URL_RETRY_BACKOFF seconds before the second, twice that before the third...
+IMAGE_URL_FETCH_ATTEMPTS = env.int("IMAGE_URL_FETCH_ATTEMPTS", default=3)
+IMAGE_URL_RETRY_BACKOFF = env.float("IMAGE_URL_RETRY_BACKOFF", default=1.0)
+
+# --- Expiry (expires_in; jobs/services/lifecycle.py) ---------------------------------------------
+# The longest expires_in a submission may ask for (seconds): a job not started by then ends
+# "expired". Celery beat expires queued jobs every JOB_EXPIRE_INTERVAL seconds; the detect task
+# checks again when it starts.
+JOB_EXPIRES_IN_MAX = env.int("JOB_EXPIRES_IN_MAX", default=7 * 24 * 3600)
+JOB_EXPIRE_INTERVAL = env.float("JOB_EXPIRE_INTERVAL", default=30.0)
+
 # --- Detector ----------------------------------------------------------------------------------
-# Activated on a fresh database only; afterwards the active version lives in the database.
-DETECTOR_MODEL = env("DETECTOR_MODEL", default="mtcnn@1.0.0")
+# Activated on a fresh database only; afterwards the active version lives in the database. Empty
+# (default): the fastest shipped version with the reference's faces that runs on DETECTOR_DEVICE
+# (registry.services.detector_version_default: mtcnn@1.2.0 on CPUs, mtcnn@1.1.0 on CUDA).
+DETECTOR_MODEL = env("DETECTOR_MODEL", default="")
 # "cpu" (default), "cuda" or "cuda:N". CUDA must be asked for: a worker never picks it silently.
 DETECTOR_DEVICE = env("DETECTOR_DEVICE", default="cpu")
 # CPU threads one detection may use, per worker process, for every engine (torch, OpenVINO,
@@ -293,11 +317,19 @@ CALLBACK_SIGNING_SECRET = env("CALLBACK_SIGNING_SECRET")
 # CIDR ranges a callback_url may resolve to although they are not public (empty: none).
 CALLBACK_ALLOWED_NETWORKS = env.list("CALLBACK_ALLOWED_NETWORKS", default=[])
 
+# --- Batches ----------------------------------------------------------------------------------
+# Most items in one batch (POST /api/v1/batches/); a larger one is refused whole.
+BATCH_MAX_ITEMS = env.int("BATCH_MAX_ITEMS", default=10000)
+
 # --- Celery ------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND")
 CELERY_QUEUE_DETECT = env("CELERY_QUEUE_DETECT", default="detect")
 CELERY_QUEUE_DELIVER = env("CELERY_QUEUE_DELIVER", default="deliver")
+# The items of batches (POST /api/v1/batches/) wait here, not on the detect queue: the detect
+# workers consume both, so a single upload waits behind at most the batch items already being
+# detected, never behind a whole batch (docs/batches.md has the measurement).
+CELERY_QUEUE_DETECT_BATCH = env("CELERY_QUEUE_DETECT_BATCH", default="detect-batch")
 # Where a task message goes when its transient error (database, storage) outlived every retry and
 # not even the failure could be recorded: no worker consumes it; the sweeper records each one
 # (jobs.DeadLetter, in the admin) once the database is back (docs/reliability.md).
@@ -313,7 +345,7 @@ CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "direct"
 CELERY_TASK_DEFAULT_ROUTING_KEY = CELERY_QUEUE_DETECT
 CELERY_TASK_QUEUES = tuple(
     Queue(_name, Exchange(_name, type="direct", durable=True), routing_key=_name, durable=True)
-    for _name in (CELERY_QUEUE_DETECT, CELERY_QUEUE_DELIVER)
+    for _name in (CELERY_QUEUE_DETECT, CELERY_QUEUE_DELIVER, CELERY_QUEUE_DETECT_BATCH)
 )
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 
@@ -327,6 +359,7 @@ CELERY_TASK_ROUTES = {
     "workers.tasks.deliver_result": _route(CELERY_QUEUE_DELIVER),
     "workers.tasks.deliver_callback": _route(CELERY_QUEUE_DELIVER),
     "workers.tasks.sweep": _route(CELERY_QUEUE_DELIVER),
+    "workers.tasks.expire_jobs": _route(CELERY_QUEUE_DELIVER),
     # A shadow run needs a detector: detection workers run it, after the client's own jobs.
     "workers.tasks.shadow_detect": _route(CELERY_QUEUE_DETECT),
     "workers.tasks.evaluate_rollouts": _route(CELERY_QUEUE_DELIVER),
@@ -335,6 +368,13 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-jobs-and-due-callbacks": {"task": "workers.tasks.sweep", "schedule": SWEEP_INTERVAL},
+    # Queued jobs past their expires_at end "expired" (and are called back) without waiting for
+    # a worker to reach them.
+    "expire-queued-jobs": {
+        "task": "workers.tasks.expire_jobs",
+        "schedule": JOB_EXPIRE_INTERVAL,
+        "options": {"expires": JOB_EXPIRE_INTERVAL},
+    },
     # Expires: evaluations that piled up while no deliverer ran would judge the same window
     # back to back and could reach consecutive_breaches in seconds.
     "evaluate-rollout-guardrails": {

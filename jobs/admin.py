@@ -2,6 +2,8 @@
 callback deliveries inline and both photos shown."""
 
 from django.contrib import admin, messages
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponseGone, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -13,8 +15,8 @@ from core.errors import DomainError
 from storage import s3 as storage
 
 from .erasure import image_job_erase
-from .models import DeadLetter, Face, Image, JobStatus, ShadowRun
-from .services import image_job_redeliver
+from .models import Batch, DeadLetter, Face, Image, JobStatus, ShadowRun
+from .services import image_job_cancel, image_job_redeliver
 
 
 class FaceInline(ReadOnlyInline):
@@ -58,7 +60,7 @@ class ImageAdmin(ReadOnlyAdmin):
     search_fields = ("request_id", "=id", "cohort")
     date_hierarchy = "created_at"
     inlines = [FaceInline, ShadowRunInline, DeliveryInline]
-    actions = ["redeliver_callback", "erase"]
+    actions = ["redeliver_callback", "cancel", "erase"]
     readonly_fields = (
         "id",
         "original_thumbnail",
@@ -72,6 +74,8 @@ class ImageAdmin(ReadOnlyAdmin):
             "Result",
             {"fields": ("detector_version", "model_version", "labels", "width", "height", "face_count", "detection_ms", "detector_cold")},
         ),
+        # By URL (fetched by the worker), its expiry and its batch: empty for a plain upload.
+        ("Submission", {"fields": ("image_url", "expires_at", "batch")}),
         ("Rollout", {"fields": ("rollout", "variant", "cohort")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
         ("Retention and erasure", {"fields": ("original_expired_at", "annotated_expired_at", "deleted_at")}),
@@ -106,6 +110,11 @@ class ImageAdmin(ReadOnlyAdmin):
     @admin.action(description="Send the callback again")
     def redeliver_callback(self, request, queryset):
         self._each(request, queryset, image_job_redeliver, "{count} callback(s) queued for delivery.")
+
+    @admin.action(description="Cancel (queued jobs only)")
+    def cancel(self, request, queryset):
+        # The same service as POST /api/v1/images/{id}/cancel/: a started or ended job is refused.
+        self._each(request, queryset, image_job_cancel, "{count} job(s) canceled.")
 
     @admin.action(description="Erase photos and detections (keeps a tombstone)")
     def erase(self, request, queryset):
@@ -178,3 +187,54 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     @admin.display(description="Error")
     def error_short(self, obj: DeadLetter) -> str:
         return obj.error[:120]
+
+
+class BatchDeliveryInline(ReadOnlyInline):
+    model = CallbackDelivery
+    fk_name = "batch"
+    show_change_link = True
+    fields = ("webhook_id", "status", "attempt_count", "last_status_code", "last_error", "next_attempt_at", "created_at", "finished_at")
+
+
+@admin.register(Batch)
+class BatchAdmin(ReadOnlyAdmin):
+    """Batches with their items' counts by status (the items are jobs: Jobs > Images, by batch)."""
+
+    list_display = ("id", "client", "state", "item_count", "completed", "failed", "open", "created_at", "finished_at")
+    list_filter = ("client",)
+    search_fields = ("=id",)
+    date_hierarchy = "created_at"
+    inlines = [BatchDeliveryInline]
+
+    def get_queryset(self, request):
+        # The counts in one query with the page, not one per row and column.
+        items = Image.objects.filter(batch=OuterRef("pk")).order_by().values("batch")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_completed=_count(items.filter(status=JobStatus.COMPLETED)),
+                n_failed=_count(items.exclude(status__in=(JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.PROCESSING))),
+                n_open=_count(items.filter(status__in=(JobStatus.QUEUED, JobStatus.PROCESSING))),
+            )
+        )
+
+    @admin.display(description="status")
+    def state(self, batch: Batch) -> str:
+        return batch.status
+
+    @admin.display(description="completed", ordering="n_completed")
+    def completed(self, batch: Batch) -> int:
+        return batch.n_completed
+
+    @admin.display(description="failed, canceled, expired", ordering="n_failed")
+    def failed(self, batch: Batch) -> int:
+        return batch.n_failed
+
+    @admin.display(description="queued or processing", ordering="n_open")
+    def open(self, batch: Batch) -> int:
+        return batch.n_open
+
+
+def _count(items):
+    return Coalesce(Subquery(items.annotate(n=Count("id")).values("n")), 0)

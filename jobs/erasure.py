@@ -20,7 +20,8 @@ from core.errors import Unavailable
 from storage import s3 as storage
 
 from .keys import annotated_object_key
-from .models import Image, JobStatus, ShadowRun, ShadowStatus
+from .models import TERMINAL_STATUSES, Image, JobStatus, ShadowRun, ShadowStatus
+from .services.lifecycle import job_ended
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def image_job_erase(*, image_id: uuid.UUID) -> Image:
             image.status = JobStatus.DELETED
             image.deleted_at = now
             image.callback_url = ""
+            image.image_url = ""
             image.original_filename = image.original_content_type = image.original_sha256 = ""
             image.original_size = 0
             image.width = image.height = image.face_count = None
@@ -67,6 +69,8 @@ def image_job_erase(*, image_id: uuid.UUID) -> Image:
             image.cohort = ""
             image.error_code = image.error_message = ""
             image.save()
+            if was not in TERMINAL_STATUSES:
+                job_ended(image)
             logger.info("job %s erased (it was %s; %d pending callback(s) cancelled)", image.id, was, cancelled)
     try:
         image_job_objects_purge(image=image)

@@ -50,6 +50,13 @@ class Batch(models.Model):
     def __str__(self) -> str:
         return f"batch {self.id} ({self.item_count} items)"
 
+    @property
+    def status(self) -> str:
+        """running until its last item ended; then completed, or canceled if it was canceled."""
+        if self.finished_at is None:
+            return "running"
+        return "canceled" if self.canceled_at is not None else "completed"
+
 
 class Image(models.Model):
     """A detection job. Its status moves queued -> processing -> completed | failed, only
@@ -135,6 +142,13 @@ class Image(models.Model):
             # Per-version and per-variant figures over a window (guardrails, stats).
             models.Index(fields=["detector_version", "finished_at"], name="image_version_finished_idx"),
             models.Index(fields=["rollout", "variant", "finished_at"], name="image_rollout_finished_idx"),
+            # A batch's items not yet ended: whether its last one just ended is one probe of this
+            # small index, however many items the batch has (jobs/services/batches.py).
+            models.Index(
+                fields=["batch"],
+                condition=models.Q(status__in=["queued", "processing"]),
+                name="image_batch_open_idx",
+            ),
         ]
         constraints = [
             # Submission is idempotent per client and request_id.

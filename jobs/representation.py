@@ -11,7 +11,7 @@ from django.conf import settings
 from callbacks.models import CallbackDelivery, DeliveryStatus
 from detection.labels import FACE
 
-from .models import Image, JobStatus
+from .models import Batch, Image, JobStatus
 
 
 def _url(path: str) -> str:
@@ -37,6 +37,10 @@ def image_representation(image: Image, *, delivery: CallbackDelivery | None = No
     ]
     return {
         **image_submitted_representation(image),
+        # Null: uploaded; a job on its own; never expires.
+        "image_url": image.image_url or None,
+        "expires_at": iso(image.expires_at),
+        "batch_id": str(image.batch_id) if image.batch_id else None,
         "started_at": iso(image.started_at),
         "finished_at": iso(image.finished_at),
         "model_version": image.model_version or None,
@@ -117,3 +121,44 @@ def callback_representation(image: Image, *, delivery: CallbackDelivery | None =
 
 def iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def batch_urls(batch: Batch) -> dict[str, str]:
+    return {
+        "status_url": _url(f"/api/v1/batches/{batch.id}/"),
+        "results_url": _url(f"/api/v1/batches/{batch.id}/results/"),
+    }
+
+
+def batch_submitted_representation(batch: Batch) -> dict[str, Any]:
+    """The 202 answer to a batch."""
+    return {"id": str(batch.id), **batch_urls(batch), "item_count": batch.item_count, "status": batch.status}
+
+
+def batch_representation(batch: Batch, *, counts: dict[str, int]) -> dict[str, Any]:
+    """A batch as GET returns it, without its page of items: ``counts`` by item status."""
+    return {
+        "id": str(batch.id),
+        "status": batch.status,
+        "item_count": batch.item_count,
+        "counts": counts,
+        "created_at": iso(batch.created_at),
+        "expires_at": iso(batch.expires_at),
+        "canceled_at": iso(batch.canceled_at),
+        "finished_at": iso(batch.finished_at),
+        "callback_url": batch.callback_url or None,
+        **batch_urls(batch),
+    }
+
+
+def batch_callback_representation(batch: Batch, *, counts: dict[str, int]) -> dict[str, Any]:
+    """The body of a batch's one callback, sent when its last item ended."""
+    return {
+        "type": "batch.completed",
+        "batch_id": str(batch.id),
+        "status": batch.status,
+        "item_count": batch.item_count,
+        "counts": counts,
+        "results_url": batch_urls(batch)["results_url"],
+        "finished_at": iso(batch.finished_at),
+    }

@@ -64,7 +64,8 @@ def _expirable(kind: str, *, now: dt.datetime) -> QuerySet[Image]:
     key_field, mark_field, _ = KINDS[kind]
     return (
         Image.objects.filter(
-            status__in=(JobStatus.COMPLETED, JobStatus.FAILED),
+            # Canceled and expired uploads keep a photo too (one by URL that never ran has none).
+            status__in=(JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED),
             created_at__lt=retention_cutoff(kind, now=now),
             finished_at__lt=now - RETENTION_SETTLE,
             **{f"{mark_field}__isnull": True},

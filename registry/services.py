@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from core.errors import DomainError, Unavailable
 from detection.base import DetectorSpec, settings_hash, weight_checksums
+from detection.engines import loadable
 from detection.labels import LABEL_PATTERN, label_valid
 from detection.precision import settings_with_precision
 from detection.weights import WeightsMismatch, verify_weights
@@ -80,6 +81,16 @@ def _labels(version_id: str, labels) -> list[str]:
     return list(labels)
 
 
+def _default_rank(version_id: str, rank) -> int | None:
+    """A version file's optional ``default_rank``: a positive integer, 1 first (see
+    detector_version_default), or None when the version is never a default."""
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise RegistryError(f"{version_id}: default_rank must be a positive integer (1 is tried first)")
+    return rank
+
+
 def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     """Register the version described by a JSON file. Returns (version, created).
 
@@ -94,6 +105,7 @@ def detector_version_register(*, path: Path) -> tuple[DetectorVersion, bool]:
     if not SEMVER.match(spec["version"]):
         raise RegistryError(f"{path}: version {spec['version']!r} is not semantic (MAJOR.MINOR.PATCH)")
     version_id = f"{spec['name']}@{spec['version']}"
+    _default_rank(version_id, spec.get("default_rank"))
     expected = weight_checksums(spec["weights"])
     try:
         verify_weights(spec["implementation"], expected)
@@ -142,15 +154,23 @@ def detector_versions_register_all(*, directory: Path = VERSIONS_DIR) -> list[De
     return [detector_version_register(path=path)[0] for path in sorted(directory.glob("*.json"))]
 
 
-def detector_version_activate(*, version_id: str) -> DetectorVersion:
-    """Point new jobs at this version."""
+def detector_version_activate(*, version_id: str, replace: bool = True) -> DetectorVersion:
+    """Point new jobs at this version, and return the active version. With ``replace=False``
+    (the bootstrap at start) only when none is active yet: an active version, an operator's
+    choice, is kept and returned."""
     with transaction.atomic():
         version = DetectorVersion.objects.select_for_update().filter(id=version_id).first()
         if version is None:
             raise RegistryError(f"no version {version_id}")
         if version.retired_at:
             raise RegistryError(f"{version_id} is retired")
-        ActiveDetector.objects.update_or_create(id=1, defaults={"version": version})
+        if replace:
+            ActiveDetector.objects.update_or_create(id=1, defaults={"version": version})
+        else:
+            # One statement decides, so two processes bootstrapping at once cannot both activate.
+            pointer, created = ActiveDetector.objects.select_related("version").get_or_create(id=1, defaults={"version": version})
+            if not created:
+                return pointer.version
     logger.warning("active detector is now %s", version.label)
     return version
 
@@ -220,13 +240,62 @@ def detector_spec(version: DetectorVersion) -> DetectorSpec:
     )
 
 
-def detector_bootstrap() -> DetectorVersion | None:
-    """Register the shipped versions and, on a fresh database, activate DETECTOR_MODEL.
-    Run at start (make up, compose); idempotent."""
+def detector_version_default(*, directory: Path = VERSIONS_DIR, device: str | None = None) -> DetectorVersion | None:
+    """The version a fresh database activates when DETECTOR_MODEL is empty: of the files in
+    ``directory`` that carry a ``default_rank`` (the fastest versions whose faces equal the
+    reference's, fastest first), the first that is registered, not retired, and whose engine this
+    machine can load on ``device`` (DETECTOR_DEVICE: mtcnn@1.2.0's OpenVINO engine runs on the CPU
+    only, so on CUDA the torch mtcnn@1.1.0 comes next). None when none qualifies."""
+    device = settings.DETECTOR_DEVICE if device is None else device
+    ranked = []
+    for path in sorted(directory.glob("*.json")):
+        spec = json.loads(path.read_text())
+        version_id = f"{spec.get('name')}@{spec.get('version')}"
+        rank = _default_rank(version_id, spec.get("default_rank"))
+        if rank is not None:
+            ranked.append((rank, version_id))
+    versions = DetectorVersion.objects.in_bulk([version_id for _, version_id in ranked])
+    for _, version_id in sorted(ranked):
+        version = versions.get(version_id)
+        if version is None or version.retired_at:
+            continue
+        if not loadable(version.implementation, device=device):
+            logger.info(
+                "default version: skipping %s, whose engine (%s) cannot load here on %s", version_id, version.implementation, device
+            )
+            continue
+        return version
+    return None
+
+
+def detector_bootstrap() -> DetectorVersion:
+    """Register the shipped versions and, on a fresh database, activate DETECTOR_MODEL, or when it
+    is empty the default version (detector_version_default). An active version is never replaced
+    here, so an operator's `detector_activate` survives restarts. Run at start (make up, compose);
+    idempotent."""
     detector_versions_register_all()
-    if detector_version_active() is None:
-        return detector_version_activate(version_id=settings.DETECTOR_MODEL)
-    return detector_version_active()
+    active = detector_version_active()
+    if active is not None:
+        if settings.DETECTOR_MODEL and settings.DETECTOR_MODEL != active.id:
+            logger.warning(
+                "DETECTOR_MODEL is %s but %s is active: DETECTOR_MODEL only chooses on a fresh database; "
+                "`manage.py detector_activate %s` switches",
+                settings.DETECTOR_MODEL,
+                active.id,
+                settings.DETECTOR_MODEL,
+            )
+        return active
+    version_id = settings.DETECTOR_MODEL
+    if not version_id:
+        default = detector_version_default()
+        if default is None:
+            raise RegistryError(
+                f"no default detector version can run here (DETECTOR_DEVICE={settings.DETECTOR_DEVICE}): "
+                "set DETECTOR_MODEL to a registered version"
+            )
+        version_id = default.id
+        logger.warning("fresh database: activating the default version %s (DETECTOR_MODEL is empty)", version_id)
+    return detector_version_activate(version_id=version_id, replace=False)
 
 
 def detector_version_verify_weights(version: DetectorVersion) -> None:

@@ -179,7 +179,8 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "WorkerProcess":
-        names = {"detect": settings.CELERY_QUEUE_DETECT, "deliver": settings.CELERY_QUEUE_DELIVER}
+        # A detect worker consumes the batch items' queue too, as the Procfile's does.
+        names = {"detect": f"{settings.CELERY_QUEUE_DETECT},{settings.CELERY_QUEUE_DETECT_BATCH}", "deliver": settings.CELERY_QUEUE_DELIVER}
         queues = ",".join(names[role] for role in self.queues.split(","))
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
@@ -286,7 +287,13 @@ def _delete_test_queues() -> None:
 
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        for name in (settings.CELERY_QUEUE_DETECT, settings.CELERY_QUEUE_DELIVER, settings.CELERY_QUEUE_DEAD):
+        queues = (
+            settings.CELERY_QUEUE_DETECT,
+            settings.CELERY_QUEUE_DELIVER,
+            settings.CELERY_QUEUE_DEAD,
+            settings.CELERY_QUEUE_DETECT_BATCH,
+        )
+        for name in queues:
             # Each queue has an exchange of its own name (settings: CELERY_TASK_QUEUES).
             for delete in (channel.queue_delete, channel.exchange_delete):
                 try:
@@ -301,8 +308,9 @@ def _delete_test_queues() -> None:
 @pytest.fixture(autouse=True)
 def _detector_registry(request):
     """Every test with database access starts with the shipped versions registered and
-    mtcnn@1.0.0 active, as `manage.py detector_register --bootstrap` leaves a fresh database
-    (transactional tests empty the tables after each test, so this runs per test)."""
+    mtcnn@1.0.0 active, as `manage.py detector_register --bootstrap` leaves a fresh database with
+    the suite's DETECTOR_MODEL (tests/settings.py) (transactional tests empty the tables after
+    each test, so this runs per test)."""
     marker = request.node.get_closest_marker("django_db")
     if marker is None:
         return
@@ -403,3 +411,17 @@ def _readyz_storage_result_forgotten():
     from api.health import storage_check_forget
 
     storage_check_forget()
+
+
+# --- Photos by URL ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def photoserver():
+    """A real HTTP server on 127.0.0.1 serving the test photos and awkward answers
+    (tests/photoserver.py); it records the paths asked."""
+    from tests.photoserver import PhotoServer
+
+    server = PhotoServer(slow_seconds=10).start()
+    yield server
+    server.stop()

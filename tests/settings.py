@@ -24,6 +24,15 @@ if "FDA_RUN" not in os.environ:
         JOB_MAX_RETRIES="40",
         # The tests' receivers listen on loopback, which callbacks may not reach by default.
         CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
+        # The tests' photo server (tests/photoserver.py) listens on loopback too; refusals are
+        # tested with other ranges.
+        IMAGE_URL_ALLOWED_NETWORKS="127.0.0.0/8",
+        IMAGE_URL_RETRY_BACKOFF="0.05",
+        IMAGE_URL_READ_TIMEOUT="2",
+        IMAGE_URL_TOTAL_TIMEOUT="5",
+        # The suite's reference version, whatever the default becomes: its tests compare faces
+        # with what mtcnn@1.0.0 returns (tests/registry/test_default_version.py tests the default).
+        DETECTOR_MODEL="mtcnn@1.0.0",
     )
     # Outside CI a developer may lack PostgreSQL: the unit tests then run on SQLite, and the
     # tests that need the real services skip (in CI they fail instead: see conftest.py).

@@ -248,6 +248,7 @@ def sweep() -> dict | None:
     try:
         counts = services.image_jobs_sweep()
         counts.update(services.shadow_runs_sweep())
+        counts["batches_ended"] = services.batches_finish_sweep()
         due = delivery.callback_deliveries_due()
     except DATABASE_ERRORS as exc:
         logger.warning("sweeper: database unavailable, skipping this run: %s", exc)
@@ -256,6 +257,18 @@ def sweep() -> dict | None:
     # process has one running, and counts those overdue (a sign that senders fall behind).
     sending.sender().wake()
     return {**counts, "deliveries": len(due), "dead_letters": dead}
+
+
+@shared_task
+def expire_jobs() -> int | None:
+    """Periodic (Celery beat): queued jobs past their expires_at end "expired" and are called
+    back. With the database away the tick is skipped (the next one is its retry; the detect
+    task checks each job's expiry again when it starts)."""
+    try:
+        return services.image_jobs_expire_sweep()
+    except DATABASE_ERRORS as exc:
+        logger.warning("expiry sweep: database unavailable, skipping this run: %s", exc)
+        return None
 
 
 # At most this many dead letters are recorded per sweep: a long outage's pile is worked through

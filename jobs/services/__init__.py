@@ -11,6 +11,18 @@ replaces a function patches it in the module that calls it (e.g. jobs.services.s
 from detection.labels import LABEL_MAX_LENGTH, LABEL_PATTERN, MAX_LABELS
 
 from ..keys import annotated_object_key
+from .batches import (
+    BatchItem,
+    batch_cancel,
+    batch_counts,
+    batch_create,
+    batch_finish,
+    batch_get,
+    batch_item_ended,
+    batch_items,
+    batch_results,
+    batches_finish_sweep,
+)
 from .delivery import (
     dead_letter_record,
     image_job_annotate,
@@ -33,6 +45,16 @@ from .detection import (
     image_job_start,
     photo_detect,
 )
+from .fetching import FetchFailed, image_job_fetch
+from .lifecycle import (
+    JobNotCancelable,
+    image_job_cancel,
+    image_job_expire_if_due,
+    image_jobs_cancel,
+    image_jobs_expire_sweep,
+    job_ended,
+    job_ended_listen,
+)
 from .shadow import (
     SHADOW_DETECT_TASK,
     image_job_shadows_enqueue,
@@ -48,6 +70,16 @@ from .submission import (
 )
 
 __all__ = [
+    "BatchItem",
+    "batch_cancel",
+    "batch_counts",
+    "batch_create",
+    "batch_finish",
+    "batch_get",
+    "batch_item_ended",
+    "batch_items",
+    "batch_results",
+    "batches_finish_sweep",
     "DELIVER_RESULT_TASK",
     "DETECT_TASK",
     "JOB_ERROR_MESSAGES",
@@ -57,6 +89,8 @@ __all__ = [
     "MAX_LABELS",
     "SHADOW_DETECT_TASK",
     "DetectionRefused",
+    "FetchFailed",
+    "JobNotCancelable",
     "FaceData",
     "JobInterrupted",
     "PhotoDetections",
@@ -65,16 +99,23 @@ __all__ = [
     "faces_from_detections",
     "image_job_annotate",
     "image_job_callback_delivery",
+    "image_job_cancel",
     "image_job_complete",
     "image_job_create",
     "image_job_detect",
     "image_job_enqueue",
+    "image_job_expire_if_due",
+    "image_job_fetch",
     "image_job_fail",
     "image_job_redeliver",
     "image_job_requeue",
     "image_job_shadows_enqueue",
     "image_job_start",
+    "image_jobs_cancel",
+    "image_jobs_expire_sweep",
     "image_jobs_sweep",
+    "job_ended",
+    "job_ended_listen",
     "photo_detect",
     "shadow_run_detect",
     "shadow_run_fail",

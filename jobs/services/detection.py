@@ -37,6 +37,8 @@ from ..models import (
     Image,
     JobStatus,
 )
+from .fetching import FetchFailed, image_job_fetch
+from .lifecycle import image_job_expire_if_due, job_ended, shadow_runs_abandon
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,10 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: 
             logger.warning("job %s does not exist; skipping", image_id)
             return None
         if image.status in TERMINAL_STATUSES:
+            # Canceled or expired ones included: their callback is the chained delivery's.
             logger.info("job %s is already %s; skipping", image_id, image.status)
+            return None
+        if image_job_expire_if_due(image=image):
             return None
         if image.status == JobStatus.PROCESSING:
             resumed = attempt is not None and image.attempts == attempt
@@ -161,6 +166,7 @@ def image_job_complete(
         image.finished_at = timezone.now()
         image.save()
         transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
+        job_ended(image)
         return True
 
 
@@ -171,6 +177,7 @@ def _fail(image: Image, code: str, message: str) -> None:
     image.finished_at = timezone.now()
     image.save(update_fields=["status", "error_code", "error_message", "finished_at", "updated_at"])
     transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
+    job_ended(image)
     logger.warning("job %s failed: %s: %s", image.id, code, message)
 
 
@@ -268,6 +275,16 @@ def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False, attempt:
 
 
 def _image_job_detect_started(image: Image) -> None:
+    try:
+        # A job submitted by URL: its photo is fetched and stored first (once; a retry after
+        # it is stored goes straight on).
+        if not image_job_fetch(image=image):
+            return
+    except FetchFailed as exc:
+        with transaction.atomic():
+            if image_job_fail(image_id=image.id, code=exc.code, message=exc.message):
+                shadow_runs_abandon(image_ids=[image.id], code=exc.code)
+        return
     try:
         found = photo_detect(key=image.original_key, version=image.detector_version, variant=image.variant, labels=image.labels)
     except DetectionRefused as exc:

@@ -1,6 +1,7 @@
 """The submission of a job: checked, stored, recorded, then published after commit (detect ->
 deliver), idempotently by request_id."""
 
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from callbacks.urlpolicy import UrlRefused
 from clients.models import ApiClient
 from core.errors import Conflict, DomainError, TooLarge, Unavailable, UnsupportedFormat
 from core.logging import log_context_get
@@ -23,9 +25,10 @@ from rollouts.models import Variant
 from rollouts.services import rollout_route, shadow_sampled, shadow_variant
 from storage import s3 as storage
 
+from ..fetch import image_url_check
 from ..imaging import ImageRejected, image_probe
 from ..keys import object_key
-from ..models import Image, JobStatus, ShadowRun
+from ..models import Batch, Image, JobStatus, ShadowRun
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +44,17 @@ DELIVER_RESULT_TASK = "workers.tasks.deliver_result"
 def image_job_create(
     *,
     client: ApiClient,
-    upload: IO[bytes],
-    size: int,
+    upload: IO[bytes] | None = None,
+    size: int = 0,
     request_id: str,
     callback_url: str = "",
     filename: str = "",
     model_version: str = "",
     cohort: str = "",
     labels: Sequence[str] = (),
+    image_url: str | None = None,
+    expires_at: dt.datetime | None = None,
+    batch: Batch | None = None,
 ) -> tuple[Image, bool]:
     """Accept an upload: check the image, store it, record a queued job, and enqueue detection
     once the row is committed. Returns (job, created).
@@ -61,7 +67,27 @@ def image_job_create(
     baseline or the candidate, and outside a rollout the active version is pinned. ``labels``:
     keep only detections with these labels (empty: all); each must be one the pinned version can
     return (field "labels").
+
+    ``image_url`` instead of ``upload``: nothing is fetched now; the URL is checked (field
+    "image_url", code image_url_refused) and recorded, and the detect task fetches it first
+    (jobs/services/fetching.py). A repeat is then told by its URL instead of its bytes.
+    ``expires_at``: a job not started by then ends ``expired``. ``batch``: the batch it is an
+    item of.
     """
+    if (upload is None) == (image_url is None):
+        raise DomainError("invalid", "Give exactly one of image and image_url.", field="image")
+    if image_url is not None:
+        return _image_job_create_by_url(
+            client=client,
+            image_url=image_url,
+            request_id=request_id,
+            callback_url=callback_url,
+            model_version=model_version,
+            cohort=cohort,
+            labels=labels,
+            expires_at=expires_at,
+            batch=batch,
+        )
     labels = _labels_asked(labels)
     route = None
     if model_version:
@@ -104,44 +130,30 @@ def image_job_create(
         logger.error("storing upload for %s failed: %s", request_id, exc)
         raise Unavailable("storage_unavailable", "The image could not be stored; try again.") from exc
 
+    fields = {
+        # For operators' eyes only; control characters would garble the admin and logs.
+        "original_filename": "".join(ch for ch in filename if ch.isprintable())[:255],
+        "original_key": key,
+        "original_content_type": info.content_type,
+        "original_size": size,
+        "original_sha256": info.sha256,
+        "width": info.width,
+        "height": info.height,
+        "expires_at": expires_at,
+        "batch": batch,
+    }
     try:
-        with transaction.atomic():
-            if route is not None:
-                # Routed again, under a share lock of the rollout row held until this commits:
-                # a rollback that committed since the first read is seen (the job goes to the
-                # active version, outside the rollout), and one that comes now waits for this job.
-                route = rollout_route(client_id=client.id, cohort=cohort, locked=True)
-                routed = route.version if route is not None else detector_version_for_job(requested=None)
-                if routed.id != version.id:
-                    version = routed
-                    _labels_check(version, labels)
-            image = Image.objects.create(
-                id=image_id,
-                client=client,
-                request_id=request_id,
-                # The X-Request-ID of the request making it (api.middleware): the workers' log
-                # lines about this job carry it too.
-                http_request_id=log_context_get("http_request_id"),
-                callback_url=callback_url,
-                # For operators' eyes only; control characters would garble the admin and logs.
-                original_filename="".join(ch for ch in filename if ch.isprintable())[:255],
-                original_key=key,
-                original_content_type=info.content_type,
-                original_size=size,
-                original_sha256=info.sha256,
-                detector_version=version,
-                model_version=version.label,
-                width=info.width,
-                height=info.height,
-                rollout=route.rollout if route else None,
-                variant=route.variant if route else "",
-                cohort=cohort,
-                labels=labels,
-            )
-            if route is not None:
-                _shadow_run_create(image, route.rollout, served=route.variant)
-            # The worker must never see an id whose row is not committed.
-            transaction.on_commit(lambda: image_job_enqueue(image_id=image_id))
+        image, created = _image_row_create(
+            image_id=image_id,
+            client=client,
+            request_id=request_id,
+            callback_url=callback_url,
+            version=version,
+            route=route,
+            cohort=cohort,
+            labels=labels,
+            fields=fields,
+        )
     except IntegrityError:
         # The same request_id raced in from a concurrent request and won.
         _delete_quietly(key)
@@ -153,20 +165,125 @@ def image_job_create(
         # No row, so no object either.
         _delete_quietly(key)
         raise
+    return image, created
+
+
+def _image_job_create_by_url(
+    *,
+    client: ApiClient,
+    image_url: str,
+    request_id: str,
+    callback_url: str,
+    model_version: str,
+    cohort: str,
+    labels: Sequence[str],
+    expires_at: dt.datetime | None,
+    batch: Batch | None,
+) -> tuple[Image, bool]:
+    """image_job_create for a photo by URL: checked, recorded, published; fetched by the worker."""
+    labels = _labels_asked(labels)
+    route = None
+    if model_version:
+        version = detector_version_for_job(requested=model_version)
+    else:
+        route = rollout_route(client_id=client.id, cohort=cohort)
+        version = route.version if route is not None else detector_version_for_job(requested=None)
+    existing = Image.objects.filter(client=client, request_id=request_id).first()
+    if existing is not None and existing.status == JobStatus.DELETED:
+        return existing, False
+    if existing is not None:
+        return _same_submission(
+            existing, image_url=image_url, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
+        ), False
+    try:
+        image_url_check(image_url)
+    except UrlRefused as exc:
+        raise DomainError(exc.code, str(exc), field="image_url") from exc
+    _labels_check(version, labels)
+    fields = {
+        "image_url": image_url,
+        # Set by the fetch (the key an upload gets, with the extension the content has).
+        "original_key": "",
+        "original_content_type": "",
+        "original_size": 0,
+        "original_sha256": "",
+        "expires_at": expires_at,
+        "batch": batch,
+    }
+    try:
+        return _image_row_create(
+            image_id=uuid.uuid4(),
+            client=client,
+            request_id=request_id,
+            callback_url=callback_url,
+            version=version,
+            route=route,
+            cohort=cohort,
+            labels=labels,
+            fields=fields,
+        )
+    except IntegrityError:
+        existing = Image.objects.get(client=client, request_id=request_id)
+        return _same_submission(
+            existing, image_url=image_url, callback_url=callback_url, model_version=model_version, cohort=cohort, labels=labels
+        ), False
+
+
+def _image_row_create(*, image_id, client, request_id, callback_url, version, route, cohort, labels, fields) -> tuple[Image, bool]:
+    """The job's row (and its shadow run), published once committed. Raises IntegrityError when
+    the request_id raced in from a concurrent request."""
+    with transaction.atomic():
+        if route is not None:
+            # Routed again, under a share lock of the rollout row held until this commits:
+            # a rollback that committed since the first read is seen (the job goes to the
+            # active version, outside the rollout), and one that comes now waits for this job.
+            route = rollout_route(client_id=client.id, cohort=cohort, locked=True)
+            routed = route.version if route is not None else detector_version_for_job(requested=None)
+            if routed.id != version.id:
+                version = routed
+                _labels_check(version, labels)
+        image = Image.objects.create(
+            id=image_id,
+            client=client,
+            request_id=request_id,
+            # The X-Request-ID of the request making it (api.middleware): the workers' log
+            # lines about this job carry it too.
+            http_request_id=log_context_get("http_request_id"),
+            callback_url=callback_url,
+            detector_version=version,
+            model_version=version.label,
+            rollout=route.rollout if route else None,
+            variant=route.variant if route else "",
+            cohort=cohort,
+            labels=labels,
+            # For operators' eyes only (original_filename); control characters are dropped
+            # above as they would garble the admin and logs.
+            **fields,
+        )
+        if route is not None:
+            _shadow_run_create(image, route.rollout, served=route.variant)
+        # The worker must never see an id whose row is not committed.
+        transaction.on_commit(lambda: image_job_enqueue(image_id=image_id))
     return image, True
 
 
-def _same_submission(existing: Image, *, sha256: str, callback_url: str, model_version: str, cohort: str, labels: Sequence[str]) -> Image:
+def _same_submission(
+    existing: Image,
+    *,
+    sha256: str = "",
+    image_url: str = "",
+    callback_url: str,
+    model_version: str,
+    cohort: str,
+    labels: Sequence[str],
+) -> Image:
     other_version = bool(model_version) and model_version != existing.detector_version_id
     # The same labels in any order; none asked is "every label", a choice of its own.
     other_labels = set(labels) != set(existing.labels)
-    if (
-        existing.original_sha256 != sha256
-        or existing.callback_url != callback_url
-        or other_version
-        or existing.cohort != cohort
-        or other_labels
-    ):
+    # A photo by URL is the same submission when the URL is (its bytes are not known at submit
+    # time); an upload when its bytes are. One by URL and one uploaded never are.
+    other_photo = existing.image_url != image_url if (image_url or existing.image_url) else existing.original_sha256 != sha256
+    if other_photo or existing.callback_url != callback_url or other_version or existing.cohort != cohort or other_labels:
         raise Conflict(
             "request_id_conflict",
             "This request_id was already used for a different image, callback_url, model_version, cohort or labels.",

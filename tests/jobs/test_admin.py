@@ -95,3 +95,20 @@ def test_dead_letters_are_listed_and_shown(staff_client, finished):
     assert listed.status_code == 200 and str(finished.id) in listed.content.decode()
     page = staff_client.get(f"/admin/jobs/deadletter/{letter.id}/change/")
     assert page.status_code == 200 and "OperationalError: gone" in page.content.decode()
+
+
+def test_batch_list_shows_counts_by_status(staff_client, api_client, monkeypatch):
+    """Admin: Batches lists each batch with its items' counts; a batch's page shows its callback deliveries."""
+    monkeypatch.setattr("jobs.services.batches.batch_items_enqueue", lambda *, image_ids: None)
+    items = [{"request_id": f"adm-{i}", "image_url": f"http://127.0.0.1:9/{i}.jpg"} for i in range(5)]
+    batch_id = api_client.post("/api/v1/batches/", {"items": items}, format="json").json()["id"]
+    first, second = Image.objects.filter(batch_id=batch_id).order_by("id")[:2]
+    Image.objects.filter(id=first.id).update(status="completed")
+    Image.objects.filter(id=second.id).update(status="failed")
+    response = staff_client.get("/admin/jobs/batch/")
+    assert response.status_code == 200
+    row = response.content.decode()
+    assert batch_id in row
+    assert '<td class="field-completed">1</td>' in row and '<td class="field-failed">1</td>' in row
+    assert '<td class="field-open">3</td>' in row
+    assert staff_client.get(f"/admin/jobs/batch/{batch_id}/change/").status_code == 200

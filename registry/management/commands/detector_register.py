@@ -19,7 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("files", nargs="*", type=Path)
         parser.add_argument("--activate", metavar="ID", help="then make this version active")
         parser.add_argument(
-            "--bootstrap", action="store_true", help="register every shipped version; activate DETECTOR_MODEL if none is active"
+            "--bootstrap",
+            action="store_true",
+            help="register every shipped version; if none is active, activate DETECTOR_MODEL (empty: the default version)",
         )
         parser.add_argument("--artifact", type=Path, metavar="MODEL", help="the model file (e.g. model.onnx) of the one manifest given")
 
