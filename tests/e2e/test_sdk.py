@@ -2,13 +2,11 @@
 on this run's database, S3 server and queues, a real worker (MTCNN) and a real callback receiver.
 The client speaks HTTP to it exactly as it would to a deployment."""
 
-import importlib.util
 import time
 import uuid
 
 import pytest
 from django.conf import settings
-from django.urls import Resolver404, resolve
 from face_detect_client import (
     AuthenticationError,
     BadRequest,
@@ -25,25 +23,6 @@ from tests.conftest import TESTDATA, WorkerProcess, photo_bytes, require
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 PHOTO = "astronaut_1face.png"
-
-
-def _route(path: str) -> bool:
-    try:
-        resolve(path)
-    except Resolver404:
-        return False
-    return True
-
-
-# The URL, cancel and batch APIs are built on other branches (url-cancel, batches); until they
-# are merged, their parts of this module skip, saying which. (Not "needs ...": that wording is
-# kept for missing services, which CI fails on: tests/ci_guard.py.)
-HAS_URL_JOBS = importlib.util.find_spec("jobs.fetch") is not None and importlib.util.find_spec("tests.photoserver") is not None
-HAS_CANCEL = _route("/api/v1/images/00000000-0000-0000-0000-000000000000/cancel/")
-HAS_BATCHES = _route("/api/v1/batches/") and _route("/api/v1/batches/00000000-0000-0000-0000-000000000000/results/")
-url_jobs = pytest.mark.skipif(not HAS_URL_JOBS, reason="photos by URL (POST images/ with image_url) are not in this tree yet")
-cancel = pytest.mark.skipif(not HAS_CANCEL, reason="POST images/{id}/cancel/ is not in this tree yet")
-batches = pytest.mark.skipif(not HAS_BATCHES, reason="the batches API (/api/v1/batches/) is not in this tree yet")
 
 
 @pytest.fixture
@@ -66,7 +45,6 @@ def _boxes_match(faces: list[dict], expected_xyxy: list[list[float]]) -> bool:
 
 # First in the module, on purpose: it runs before the module's detect worker (`worker`, module
 # scoped) exists, so its jobs stay queued until canceled. A deliver-only worker sends the callback.
-@cancel
 def test_a_queued_job_is_canceled_and_called_back(sdk, receiver, s3, worker_env, tmp_path):
     """cancel_job on a queued job: canceled, error code canceled, a verified callback saying so;
     canceling it again is Conflict job_finished."""
@@ -87,7 +65,6 @@ def test_a_queued_job_is_canceled_and_called_back(sdk, receiver, s3, worker_env,
         deliverer.stop()
 
 
-@batches
 def test_a_batch_is_canceled_before_its_items_start(sdk, photoserver, s3):
     """cancel_batch with no detect worker running: every item ends canceled, and the batch with them."""
     items = [{"request_id": f"sdk-cancel-{n}", "image_url": photoserver.url(f"/photos/{PHOTO}?{n}")} for n in range(3)]
@@ -165,32 +142,30 @@ def test_a_rate_limited_call_is_retried_after_the_services_retry_after(sdk, s3, 
     assert len(slept) >= 2 and set(slept) == {1.0}  # DRF's Retry-After for a one-second window
 
 
-@url_jobs
 def test_a_photo_by_url_is_fetched_and_detected(sdk, worker, photoserver, s3, manifest):
     """submit_url -> the worker fetches the photo from a real HTTP server -> completed with MTCNN's faces."""
     entry = next(e for e in manifest if e["file"] == PHOTO)
     url = photoserver.url(f"/photos/{PHOTO}")
-    job = sdk.submit_url(url, request_id="sdk-url")
+    job = sdk.submit_url(url, request_id="sdk-url", labels=["face"])  # sent as JSON: labels as "face"
     done = sdk.wait(job, timeout=180, poll_interval=0.2, max_poll_interval=2)
     assert done.status == "completed", done.error
-    assert done.image_url == url and photoserver.count(f"/photos/{PHOTO}") >= 1
+    assert done.image_url == url and done.labels == ["face"] and photoserver.count(f"/photos/{PHOTO}") >= 1
     assert _boxes_match(done.faces, entry["mtcnn_boxes_xyxy_default_settings"])
 
 
-@url_jobs
 def test_a_url_that_cannot_be_fetched_ends_the_job_failed(sdk, worker, photoserver, s3):
     """wait() returns a failed job (it does not raise): error code image_fetch_failed."""
     done = sdk.wait(sdk.submit_url(photoserver.url("/status/404"), request_id="sdk-url-404"), timeout=180, poll_interval=0.2)
     assert done.status == "failed" and done.error.code == "image_fetch_failed"
 
 
-@batches
 def test_a_batch_is_detected_its_results_stream_and_its_callback_verifies(sdk, worker, photoserver, receiver, s3, manifest):
     """submit_batch of three photos by URL -> wait_batch -> iter_batch_results gives each job with
     its faces; the batch.completed callback verifies and counts them."""
     entries = [e for e in manifest if e["file"] in (PHOTO, "obama_1face.jpg", "gravel_texture.png")]
     batch = sdk.submit_batch(
-        [{"request_id": f"sdk-batch-{e['file']}", "image_url": photoserver.url(f"/photos/{e['file']}")} for e in entries],
+        # A batch item's labels travel as a JSON list: the service takes them so.
+        [{"request_id": f"sdk-batch-{e['file']}", "image_url": photoserver.url(f"/photos/{e['file']}"), "labels": "face"} for e in entries],
         callback_url=receiver.url("/hook/batch"),
     )
     done = sdk.wait_batch(batch, timeout=300, poll_interval=0.5, max_poll_interval=3)
@@ -200,7 +175,7 @@ def test_a_batch_is_detected_its_results_stream_and_its_callback_verifies(sdk, w
     assert set(jobs) == {f"sdk-batch-{e['file']}" for e in entries}
     for entry in entries:
         job = jobs[f"sdk-batch-{entry['file']}"]
-        assert job.status == "completed" and job.batch_id == batch.id
+        assert job.status == "completed" and job.batch_id == batch.id and job.labels == ["face"]
         assert _boxes_match(job.faces, entry["mtcnn_boxes_xyxy_default_settings"]), entry["file"]
 
     callbacks = [verify_callback(settings.CALLBACK_SIGNING_SECRET, c["headers"], c["body"]) for c in receiver.wait(1)]

@@ -104,6 +104,8 @@ class Batch:
     results_url: str | None = None
     callback_url: str | None = None
     created_at: str | None = None
+    expires_at: str | None = None
+    canceled_at: str | None = None
     finished_at: str | None = None
     items: list[Job] = field(default_factory=list)
     next: str | None = None
@@ -111,7 +113,8 @@ class Batch:
 
     @property
     def is_terminal(self) -> bool:
-        """True once every item has ended (completed) or the batch was canceled."""
+        """True once every item has ended: ``completed``, or ``canceled`` for a batch canceled (a
+        canceled batch stays ``running`` until its items already being detected finish)."""
         return self.status in BATCH_TERMINAL_STATUSES
 
     @classmethod
@@ -125,6 +128,8 @@ class Batch:
             results_url=data.get("results_url"),
             callback_url=data.get("callback_url"),
             created_at=data.get("created_at"),
+            expires_at=data.get("expires_at"),
+            canceled_at=data.get("canceled_at"),
             finished_at=data.get("finished_at"),
             items=[Job.from_json(item) for item in data.get("items") or []],
             next=data.get("next"),
