@@ -134,6 +134,16 @@ class LabelsValidator(RegexValidator):
             )
 
 
+class LabelsField(serializers.CharField):
+    """`labels` as a comma-separated string (multipart and JSON) or, in a JSON body, also as a
+    list of names, the form a batch item takes: one client may send both the same way."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, list) and all(isinstance(name, str) for name in data):
+            data = ",".join(data)
+        return super().to_internal_value(data)
+
+
 class ImageListQuerySerializer(serializers.Serializer):
     """The query of GET /api/v1/images/."""
 
@@ -163,13 +173,13 @@ class _ImageSubmitFields(serializers.Serializer):
         "the same model version. Default: your API client. Not used when model_version is given. The same characters "
         f"as request_id: 1 to 128, not all whitespace, without {_REFUSED_IN_WORDS}.",
     )
-    labels = serializers.CharField(
+    labels = LabelsField(
         required=False,
         allow_blank=True,
         trim_whitespace=False,
         max_length=LABELS_MAX_LENGTH,
         validators=[LabelsValidator()],
-        help_text=LABELS_HELP,
+        help_text=LABELS_HELP + " In a JSON body a list of names is taken too.",
     )
 
     expires_in = serializers.IntegerField(

@@ -153,3 +153,16 @@ def test_a_fetch_failure_fails_the_job_with_its_code(api_client, s3, photoserver
     assert storage.storage_list() == []
     body = api_client.get(f"/api/v1/images/{image_id}/").json()
     assert body["error"]["code"] == code
+
+
+@pytest.mark.parametrize("labels", [["face"], "face"])
+def test_labels_in_a_json_body_as_a_list_or_a_string(api_client, s3, photoserver, not_enqueued, labels):
+    """A JSON body may give labels as a batch item does (a list) or as a form does (a string)."""
+    response = submit_url(api_client, photoserver.url("/photos/obama_1face.jpg"), labels=labels)
+    assert response.status_code == 202, response.content
+    assert Image.objects.get(id=response.json()["id"]).labels == ["face"]
+
+
+@pytest.mark.parametrize("labels", [["face", 3], ["Face"], [["face"]]])
+def test_a_bad_labels_list_is_400_naming_labels(api_client, s3, photoserver, labels):
+    assert_error(submit_url(api_client, photoserver.url("/photos/obama_1face.jpg"), labels=labels), 400, "labels")
