@@ -20,10 +20,11 @@ from pathlib import Path
 PROC = Path("/proc")
 TICK = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these ticks a second
 
-# (part, pattern of the command line). The Procfile names the workers `-n detect@%h` / `deliver@%h`.
+# (part, pattern of the command line). The Procfile names the workers `-n detect@%h` / `deliver@%h`
+# (`detect-<FDA_RUN>@%h` in a stack of a bench's or test's own).
 PARTS = (
-    ("detect worker", re.compile(r"celery.*\bworker\b.*detect@")),
-    ("deliver worker", re.compile(r"celery.*\bworker\b.*deliver@")),
+    ("detect worker", re.compile(r"celery.*\bworker\b.*detect(-\w+)?@")),
+    ("deliver worker", re.compile(r"celery.*\bworker\b.*deliver(-\w+)?@")),
     ("beat", re.compile(r"celery.*\bbeat\b")),
     ("API (gunicorn)", re.compile(r"gunicorn")),
     ("S3 (weed)", re.compile(r"(^|/)weed\b")),

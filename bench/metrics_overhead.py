@@ -16,8 +16,8 @@ loopback only), in one of two configurations:
        no files), LOG_FORMAT=text at the same LOG_LEVEL=INFO: the same lines as plain text, which
        is what the service logged before it had metrics. Not scraped.
 
-One stack at a time: the Procfile names its workers detect@%h and deliver@%h, and two workers of
-one name on one broker refuse each other (their remote-control queue is exclusive).
+One stack at a time: the machine has two cores, and two stacks would measure each other. (Their
+workers' names no longer clash: a stack of its own names them after its run, detect-<FDA_RUN>@%h.)
 
 Both keep what has no switch: the X-Request-ID middleware with its access line per request, the
 request id stored on the job, the CPU time measured around the detector (the dashboard's figure).
