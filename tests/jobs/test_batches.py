@@ -138,18 +138,22 @@ def test_the_sweeper_ends_a_batch_whose_end_was_lost(monkeypatch):
 
 def test_items_are_published_on_the_batch_queue(monkeypatch, settings):
     """Each item's detect task goes to CELERY_QUEUE_DETECT_BATCH (its exchange and key too), its
-    delivery to the deliver queue; the items are recorded as published."""
+    delivery (the chain's next task) to the deliver queue; the items are recorded as published."""
     sent = []
-    monkeypatch.setattr("celery.canvas._chain.apply_async", lambda self, **options: sent.append(self))
+    monkeypatch.setattr("celery.app.base.Celery.send_task", lambda self, name, args=None, **options: sent.append((name, args, options)))
     monkeypatch.setattr(batches, "callback_delivery_enqueue", lambda *, delivery_id, robust=False: None)
     client = api_key_create(client_name="queue")[0].client
     items = [batches.BatchItem(request_id=f"q{i}", image_url=f"https://example.com/{i}.jpg") for i in range(3)]
     batch, _ = batches.batch_create(client=client, items=items)
     assert len(sent) == 3
-    for chain in sent:
-        detect, deliver = chain.tasks
-        assert detect.options["queue"] == detect.options["exchange"] == detect.options["routing_key"] == settings.CELERY_QUEUE_DETECT_BATCH
-        assert "queue" not in deliver.options
+    ids = {str(job.id) for job in Image.objects.filter(batch=batch)}
+    assert {args[0] for _, args, _ in sent} == ids
+    for name, args, options in sent:
+        assert name == "workers.tasks.detect_faces"
+        assert options["queue"] == options["exchange"] == options["routing_key"] == settings.CELERY_QUEUE_DETECT_BATCH
+        (deliver,) = options["chain"]
+        assert deliver["task"] == "workers.tasks.deliver_result" and deliver["args"] == list(args)
+        assert "queue" not in deliver["options"]
     assert all(job.enqueued_at is not None and job.enqueue_count == 1 for job in Image.objects.filter(batch=batch))
 
 
