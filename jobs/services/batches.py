@@ -28,7 +28,7 @@ from rollouts.services import rollout_route, shadow_sampled, shadow_variant
 from ..models import Batch, Image, JobStatus, ShadowRun
 from ..representation import batch_callback_representation
 from .lifecycle import image_jobs_cancel, job_ended_listen
-from .submission import _labels_asked, _labels_check, _publish_chain
+from .submission import _labels_asked, _labels_check, _publish_chain, detect_route
 
 logger = logging.getLogger(__name__)
 
@@ -202,15 +202,6 @@ def _version_for(client: ApiClient, item: BatchItem, routing: _Routing):
     return routing.versions[""], None
 
 
-# All three: a queue alone would be merged with the task's route (CELERY_TASK_ROUTES), whose
-# exchange and routing key lead to the detect queue.
-_BATCH_ROUTE = {
-    "queue": settings.CELERY_QUEUE_DETECT_BATCH,
-    "exchange": settings.CELERY_QUEUE_DETECT_BATCH,
-    "routing_key": settings.CELERY_QUEUE_DETECT_BATCH,
-}
-
-
 def batch_items_enqueue(*, image_ids: Sequence[uuid.UUID]) -> int:
     """Publish the detect -> deliver chain of each committed item on the batch queue and record
     it. A broker outage stops the round, logged: the items left stay queued, unpublished, for the
@@ -222,7 +213,7 @@ def batch_items_enqueue(*, image_ids: Sequence[uuid.UUID]) -> int:
         try:
             for image_id in chunk:
                 # The message a single upload's job gets (the leaner publish), on the batch queue.
-                _publish_chain(image_id, **_BATCH_ROUTE)
+                _publish_chain(image_id, **detect_route(batch=True))
                 done.append(image_id)
         except Exception:
             logger.exception("could not enqueue %d batch items; the sweeper will retry", len(image_ids) - published - len(done))

@@ -134,53 +134,65 @@ def image_jobs_sweep() -> dict[str, int]:
     - queued and never published (the broker was down at submit, or its message went to the
       dead-letter queue: dead_letter_record), after JOB_UNPUBLISHED_GRACE;
     - queued JOB_QUEUED_STUCK after publishing (and after its last retry) while a job published
-      after it has already started: the queue, first in first out, moved past it, so its message
-      is gone (a task that acked it unmoved);
+      after it to the same queue has already started: the queue, first in first out, moved past
+      it, so its message is gone (a task that acked it unmoved). Batch items wait on a queue of
+      their own, so each queue is compared with itself: an upload that starts at once says
+      nothing of the batch items published before it;
     - queued long after publishing (the message was lost and nothing else moves), after
-      JOB_QUEUED_TIMEOUT, the last resort;
+      JOB_QUEUED_TIMEOUT, the last resort; for a batch item only while the batch queue has not
+      moved for JOB_QUEUED_STUCK (a 10,000-item batch legitimately waits longer than that);
     - processing past the hard time limit (the worker vanished and the message with it).
-    Each is re-published, at most JOB_MAX_ENQUEUES times in all; then it fails with "stuck".
-    A copy of a job that is in fact still waiting costs nothing but a message: the worker that
-    takes the second copy finds the job started, or finished, and skips it.
+    Each is re-published (a batch item on its own queue), at most JOB_MAX_ENQUEUES times in all;
+    then it fails with "stuck". A copy of a job that is in fact still waiting costs nothing but a
+    message: the worker that takes the second copy finds the job started, or finished, and skips it.
     """
     now = timezone.now()
+    quiet_since = now - dt.timedelta(seconds=settings.JOB_QUEUED_STUCK)
+    timed_out = Q(status=JobStatus.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
     stuck = (
         Q(status=JobStatus.QUEUED, enqueued_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=settings.JOB_UNPUBLISHED_GRACE))
-        | Q(status=JobStatus.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT))
         | Q(status=JobStatus.PROCESSING, started_at__lt=now - dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30))
+        | (timed_out & Q(batch__isnull=True))
     )
-    overtaken_before = _latest_started_publish(now)
-    if overtaken_before is not None:
-        quiet_since = now - dt.timedelta(seconds=settings.JOB_QUEUED_STUCK)
-        stuck |= Q(
-            status=JobStatus.QUEUED,
-            enqueued_at__lt=min(overtaken_before, quiet_since),
-            updated_at__lt=quiet_since,
-        )
+    for batch in (False, True):
+        overtaken_before, last_start = _latest_started_publish(now, batch=batch)
+        kind = Q(batch__isnull=not batch)
+        if overtaken_before is not None:
+            stuck |= kind & Q(
+                status=JobStatus.QUEUED,
+                enqueued_at__lt=min(overtaken_before, quiet_since),
+                updated_at__lt=quiet_since,
+            )
+        if batch and (last_start is None or last_start < quiet_since):
+            stuck |= kind & timed_out
     counts = {"republished": 0, "failed": 0}
-    for image_id, enqueue_count in Image.objects.filter(stuck).values_list("id", "enqueue_count")[:500]:
+    rows = Image.objects.filter(stuck).values_list("id", "enqueue_count", "batch_id")[:500]
+    for image_id, enqueue_count, batch_id in rows:
         if enqueue_count >= settings.JOB_MAX_ENQUEUES:
             if image_job_fail(image_id=image_id, code="stuck", message=f"Published {enqueue_count} times without finishing."):
                 counts["failed"] += 1
                 # Its detection task will not run again to publish them.
                 image_job_shadows_enqueue(image_id=image_id)
-        elif image_job_enqueue(image_id=image_id):
+        elif image_job_enqueue(image_id=image_id, batch=batch_id is not None):
             counts["republished"] += 1
     if any(counts.values()):
         logger.warning("sweeper: %s", counts)
     return counts
 
 
-def _latest_started_publish(now: dt.datetime) -> dt.datetime | None:
-    """The latest publish (enqueued_at: the queue's own, never a retry's) of a job that a worker
-    has started, among the jobs made within JOB_QUEUED_TIMEOUT (the (status, created_at) index
-    bounds the scan). The detect queue is first in, first out: a job published before it and
-    still queued was skipped over, its message gone."""
-    return Image.objects.filter(
+def _latest_started_publish(now: dt.datetime, *, batch: bool) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Of the jobs on one detect queue (batch items' or the others') made within
+    JOB_QUEUED_TIMEOUT (the (status, created_at) index bounds the scan) that a worker has
+    started: the latest publish (enqueued_at: the queue's own, never a retry's) and the latest
+    start. The queue is first in, first out: a job published to it before that publish and still
+    queued was skipped over, its message gone."""
+    latest = Image.objects.filter(
         status__in=(JobStatus.PROCESSING, *TERMINAL_STATUSES),
         created_at__gte=now - dt.timedelta(seconds=settings.JOB_QUEUED_TIMEOUT),
         started_at__isnull=False,
-    ).aggregate(latest=Max("enqueued_at"))["latest"]
+        batch__isnull=not batch,
+    ).aggregate(published=Max("enqueued_at"), started=Max("started_at"))
+    return latest["published"], latest["started"]
 
 
 # --- Dead letters ------------------------------------------------------------------------------------

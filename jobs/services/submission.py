@@ -331,11 +331,22 @@ def _shadow_run_create(image: Image, rollout, *, served: str) -> ShadowRun | Non
     return ShadowRun.objects.create(job=image, rollout=rollout, detector_version_id=version_id, variant=side)
 
 
-def image_job_enqueue(*, image_id: uuid.UUID) -> bool:
-    """Publish the detect -> deliver chain for a committed job and record it. A broker outage
-    is logged, not raised: the job stays queued, unpublished, for the sweeper to publish."""
+def detect_route(*, batch: bool) -> dict[str, str]:
+    """Where a job's detect task is published: a batch item on the batch items' queue (all
+    three: a queue alone would be merged with the task's route, whose exchange and routing key
+    lead to the detect queue), any other job by CELERY_TASK_ROUTES."""
+    if not batch:
+        return {}
+    queue = settings.CELERY_QUEUE_DETECT_BATCH
+    return {"queue": queue, "exchange": queue, "routing_key": queue}
+
+
+def image_job_enqueue(*, image_id: uuid.UUID, batch: bool = False) -> bool:
+    """Publish the detect -> deliver chain for a committed job (a batch item's on the batch
+    queue) and record it. A broker outage is logged, not raised: the job stays queued,
+    unpublished, for the sweeper to publish."""
     try:
-        _publish_chain(image_id)
+        _publish_chain(image_id, **detect_route(batch=batch))
     except Exception:
         logger.exception("could not enqueue job %s; the sweeper will retry", image_id)
         return False

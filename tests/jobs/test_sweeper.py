@@ -144,3 +144,49 @@ def test_a_job_left_processing_by_the_attempt_that_gave_up_is_published_too(unpu
     unpublished.refresh_from_db()
     assert unpublished.status == "queued" and unpublished.enqueued_at is None
     assert services.image_jobs_sweep()["republished"] == 1
+
+
+def _as_batch_items(*images: Image) -> None:
+    """Make jobs items of one batch: they then wait on the batch items' queue of their own."""
+    from jobs.models import Batch
+
+    batch = Batch.objects.create(client=images[0].client, item_count=len(images))
+    Image.objects.filter(id__in=[image.id for image in images]).update(batch=batch)
+
+
+def test_a_batch_item_is_not_taken_for_lost_when_a_later_upload_starts(unpublished, api_client, monkeypatch, settings):
+    """Batch items wait on their own queue: an upload published after one and started at once
+    says nothing of it (each queue is compared with itself), so it is left to wait; a later batch
+    item that started does overtake it, and it is published again on the batch queue."""
+    later = _second_job(api_client)
+    monkeypatch.undo()
+    published = []
+    monkeypatch.setattr("jobs.services.submission._publish_chain", lambda image_id, **route: published.append((image_id, route)))
+    _as_batch_items(unpublished)
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    stuck = settings.JOB_QUEUED_STUCK
+    _age(unpublished, enqueued_at=stuck + 2, created_at=stuck + 3, updated_at=stuck + 2)
+    _age(later, enqueued_at=stuck + 1, created_at=stuck + 1)
+    services.image_job_start(image_id=later.id)
+    assert services.image_jobs_sweep()["republished"] == 0
+    _as_batch_items(later)  # now the started job is a later item of the batch queue
+    assert services.image_jobs_sweep()["republished"] == 1
+    queue = settings.CELERY_QUEUE_DETECT_BATCH
+    assert published == [(unpublished.id, {"queue": queue, "exchange": queue, "routing_key": queue})]
+
+
+def test_a_long_batch_waits_past_the_timeout_while_its_queue_moves(unpublished, api_client, monkeypatch, settings):
+    """A batch item queued longer than JOB_QUEUED_TIMEOUT is not swept while batch items still
+    start (a 10,000-item batch takes its time); once the batch queue stands still for
+    JOB_QUEUED_STUCK, the timeout applies."""
+    moving = _second_job(api_client)
+    monkeypatch.undo()
+    _as_batch_items(unpublished, moving)
+    Image.objects.filter(id=unpublished.id).update(enqueue_count=1)
+    _age(unpublished, enqueued_at=settings.JOB_QUEUED_TIMEOUT + 1)
+    # Published before the waiting item, so it does not overtake it; started just now.
+    _age(moving, enqueued_at=settings.JOB_QUEUED_TIMEOUT + 5)
+    services.image_job_start(image_id=moving.id)
+    assert services.image_jobs_sweep()["republished"] == 0
+    _age(moving, started_at=settings.JOB_QUEUED_STUCK + 1)
+    assert services.image_jobs_sweep()["republished"] == 1
