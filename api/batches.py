@@ -52,6 +52,9 @@ BATCH_CALLBACK_DOC = OpenApiCallback(
 # request_id, the options and JSON's quoting; and some for the rest of the body.
 ITEM_BYTES = 4096
 BODY_OVERHEAD_BYTES = 64 * 1024
+# JSON objects and arrays an item may average in the body (its object, its labels, and room for
+# braces inside its strings) before the body is refused unparsed.
+CONTAINERS_PER_ITEM = 4
 
 
 def _json_body(request: Request):
@@ -68,10 +71,36 @@ def _json_body(request: Request):
     raw = request._request.read(limit + 1)
     if len(raw) > limit:
         raise too_large
+    # Parsed JSON takes many times its text's memory when the text is mostly tiny objects or
+    # arrays (40 MB of `{},` is 20 million dicts, about 1 GB). A legitimate item is one object
+    # with at most one array (labels): count both before parsing, generously (a brace inside a
+    # string counts too), so a body of BATCH_MAX_ITEMS items always passes and a flood never
+    # reaches the parser.
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > CONTAINERS_PER_ITEM * settings.BATCH_MAX_ITEMS + 16:
+        raise ApiError(
+            "too_many_items",
+            f"A batch may have at most {settings.BATCH_MAX_ITEMS} items, each one JSON object.",
+            field="items",
+        )
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ApiError("parse_error", "The body is not valid JSON.") from None
+
+
+def _first_error(detail, path: str = "") -> tuple[str, object]:
+    """The first error of a (nested) DRF error detail and where it is, as ``.labels[1]``."""
+    if isinstance(detail, dict) and detail:
+        key, value = next(iter(detail.items()))
+        if isinstance(key, int):
+            path += f"[{key}]"
+        elif key != api_settings.NON_FIELD_ERRORS_KEY:
+            path += f".{key}"
+        return _first_error(value, path)
+    if isinstance(detail, list) and detail:
+        return _first_error(detail[0], path)
+    return path, detail
 
 
 def _items(raw: list) -> list[job_services.BatchItem]:
@@ -83,10 +112,8 @@ def _items(raw: list) -> list[job_services.BatchItem]:
         try:
             valid = checker.run_validation(data)
         except serializers.ValidationError as exc:
-            name, errors = next(iter(exc.detail.items())) if isinstance(exc.detail, dict) else (None, exc.detail)
-            detail = errors[0] if isinstance(errors, list) else errors
-            where = f"items[{index}].{name}" if name and name != api_settings.NON_FIELD_ERRORS_KEY else f"items[{index}]"
-            raise ApiError(getattr(detail, "code", None) or "invalid", str(detail), field=where) from None
+            where, detail = _first_error(exc.detail)
+            raise ApiError(getattr(detail, "code", None) or "invalid", str(detail), field=f"items[{index}]{where}") from None
         items.append(
             job_services.BatchItem(
                 request_id=valid["request_id"],
@@ -135,6 +162,11 @@ class BatchCollectionView(APIView):
         data = _json_body(request)
         if not isinstance(data, dict):
             raise ApiError("invalid", "The body must be a JSON object with `items`.", field="items")
+        if isinstance(data.get("items"), list):
+            # Named here, by index: the serializer's list-of-objects error would not say which.
+            for index, item in enumerate(data["items"]):
+                if not isinstance(item, dict):
+                    raise ApiError("invalid", "Each item must be a JSON object.", field=f"items[{index}]")
         serializer = BatchSubmitSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -102,7 +102,8 @@ def test_an_item_without_image_url_is_refused_naming_it(api_client):
         ({}, "items"),
         ({"items": []}, "items"),
         ({"items": "x"}, "items"),
-        ({"items": [1, 2]}, "items"),
+        ({"items": [1, 2]}, "items[0]"),
+        ({"items": [*items(1), "x"]}, "items[1]"),
         ({"items": items(1), "callback_url": "ftp://x"}, "callback_url"),
         ({"items": items(1), "expires_in": 0}, "expires_in"),
         ({"items": items(1), "expires_in": "60"}, "expires_in"),
@@ -252,3 +253,28 @@ def test_each_host_of_a_batch_is_checked_once(api_client, published, monkeypatch
     body = items(4) + [{"request_id": f"other-{i}", "image_url": f"http://127.0.0.2:9/{i}.jpg"} for i in range(3)]
     assert submit(api_client, {"items": body}).status_code == 202
     assert len(checked) == 2
+
+
+@override_settings(BATCH_MAX_ITEMS=3)
+def test_a_flood_of_tiny_objects_is_refused_before_parsing(api_client, monkeypatch):
+    """Many more JSON objects than BATCH_MAX_ITEMS items could hold never reach the parser
+    (parsed, 40 MB of `{},` takes about 1 GB)."""
+    body = json.dumps({"items": [{}] * 40})
+    with monkeypatch.context() as patched:
+        patched.setattr("api.batches.json.loads", lambda raw: pytest.fail("parsed"))
+        response = api_client.post("/api/v1/batches/", body, content_type="application/json")
+    assert_refused(response, 400, "items", "too_many_items")
+
+
+def test_json_nested_too_deep_is_a_400_not_a_500(api_client):
+    response = api_client.post("/api/v1/batches/", "[" * 5_000, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "parse_error"
+    assert Batch.objects.count() == 0
+
+
+def test_a_bad_label_names_the_item_and_its_index(api_client):
+    body = {"items": [*items(1), {**items(1, "b")[0], "labels": ["face", "Not A Label"]}]}
+    error = assert_refused(submit(api_client, body), 400, "items[1].labels")
+    assert "ErrorDetail" not in error["message"]
+    body = {"items": [*items(1), {**items(1, "b")[0], "labels": ["face", 7]}]}
+    assert_refused(submit(api_client, body), 400, "items[1].labels")
