@@ -342,7 +342,11 @@ def batch_cancel(*, client: ApiClient, batch_id: str) -> Batch:
     if batch.finished_at is not None and batch.canceled_at is None:
         raise Conflict("batch_finished", "The batch has ended; there is nothing to cancel.")
     if batch.canceled_at is None:
-        Batch.objects.filter(id=batch.id, canceled_at__isnull=True).update(canceled_at=timezone.now())
+        # Only while it has not ended: its last item may end between the read above and here,
+        # and a batch called back `completed` must not read `canceled` after.
+        marked = Batch.objects.filter(id=batch.id, canceled_at__isnull=True, finished_at__isnull=True).update(canceled_at=timezone.now())
+        if not marked and Batch.objects.filter(id=batch.id, canceled_at__isnull=True).exists():
+            raise Conflict("batch_finished", "The batch has ended; there is nothing to cancel.")
     token = _canceling.set(_canceling.get() | {batch.id})
     try:
         image_jobs_cancel(queryset=Image.objects.filter(batch_id=batch.id, status=JobStatus.QUEUED))
