@@ -135,18 +135,26 @@ class Sender:
             self._wake.clear()
 
     def _claim_and_send(self) -> None:
-        free = self.threads - self._in_flight
+        # The free threads are reserved before the claim query, under the lock, as reserve()
+        # does: a delivering task reserving one meanwhile must not find it free too, or a claim
+        # would wait in the pool's queue while its lease runs (and another sender could take it).
+        with self._lock:
+            free = self.threads - self._in_flight
+            if free > 0:
+                self._in_flight += free
+                asked = [delivery_id for delivery_id in self._contexts if delivery_id not in self._preclaimed]
         if free <= 0:
             self._claim_next = True  # once a thread is free again
             return
-        with self._lock:
-            asked = [delivery_id for delivery_id in self._contexts if delivery_id not in self._preclaimed]
-        claims = callback_deliveries_claim(limit=free, asked=asked)
+        claims = []
+        try:
+            claims = callback_deliveries_claim(limit=free, asked=asked)
+        finally:
+            with self._lock:
+                self._in_flight -= free - len(claims)  # give back what was not claimed
         if len(claims) >= free:
             self._claim_next = True
         for claim in claims:
-            with self._lock:
-                self._in_flight += 1
             self._pool.submit(self._post, claim)
 
     def _post(self, claim: Claim) -> None:
