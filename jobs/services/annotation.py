@@ -14,7 +14,7 @@ from detection.annotate import annotate_jpeg
 from storage import s3 as storage
 
 from ..keys import annotated_object_key
-from ..models import Image
+from ..models import Image, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ def annotation_store(*, image: Image, rgb: PILImage.Image, faces: Sequence) -> s
 def annotation_discard(*, image_id: uuid.UUID, key: str) -> None:
     """Delete an annotated image that its job did not record (it was erased, cancelled or
     finished by another attempt meanwhile), unless the job does name that key: then it is the
-    job's (another attempt of the same job drew it under the same key)."""
-    if not Image.objects.filter(id=image_id, annotated_key=key).exists():
+    job's (another attempt of the same job drew it under the same key). An erased job's never
+    is: erasure names the key while it purges it, and a put that lands after its delete would
+    otherwise outlive it (retention only sees recorded keys)."""
+    if not Image.objects.filter(id=image_id, annotated_key=key).exclude(status=JobStatus.DELETED).exists():
         try:
             storage.storage_delete(key=key)
         except storage.StorageError:

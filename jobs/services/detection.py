@@ -313,19 +313,33 @@ def _image_job_detect_started(image: Image) -> None:
     # Drawn here, on the photo already decoded, and recorded with the faces: the deliverer then
     # only calls back (it draws only for a job that arrives without one).
     annotated_key = annotation_store(image=image, rgb=found.rgb, faces=faces)
-    completed = image_job_complete(
-        image_id=image.id,
-        faces=faces,
-        model_version=found.model_version,
-        width=found.width,
-        height=found.height,
-        detection_ms=found.elapsed_ms,
-        detector_cold=found.cold,
-        detection_cpu_ms=found.cpu_ms,
-        annotated_key=annotated_key,
-    )
+    try:
+        completed = image_job_complete(
+            image_id=image.id,
+            faces=faces,
+            model_version=found.model_version,
+            width=found.width,
+            height=found.height,
+            detection_ms=found.elapsed_ms,
+            detector_cold=found.cold,
+            detection_cpu_ms=found.cpu_ms,
+            annotated_key=annotated_key,
+        )
+    except Exception:
+        # The database away, say: the task is retried and draws again; should the job end
+        # failed instead, no unrecorded drawing is left in the bucket.
+        if annotated_key:
+            _discard_quietly(image.id, annotated_key)
+        raise
     if annotated_key and not completed:
         annotation_discard(image_id=image.id, key=annotated_key)
+
+
+def _discard_quietly(image_id: uuid.UUID, key: str) -> None:
+    try:
+        annotation_discard(image_id=image_id, key=key)
+    except Exception:  # the same outage: the drawing stays, as before this cleanup
+        logger.warning("job %s: could not check or delete its unrecorded annotated image %s", image_id, key)
 
 
 # --- The detect pipeline a job and a shadow run share ---------------------------------------------

@@ -89,3 +89,37 @@ def test_a_job_ended_while_it_was_drawn_keeps_no_annotated_image(submit, monkeyp
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELED and job.annotated_key == ""
     assert store_status(services.annotated_object_key(job)) == 404
+
+
+def test_an_erased_jobs_drawing_is_deleted_even_while_erasure_names_its_key(submit, monkeypatch):
+    """Erasure writes the key it purges into the row: a drawing put after erasure's delete must
+    still go (the job is deleted), or it would outlive the erasure for good."""
+    job = submit("astronaut_1face.png")
+    from jobs.services import annotation
+
+    real = annotation.annotation_jpeg
+    key = services.annotated_object_key(job)
+
+    def draw_while_erased(**kwargs):
+        Image.objects.filter(id=job.id).update(status=JobStatus.DELETED, annotated_key=key)
+        return real(**kwargs)
+
+    monkeypatch.setattr("jobs.services.annotation.annotation_jpeg", draw_while_erased)
+    services.image_job_detect(image_id=job.id)
+    assert store_status(key) == 404
+
+
+def test_a_completion_that_fails_leaves_no_unrecorded_drawing(submit, monkeypatch):
+    """The database fails as the job completes: the task's retry draws again; meanwhile no
+    drawing is left that the job does not name."""
+    from django.db import OperationalError
+
+    job = submit("astronaut_1face.png")
+
+    def down(**_):
+        raise OperationalError("database away")
+
+    monkeypatch.setattr("jobs.services.detection.image_job_complete", down)
+    with pytest.raises(services.JobInterrupted):  # the task retries it
+        services.image_job_detect(image_id=job.id)
+    assert store_status(services.annotated_object_key(job)) == 404
