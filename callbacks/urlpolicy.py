@@ -11,10 +11,13 @@ ranges (IMAGE_URL_ALLOWED_NETWORKS): ``networks`` and ``field`` below.
 """
 
 import ipaddress
+import logging
 import socket
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -111,5 +114,8 @@ def check_url(
         raise UrlRefused(str(exc), code=code) from exc
     refused = [str(ip) for ip in addresses if not address_allowed(ip, networks)]
     if refused or not addresses:
-        raise UrlRefused(f"The host resolves to an address that is not public ({', '.join(refused) or 'none'}).", code=code)
+        # The addresses go to the log only: told to the client, they would map the private
+        # network through this host's resolver.
+        logger.info("refused %s: %s resolves to %s", field, parts.hostname, ", ".join(refused) or "nothing")
+        raise UrlRefused("The host resolves to an address that is not public.", code=code)
     return addresses

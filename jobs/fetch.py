@@ -132,7 +132,8 @@ class _PinnedMixin:
         peer = parse_address(sock.getpeername()[0])
         if not address_allowed(peer, _networks()):
             sock.close()
-            raise UrlRefused(f"connected to {peer}, which is not allowed", code="image_url_refused")
+            logger.info("image_url: connected to %s, which is not allowed", peer)
+            raise UrlRefused("the connection led to an address that is not public", code="image_url_refused")
         try:
             self._watchdog.register(sock)
         except OSError:
@@ -185,7 +186,11 @@ def _fetch_once(url: str) -> tuple[bytes, str]:
                         location = response.headers.get("Location")
                         if not location:
                             raise FetchFailed("image_fetch_failed", f"The URL answered {response.status} without a Location.")
-                        current = urljoin(current, location.strip())
+                        try:
+                            current = urljoin(current, location.strip())
+                            urlsplit(current).port  # noqa: B018 - a malformed netloc raises here, not later
+                        except ValueError as exc:
+                            raise FetchFailed("image_fetch_failed", "The URL redirected to a malformed URL.") from exc
                         continue
                     if response.status == 429 or response.status >= 500:
                         raise _Transient(f"The URL answered {response.status}.")
@@ -232,7 +237,9 @@ def _pinned_address(url: str) -> tuple[str, str, int, IPAddress]:
     networks = _networks()
     refused = [str(ip) for ip in addresses if not address_allowed(ip, networks)]
     if refused or not addresses:
-        raise UrlRefused(f"the host resolves to an address that is not public ({', '.join(refused) or 'none'})", code="image_url_refused")
+        # Logged, never told: the job's error would map the private network for its client.
+        logger.info("image_url: %s resolves to %s", parts.hostname, ", ".join(refused) or "nothing")
+        raise UrlRefused("the host resolves to an address that is not public", code="image_url_refused")
     return scheme, parts.hostname, port, addresses[0]
 
 

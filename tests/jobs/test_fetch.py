@@ -56,6 +56,14 @@ def test_a_redirect_to_a_private_or_metadata_address_is_refused(photoserver, add
     with pytest.raises(FetchFailed) as caught:
         image_fetch(photoserver.url(f"/redirect-to?url=http://{address}/latest/meta-data/"))
     assert caught.value.code == "image_url_refused"
+    # The address is logged, never told: the job's error would map the private network.
+    assert address.strip("[]") not in caught.value.message
+
+
+def test_a_redirect_to_a_malformed_url_fails_with_a_code(photoserver):
+    with pytest.raises(FetchFailed) as caught:
+        image_fetch(photoserver.url("/redirect-to?url=http://[::1"))
+    assert caught.value.code == "image_fetch_failed"
 
 
 def test_the_url_itself_is_checked_again_at_fetch_time(photoserver, settings):
