@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 that may be reached at all: global unicast, or the well-known NAT64 prefix (checked by its
+# embedded IPv4). Outside it, Python's is_global still says True for some forms that lead inside:
+# site-local fec0::/10, IPv4-compatible ::/96, IPv4-translated ::ffff:0:0:0/96, and the local-use
+# NAT64 prefix 64:ff9b:1::/48 (a site's own translator: 64:ff9b:1::a9fe:a9fe is the metadata host).
+GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 
 
 class UrlRefused(ValueError):
@@ -68,7 +73,7 @@ def address_allowed(ip: IPAddress, networks: Networks | None = None) -> bool:
     if any(ip in network for network in networks):
         return True
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id:
+        if ip.scope_id or not (ip in GLOBAL_UNICAST or ip in NAT64):
             return False
         inner = _embedded_ipv4(ip)
         if inner is not None and not address_allowed(inner, networks):

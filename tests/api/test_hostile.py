@@ -176,6 +176,12 @@ CASES = [
             "http://[::ffff:127.0.0.1]/",
             "http://[64:ff9b::7f00:1]/",
             "http://[2002:7f00:1::1]/",
+            # Forms Python's is_global lets through: local-use NAT64, IPv4-translated,
+            # IPv4-compatible, site-local.
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[::7f00:1]/",
+            "http://[fec0::1]/",
             "http://2130706433/",
             "http://0x7f000001/",
             "http://0177.0.0.1/",

@@ -149,3 +149,23 @@ def test_dns_rebinding_is_caught_on_the_connected_socket(listener, settings, mon
     conn = listener.connection()
     assert conn is not None  # it did connect: the check is on the connected socket
     assert bytes_until_closed(conn) == b""  # and closed it without sending a byte
+
+
+@pytest.mark.parametrize(
+    "address, allowed",
+    [
+        ("2606:4700::1111", True),  # global unicast
+        ("64:ff9b::808:808", True),  # well-known NAT64 of a public IPv4
+        ("64:ff9b::a9fe:a9fe", False),  # ... of the metadata host
+        ("64:ff9b:1::a9fe:a9fe", False),  # local-use NAT64: a site's own translator
+        ("::ffff:0:7f00:1", False),  # IPv4-translated
+        ("::7f00:1", False),  # IPv4-compatible
+        ("fec0::1", False),  # site-local
+    ],
+)
+def test_ipv6_forms_that_lead_inside_are_refused(address, allowed):
+    import ipaddress
+
+    from callbacks.urlpolicy import address_allowed
+
+    assert address_allowed(ipaddress.ip_address(address), []) is allowed
