@@ -71,6 +71,12 @@ class Browser:
             "--no-default-browser-check",
             "--disable-dev-shm-usage",
             "--hide-scrollbars",
+            # No connections of Chromium's own (updates, sync, safe browsing): the machine has no
+            # network beyond loopback, and the test reaches only the live server.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
             "--remote-debugging-pipe",
             f"--user-data-dir={profile}",
             f"--window-size={WIDTH},{HEIGHT}",
