@@ -1,7 +1,6 @@
 """Sending a callback: one signed HTTP POST with bounded timeouts and no redirects."""
 
 import datetime as dt
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -10,6 +9,8 @@ import requests
 import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
+
+from core.deadline import DeadlinePassed, SocketDeadline
 
 from .signing import signed_headers
 from .urlpolicy import UrlRefused, address_allowed, check_callback_url, parse_address
@@ -31,53 +32,21 @@ class PostResult:
     refused: bool = False
 
 
-class _Attempt:
-    """One POST's sockets and deadline. A watchdog shuts its sockets down when the deadline
-    passes, which ends any read or write in progress however slowly the receiver trickles."""
+class _Attempt(SocketDeadline):
+    """One POST's sockets and deadline (core.deadline), and whether its peer is checked."""
 
     def __init__(self, *, check_peer: bool, seconds: float) -> None:
+        super().__init__(seconds)
         self.check_peer = check_peer
         self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def register(self, sock: socket.socket) -> None:
-        # A duplicate of the descriptor: TLS detaches the original socket object, but shutdown()
-        # acts on the connection, which every duplicate shares.
-        with self._lock:
-            if self.expired:
-                raise _DeadlinePassed()
-            self._sockets.append(sock.dup())
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def __enter__(self) -> "_Attempt":
         _current.attempt = self
-        self._timer.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc) -> None:
-        self._timer.cancel()
         _current.attempt = None
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-            self._sockets.clear()
-
-
-class _DeadlinePassed(OSError):
-    """The attempt's total deadline passed before a connection was made."""
+        super().__exit__(*exc)
 
 
 # The POST running on this thread (urllib3 connects on the caller's thread).
@@ -105,7 +74,7 @@ class _PeerChecked:
         if attempt is not None:
             try:
                 attempt.register(sock)
-            except _DeadlinePassed:
+            except DeadlinePassed:
                 sock.close()
                 raise
         return sock

@@ -19,8 +19,6 @@ details go to the log.
 import io
 import ipaddress
 import logging
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -29,6 +27,7 @@ import urllib3
 from django.conf import settings
 
 from callbacks.urlpolicy import IPAddress, UrlRefused, address_allowed, check_url, networks_parse, parse_address, resolve
+from core.deadline import SocketDeadline
 
 from .imaging import ImageInfo, ImageRejected, image_probe
 
@@ -73,57 +72,14 @@ def image_url_check(url: str) -> None:
     check_url(url, networks=_networks(), field="image_url", code="image_url_refused")
 
 
-# --- One try's deadline ---------------------------------------------------------------------------
-
-
-class _Watchdog:
-    """A try's sockets and deadline: when the deadline passes they are shut down, which ends a
-    connect, a read or a write in progress however slowly the server trickles."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def remaining(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.001)
-
-    def register(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self.expired:
-                raise OSError("the try's total time is spent")
-            # A duplicate: TLS detaches the original socket object; shutdown acts on the connection.
-            self._sockets.append(sock.dup())
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def __enter__(self) -> "_Watchdog":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-            self._sockets.clear()
+# --- One try's connections (its deadline: core.deadline.SocketDeadline) ----------------------------
 
 
 class _PinnedMixin:
     """urllib3 connections to the checked address: the peer is checked again once connected (no
     proxy, no second lookup can change it) and handed to the try's watchdog."""
 
-    def __init__(self, *args, watchdog: _Watchdog, **kwargs) -> None:
+    def __init__(self, *args, watchdog: SocketDeadline, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._watchdog = watchdog
 
@@ -176,7 +132,7 @@ def image_fetch(url: str) -> Fetched:
 
 
 def _fetch_once(url: str) -> tuple[bytes, str]:
-    with _Watchdog(settings.IMAGE_URL_TOTAL_TIMEOUT) as watchdog:
+    with SocketDeadline(settings.IMAGE_URL_TOTAL_TIMEOUT) as watchdog:
         try:
             current = url
             for _hop in range(settings.IMAGE_URL_MAX_REDIRECTS + 1):
@@ -243,7 +199,7 @@ def _pinned_address(url: str) -> tuple[str, str, int, IPAddress]:
     return scheme, parts.hostname, port, addresses[0]
 
 
-def _get(url: str, watchdog: _Watchdog) -> urllib3.HTTPResponse:
+def _get(url: str, watchdog: SocketDeadline) -> urllib3.HTTPResponse:
     """One GET of ``url`` on a connection to its checked address (status and headers read, the
     body not yet)."""
     scheme, host, port, ip = _pinned_address(url)
@@ -291,7 +247,7 @@ def _too_large(size: int | str) -> FetchFailed:
     return FetchFailed("image_too_large", f"The URL's content is {size} bytes; at most {settings.MAX_UPLOAD_BYTES} bytes are accepted.")
 
 
-def _read_body(response: urllib3.HTTPResponse, watchdog: _Watchdog) -> bytes:
+def _read_body(response: urllib3.HTTPResponse, watchdog: SocketDeadline) -> bytes:
     """The body, refused as soon as it is known to pass MAX_UPLOAD_BYTES: from its
     Content-Length before reading, else from the bytes counted as they come."""
     limit = settings.MAX_UPLOAD_BYTES

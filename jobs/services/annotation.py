@@ -6,7 +6,6 @@ for jobs that reach it without one: a failed put here, or a job detected before 
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from PIL import Image as PILImage
 
@@ -19,39 +18,11 @@ from ..models import Image, JobStatus
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Drawn:
-    """A detection as annotate_jpeg reads it: the names of a stored Face row. Drawn from these,
-    the image is byte for byte the one drawn from the rows (the same integers, the same rounded
-    floats: a JSON column and a double keep them exactly)."""
-
-    box_x: int
-    box_y: int
-    box_width: int
-    box_height: int
-    confidence: float
-    landmarks: dict
-    label: str
-
-
 def annotation_jpeg(*, rgb: PILImage.Image, faces: Sequence) -> bytes:
     """The annotated JPEG of ``rgb`` (the decoded, upright photo) with ``faces`` (FaceData, in
-    the order they are stored) drawn on it."""
-    return annotate_jpeg(
-        rgb,
-        [
-            _Drawn(
-                box_x=f.x,
-                box_y=f.y,
-                box_width=f.width,
-                box_height=f.height,
-                confidence=f.confidence,
-                landmarks=f.landmarks,
-                label=f.label,
-            )
-            for f in faces
-        ],
-    )
+    the order they are stored) drawn on it, from the rows they become: byte for byte the image
+    drawn from the stored rows (the same integers, the same floats)."""
+    return annotate_jpeg(rgb, [face.row() for face in faces])
 
 
 def annotation_store(*, image: Image, rgb: PILImage.Image, faces: Sequence) -> str:

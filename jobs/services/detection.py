@@ -76,6 +76,20 @@ class FaceData:
     landmarks: dict[str, list[float]]
     label: str = FACE
 
+    def row(self, **fields) -> Face:
+        """The unsaved Face row of this detection (``fields``: its image, version and index).
+        The annotation draws from these too, so that it is the image drawn from stored rows."""
+        return Face(
+            box_x=self.x,
+            box_y=self.y,
+            box_width=self.width,
+            box_height=self.height,
+            confidence=self.confidence,
+            landmarks=self.landmarks,
+            label=self.label,
+            **fields,
+        )
+
 
 def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: int | None = None) -> Image | None:
     """Move a job to processing. Returns None when there is no work to do here: the job is
@@ -148,19 +162,7 @@ def image_job_complete(
             # attempt has none to replace (a round trip saved on every job).
             image.faces.all().delete()
         Face.objects.bulk_create(
-            Face(
-                image=image,
-                detector_version_id=image.detector_version_id,
-                index=index,
-                box_x=face.x,
-                box_y=face.y,
-                box_width=face.width,
-                box_height=face.height,
-                confidence=face.confidence,
-                landmarks=face.landmarks,
-                label=face.label,
-            )
-            for index, face in enumerate(faces)
+            face.row(image=image, detector_version_id=image.detector_version_id, index=index) for index, face in enumerate(faces)
         )
         image.status = JobStatus.COMPLETED
         image.model_version = model_version

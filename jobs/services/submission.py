@@ -91,13 +91,7 @@ def image_job_create(
             batch=batch,
         )
     labels = _labels_asked(labels)
-    route = None
-    if model_version:
-        # Asked for by name: no rollout decides, and the job counts in no rollout's figures.
-        version = detector_version_for_job(requested=model_version)
-    else:
-        route = rollout_route(client_id=client.id, cohort=cohort)
-        version = route.version if route is not None else detector_version_for_job(requested=None)
+    version, route = _version_routed(client=client, model_version=model_version, cohort=cohort)
     if size > settings.MAX_UPLOAD_BYTES:
         raise TooLarge(
             "file_too_large",
@@ -170,6 +164,15 @@ def image_job_create(
     return image, created
 
 
+def _version_routed(*, client: ApiClient, model_version: str, cohort: str):
+    """(version, route): the version asked for by name (no rollout decides, and the job counts
+    in no rollout's figures), else the live rollout's choice by cohort, else the active one."""
+    if model_version:
+        return detector_version_for_job(requested=model_version), None
+    route = rollout_route(client_id=client.id, cohort=cohort)
+    return (route.version if route is not None else detector_version_for_job(requested=None)), route
+
+
 def _image_job_create_by_url(
     *,
     client: ApiClient,
@@ -184,12 +187,7 @@ def _image_job_create_by_url(
 ) -> tuple[Image, bool]:
     """image_job_create for a photo by URL: checked, recorded, published; fetched by the worker."""
     labels = _labels_asked(labels)
-    route = None
-    if model_version:
-        version = detector_version_for_job(requested=model_version)
-    else:
-        route = rollout_route(client_id=client.id, cohort=cohort)
-        version = route.version if route is not None else detector_version_for_job(requested=None)
+    version, route = _version_routed(client=client, model_version=model_version, cohort=cohort)
     existing = Image.objects.filter(client=client, request_id=request_id).first()
     if existing is not None and existing.status == JobStatus.DELETED:
         return existing, False
