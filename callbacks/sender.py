@@ -7,6 +7,9 @@ so they hold across processes), hands each claim to the pool, and records each r
 comes back. The pool's threads only POST (callbacks.http.post_signed), so a process keeps one
 database connection however many POSTs are in flight. Woken by its own tasks (a new delivery,
 a redelivery), and every CALLBACK_SENDER_POLL seconds for retries and rows made elsewhere.
+
+A detect worker process runs one that claims nothing (``claims=False``): it only sends the first
+tries its own tasks claimed (send_claimed) and records them; the deliverers' senders do the rest.
 """
 
 import contextvars
@@ -37,8 +40,12 @@ MAX_CONTEXTS = 10_000
 class Sender:
     """Claims, sends and records callback deliveries with up to ``threads`` POSTs in flight."""
 
-    def __init__(self, *, threads: int, poll: float, log_fields: Callable[[int], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, *, threads: int, poll: float, log_fields: Callable[[int], dict[str, Any]] | None = None, claims: bool = True
+    ) -> None:
         self.log_fields = log_fields
+        # False: sends only what its tasks claimed themselves (send_claimed), never queries for due rows.
+        self.claims = claims
         self.threads = max(1, threads)
         self.poll = max(0.05, poll)
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="callback-send")
@@ -121,7 +128,7 @@ class Sender:
                 if self._stop.is_set():
                     if self._in_flight == 0:
                         return
-                elif self._claim_next:
+                elif self._claim_next and self.claims:
                     self._claim_next = False
                     self._claim_and_send()
             except Exception:
@@ -194,12 +201,15 @@ class Sender:
 _sender: Sender | None = None
 
 
-def sender_start(*, log_fields: Callable[[int], dict[str, Any]] | None = None) -> Sender:
+def sender_start(*, log_fields: Callable[[int], dict[str, Any]] | None = None, claims: bool = True) -> Sender:
     """This process's sender, started on first call. ``log_fields(delivery_id)``: the fields of
-    the log line of a try no task asked for (a retry)."""
+    the log line of a try no task asked for (a retry). ``claims``: see Sender (the first call
+    decides)."""
     global _sender
     if _sender is None:
-        _sender = Sender(threads=settings.CALLBACK_MAX_IN_FLIGHT, poll=settings.CALLBACK_SENDER_POLL, log_fields=log_fields).start()
+        _sender = Sender(
+            threads=settings.CALLBACK_MAX_IN_FLIGHT, poll=settings.CALLBACK_SENDER_POLL, log_fields=log_fields, claims=claims
+        ).start()
     return _sender
 
 

@@ -75,6 +75,11 @@ def callback_delivery_create_claimed(
         # Locked as a sender's claim locks it (the host first, then its deliveries), so that the
         # per-host cap counts this try and no sender's claim at once.
         receiver = CallbackHost.objects.select_for_update().filter(host=outbox_row.host).first()
+        if receiver is None:
+            # A receiver never called before: its row made (get_or_create: in a savepoint, as two
+            # jobs to it at once both try), then locked like any other.
+            CallbackHost.objects.get_or_create(host=outbox_row.host)
+            receiver = CallbackHost.objects.select_for_update().filter(host=outbox_row.host).first()
         leased = receiver is not None and receiver.breaker_state(now, settings.CALLBACK_BREAKER_FAILURES) == "closed"
         if leased:
             in_flight = CallbackDelivery.objects.filter(host=outbox_row.host, status=DeliveryStatus.PENDING, sending_until__gt=now).count()
@@ -84,7 +89,7 @@ def callback_delivery_create_claimed(
             outbox_row.attempt_count = 1
             outbox_row.next_attempt_at = outbox_row.sending_until = now + dt.timedelta(seconds=_lease_seconds())
     outbox_row.save(force_insert=True)
-    if not leased:
+    if not claim:
         # In a savepoint: two jobs to a new receiver at once both try to make its row.
         CallbackHost.objects.get_or_create(host=outbox_row.host)
     return outbox_row, (_claim_of(outbox_row) if leased else None)

@@ -302,6 +302,12 @@ CALLBACK_MAX_IN_FLIGHT_PER_HOST = env.int("CALLBACK_MAX_IN_FLIGHT_PER_HOST", def
 # through, which closes the breaker or opens it again. Tries not made do not count as attempts.
 CALLBACK_BREAKER_FAILURES = env.int("CALLBACK_BREAKER_FAILURES", default=5)
 CALLBACK_BREAKER_PAUSE = env.float("CALLBACK_BREAKER_PAUSE", default=60.0)
+# Whether a detect worker sends a finished job's first callback try itself, from a thread of its
+# own (the POST never holds the detection slot), instead of publishing the delivery task to the
+# deliverer: a Celery message, a task and a read of the job fewer per photo. Retries,
+# redeliveries and tries whose receiver is at its cap stay with the deliverer. Turn it off where
+# the detection hosts have no way out to the receivers (only the deliverers do).
+DETECT_SENDS_CALLBACKS = env.bool("DETECT_SENDS_CALLBACKS", default=True)
 # How often each delivery worker process looks for due deliveries (retries, and deliveries
 # made elsewhere) besides being woken by its own tasks.
 CALLBACK_SENDER_POLL = env.float("CALLBACK_SENDER_POLL", default=0.5)

@@ -1,6 +1,7 @@
 """The callback sender (callbacks.sender) in the processes of a worker on the delivery queue:
 started in each pool process, or by the first delivery task a process runs, and stopped with it
-(connected in workers/signals.py)."""
+(connected in workers/signals.py). A detection-only worker's processes run one that claims
+nothing (DETECT_SENDS_CALLBACKS): it sends the first try of the jobs they finish."""
 
 import logging
 
@@ -22,11 +23,14 @@ def note_queues(sender) -> None:
     _delivers = settings.CELERY_QUEUE_DELIVER in queues
 
 
-def child_start() -> None:
-    """In a new pool process of a delivering worker: its sender, at once."""
+def child_start(*, detects: bool) -> None:
+    """In a new pool process of a delivering worker: its sender, at once. In one that only
+    detects: one that sends its own jobs' first tries, when DETECT_SENDS_CALLBACKS."""
     # At once, not at the first task: retries due after a restart go out without waiting for one.
     if _delivers:
         sender()
+    elif detects and settings.DETECT_SENDS_CALLBACKS:
+        sender_start(log_fields=_log_fields, claims=False)
 
 
 def child_stop() -> None:
@@ -36,7 +40,11 @@ def child_stop() -> None:
 
 def sender() -> Sender:
     """This process's running sender."""
-    return sender_start(log_fields=lambda delivery_id: job_log_context_for(delivery_id=delivery_id))
+    return sender_start(log_fields=_log_fields)
+
+
+def _log_fields(delivery_id: int) -> dict:
+    return job_log_context_for(delivery_id=delivery_id)
 
 
 def sender_with_free_thread() -> Sender | None:

@@ -31,7 +31,7 @@ def _before_fork(sender=None, **_: object) -> None:
 def _child_start(**_: object) -> None:
     metrics_server.metrics_reap_dead()
     detects = process.child_load_detector()
-    sending.child_start()
+    sending.child_start(detects=detects)
     if detects:
         prewarm.prewarm_start()
 

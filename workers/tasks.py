@@ -177,7 +177,36 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
             _retry(self, exc, **({"attempt": attempt} if attempt is not None else {}))
     # Only now that the job is over do its shadow runs (rollouts) go out: the client's job first.
     services.image_job_shadows_enqueue(image_id=job_id)
+    if _deliver_here(job_id):
+        # Its first callback try is on its way from this process: the chained delivery task
+        # (published by Celery after this returns, from the request's chain) has nothing to do.
+        self.request.chain = None
     return image_id
+
+
+def _deliver_here(job_id: uuid.UUID) -> bool:
+    """The finished job's callback from this process (DETECT_SENDS_CALLBACKS): its delivery made
+    with its first try's lease and that try handed to a free thread of this process's sender,
+    which POSTs and records it while this slot detects the next photo. True when nothing is left
+    for the chained delivery task; False (it then runs as before) when this process has no free
+    sending thread, the job needs its drawing, its receiver is at its cap, or anything failed."""
+    if not settings.DETECT_SENDS_CALLBACKS:
+        return False
+    sender = sending.sender_with_free_thread()
+    if sender is None:
+        return False
+    done, claim = False, None
+    try:
+        done, claim = services.image_job_callback_handoff(image_id=job_id)
+    except Exception as exc:
+        # The delivery task, with its retries, makes it instead (a row made here is reused).
+        logger.warning("job %s: could not make its callback delivery here (%s); the delivery task will", job_id, exc)
+    finally:
+        if claim is None:
+            sender.release()
+    if claim is not None:
+        sender.send_claimed(claim)
+    return done
 
 
 @shared_task(bind=True, max_retries=None, ignore_result=True)

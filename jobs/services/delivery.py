@@ -79,21 +79,40 @@ def image_job_callback_delivery_claimed(*, image_id: uuid.UUID, claim: bool = Tr
     made now (callbacks.services.callback_delivery_create_claimed: the caller sends it at once;
     None when it is not made now or its receiver must wait its turn)."""
     with transaction.atomic():
+        return _callback_delivery_claimed(Image.objects.select_for_update().get(id=image_id), claim=claim)
+
+
+def image_job_callback_handoff(*, image_id: uuid.UUID) -> tuple[bool, Claim | None]:
+    """For the detect task that finished the job, holding a free thread of its process's sender
+    (DETECT_SENDS_CALLBACKS): the job's delivery made with its first try's lease, as the
+    delivery task would make it. Returns (done, claim): ``done`` when nothing is left for the
+    delivery task (nothing to call back, or ``claim`` is the caller's to send). Not done: the job
+    is completed without its annotated image (the delivery task draws it first), its delivery
+    existed already, or its receiver must wait its turn; the delivery task then does as before."""
+    with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
-        # An erased job calls back nothing: its pending deliveries were cancelled (docs/security.md).
-        if not image.callback_url or image.status not in TERMINAL_STATUSES or image.status == JobStatus.DELETED:
-            return None, None
-        # The locked row is the one rendered: its detections and deliveries read once, here.
-        prefetch_related_objects([image], *JOB_PREFETCH)
-        existing = min(image.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
-        if existing is not None:
-            return existing, None
-        return callback_delivery_create_claimed(
-            image_id=image.id,
-            url=image.callback_url,
-            render=lambda delivery: image_representation(image, delivery=delivery),
-            claim=claim,
-        )
+        if image.status == JobStatus.COMPLETED and not image.annotated_key:
+            return False, None
+        outbox_row, claim = _callback_delivery_claimed(image, claim=True)
+        return outbox_row is None or claim is not None, claim
+
+
+def _callback_delivery_claimed(image: Image, *, claim: bool) -> tuple[CallbackDelivery | None, Claim | None]:
+    # ``image``: locked by the caller's transaction.
+    # An erased job calls back nothing: its pending deliveries were cancelled (docs/security.md).
+    if not image.callback_url or image.status not in TERMINAL_STATUSES or image.status == JobStatus.DELETED:
+        return None, None
+    # The locked row is the one rendered: its detections and deliveries read once, here.
+    prefetch_related_objects([image], *JOB_PREFETCH)
+    existing = min(image.deliveries.all(), key=lambda d: (d.created_at, d.id), default=None)
+    if existing is not None:
+        return existing, None
+    return callback_delivery_create_claimed(
+        image_id=image.id,
+        url=image.callback_url,
+        render=lambda delivery: image_representation(image, delivery=delivery),
+        claim=claim,
+    )
 
 
 def image_job_redeliver(*, image_id: uuid.UUID) -> CallbackDelivery:

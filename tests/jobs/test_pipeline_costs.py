@@ -139,3 +139,66 @@ def test_the_deliver_task_hands_its_leased_try_to_the_running_sender(job, receiv
     row = CallbackDelivery.objects.get(image_id=job.id)
     assert row.status == "delivered" and row.attempt_count == 1 and row.attempts.count() == 1
     assert sender.in_flight == 0
+
+
+def _wait_delivered(job_id, timeout: float = 10) -> CallbackDelivery:
+    deadline = time.monotonic() + timeout
+    while CallbackDelivery.objects.get(image_id=job_id).status == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return CallbackDelivery.objects.get(image_id=job_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_detect_task_sends_its_callback_itself_and_drops_the_chained_delivery(job, receiver, monkeypatch):
+    """A detect process's sender (claims nothing of its own): the task that finished the job
+    makes its delivery leased and hands the try to a sender thread; the chain's delivery task,
+    which would only have found that row, is dropped from the request."""
+    from workers.tasks import detect_faces
+
+    monkeypatch.setattr("callbacks.sender.callback_deliveries_claim", lambda **_: pytest.fail("a detect process's sender claims nothing"))
+    CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
+    sender = sender_start(claims=False)
+    detect_faces.push_request(chain=[{"task": services.DELIVER_RESULT_TASK, "args": [str(job.id)]}], retries=0)
+    try:
+        assert detect_faces.run(str(job.id)) == str(job.id)
+        assert detect_faces.request.chain is None
+        assert len(receiver.wait(1, timeout=10)) == 1
+        row = _wait_delivered(job.id)
+    finally:
+        detect_faces.pop_request()
+        sender_stop()
+    assert row.status == "delivered" and row.attempt_count == 1 and row.attempts.count() == 1
+    assert sender.in_flight == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("case", ["no sender", "turned off", "no drawing", "receiver at its cap"])
+def test_the_chained_delivery_stays_when_the_detect_task_cannot_send(job, receiver, monkeypatch, settings, case):
+    """Whatever stops the detect task from sending, the chain's delivery task stays in the
+    request (it draws, waits its receiver's turn or sends, as before) and no thread stays held."""
+    from workers.tasks import detect_faces
+
+    CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
+    if case == "turned off":
+        settings.DETECT_SENDS_CALLBACKS = False
+    if case == "no drawing":
+        monkeypatch.setattr("jobs.services.detection.annotation_store", lambda **_: "")
+    if case == "receiver at its cap":
+        settings.CALLBACK_MAX_IN_FLIGHT_PER_HOST = 0
+    sender = sender_start(claims=False) if case != "no sender" else None
+    chain = [{"task": services.DELIVER_RESULT_TASK, "args": [str(job.id)]}]
+    detect_faces.push_request(chain=chain, retries=0)
+    try:
+        detect_faces.run(str(job.id))
+        assert detect_faces.request.chain == chain
+    finally:
+        detect_faces.pop_request()
+        if sender is not None:
+            assert sender.in_flight == 0
+            sender_stop()
+    job.refresh_from_db()
+    assert job.status == "completed"
+    rows = list(CallbackDelivery.objects.filter(image_id=job.id))
+    # Made and left pending for the deliverer only when its receiver must wait its turn.
+    assert [(r.status, r.attempt_count) for r in rows] == ([("pending", 0)] if case == "receiver at its cap" else [])
+    assert receiver.received.empty()
