@@ -137,10 +137,46 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     # The job's fields on this task's log lines (its scope: workers/tasklogs.py); the header's
     # request id, when there is one, wins over the row's. A best effort: the database may be gone.
     log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    handoff = _CallbackHandoff()
+    try:
+        _detect_faces(self, job_id, attempt, handoff)
+        if handoff.sent or _deliver_here(job_id, handoff):
+            # Its first callback try is on its way from this process: the chained delivery task
+            # (published by Celery after this returns, from the request's chain) has nothing to do.
+            self.request.chain = None
+    finally:
+        handoff.close()
+    return image_id
+
+
+class _CallbackHandoff:
+    """A free thread of this process's sender, held for the job's first callback try while the
+    job is detected (DETECT_SENDS_CALLBACKS): the try is leased when its delivery is made, so the
+    thread must be there before. None held: the chained delivery task does it, as before."""
+
+    def __init__(self) -> None:
+        self.sender = sending.sender_with_free_thread() if settings.DETECT_SENDS_CALLBACKS else None
+        self.sent = False
+
+    def send(self, claim) -> None:
+        self.sender.send_claimed(claim)
+        self.sent = True
+
+    def close(self) -> None:
+        if self.sender is not None and not self.sent:
+            self.sender.release()
+        self.sender = None
+
+
+def _detect_faces(task, job_id: uuid.UUID, attempt: int | None, handoff: _CallbackHandoff) -> None:
+    image_id = str(job_id)
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     try:
         try:
-            services.image_job_detect(image_id=job_id, redelivered=redelivered, attempt=attempt)
+            # With a thread held, the completion makes the callback delivery leased and hands
+            # its try over.
+            handing = {"callback_claimed": handoff.send} if handoff.sender is not None else {}
+            services.image_job_detect(image_id=job_id, redelivered=redelivered, attempt=attempt, **handing)
         except ObjectNotFound:
             services.image_job_fail(image_id=job_id, code="original_missing", message="The uploaded image is gone from storage.")
         except SoftTimeLimitExceeded:
@@ -155,18 +191,18 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
         # The cause, and the attempt this task ran as when it had started the job.
         exc = caught.__cause__ if isinstance(caught, services.JobInterrupted) else caught
         attempt = caught.attempt if isinstance(caught, services.JobInterrupted) else attempt
-        if self.request.retries >= settings.JOB_MAX_RETRIES:
-            logger.error("job %s: transient error persisted through %d retries; failing it", image_id, self.request.retries, exc_info=exc)
+        if task.request.retries >= settings.JOB_MAX_RETRIES:
+            logger.error("job %s: transient error persisted through %d retries; failing it", image_id, task.request.retries, exc_info=exc)
             # Failed (its shadow runs and its callback follow, below and in the chain), or
             # dead-lettered (Ignore: the task ends here).
             _give_up(
-                self,
+                task,
                 exc,
                 _job_fail(job_id, "dependency_unavailable", services.JOB_ERROR_MESSAGES["dependency_unavailable"]),
                 **({"attempt": attempt} if attempt is not None else {}),
             )
         else:
-            logger.warning("job %s: transient error, retry %d: %s", image_id, self.request.retries + 1, exc)
+            logger.warning("job %s: transient error, retry %d: %s", image_id, task.request.retries + 1, exc)
             try:
                 services.image_job_requeue(image_id=job_id)
             except DATABASE_ERRORS:
@@ -174,26 +210,19 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
                 logger.warning("job %s: could not put it back to queued (database unavailable); the retry resumes it", image_id)
             # Only a retry that resumes a started attempt says so: the first message's arguments
             # stay what they were.
-            _retry(self, exc, **({"attempt": attempt} if attempt is not None else {}))
+            _retry(task, exc, **({"attempt": attempt} if attempt is not None else {}))
     # Only now that the job is over do its shadow runs (rollouts) go out: the client's job first.
     services.image_job_shadows_enqueue(image_id=job_id)
-    if _deliver_here(job_id):
-        # Its first callback try is on its way from this process: the chained delivery task
-        # (published by Celery after this returns, from the request's chain) has nothing to do.
-        self.request.chain = None
-    return image_id
 
 
-def _deliver_here(job_id: uuid.UUID) -> bool:
-    """The finished job's callback from this process (DETECT_SENDS_CALLBACKS): its delivery made
-    with its first try's lease and that try handed to a free thread of this process's sender,
-    which POSTs and records it while this slot detects the next photo. True when nothing is left
-    for the chained delivery task; False (it then runs as before) when this process has no free
-    sending thread, the job needs its drawing, its receiver is at its cap, or anything failed."""
-    if not settings.DETECT_SENDS_CALLBACKS:
-        return False
-    sender = sending.sender_with_free_thread()
-    if sender is None:
+def _deliver_here(job_id: uuid.UUID, handoff: _CallbackHandoff) -> bool:
+    """The callback of a job that ended without a completion of this task (failed, canceled,
+    expired, or finished by another copy) from this process, on the thread ``handoff`` holds:
+    its delivery made with its first try's lease, that try handed to the thread, which POSTs and
+    records it while this slot detects the next photo. True when nothing is left for the
+    chained delivery task; False (it then runs as before) when no thread is held, the job needs
+    its drawing, its delivery existed, its receiver is at its cap, or anything failed."""
+    if handoff.sender is None:
         return False
     done, claim = False, None
     try:
@@ -201,11 +230,8 @@ def _deliver_here(job_id: uuid.UUID) -> bool:
     except Exception as exc:
         # The delivery task, with its retries, makes it instead (a row made here is reused).
         logger.warning("job %s: could not make its callback delivery here (%s); the delivery task will", job_id, exc)
-    finally:
-        if claim is None:
-            sender.release()
     if claim is not None:
-        sender.send_claimed(claim)
+        handoff.send(claim)
     return done
 
 

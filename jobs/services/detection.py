@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -18,6 +18,7 @@ from django.db import (
 )
 from django.utils import timezone
 
+from callbacks.services import Claim, callback_delivery_create_claimed
 from core import metrics
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.base import ArtifactInvalid
@@ -31,6 +32,7 @@ from registry.services import detector_spec
 from storage import s3 as storage
 
 from ..imaging import ImageRejected, image_decode_rgb
+from ..representation import image_representation
 from ..models import (
     TERMINAL_STATUSES,
     Face,
@@ -146,12 +148,20 @@ def image_job_complete(
     detector_cold: bool = False,
     detection_cpu_ms: int | None = None,
     annotated_key: str = "",
+    callback_claimed: Callable[[Claim], None] | None = None,
 ) -> bool:
     """Record the detections of a processing job (each marked with the job's detector version
     and its label), replacing any from an earlier attempt, and mark it completed, with how many
     are faces, how long the detector took, whether it was loaded for this job and the key of its
     annotated image when one was stored already. Returns False (and changes nothing) if the job
-    is not processing."""
+    is not processing.
+
+    ``callback_claimed``: given by a detect task that holds a free sending thread. A job with a
+    callback_url and its annotated image then gets its callback delivery in the same transaction,
+    leased for its first try (the body rendered from the rows written here, as the delivery task
+    would render them after reading them back), and the Claim is handed to ``callback_claimed``
+    once committed. A processing job has no delivery yet (deliveries are made for finished jobs
+    only), so none is made twice."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         if image.status != JobStatus.PROCESSING:
@@ -161,8 +171,8 @@ def image_job_complete(
             # Detections are written only with the completion, in this transaction: a first
             # attempt has none to replace (a round trip saved on every job).
             image.faces.all().delete()
-        Face.objects.bulk_create(
-            face.row(image=image, detector_version_id=image.detector_version_id, index=index) for index, face in enumerate(faces)
+        rows = Face.objects.bulk_create(
+            [face.row(image=image, detector_version_id=image.detector_version_id, index=index) for index, face in enumerate(faces)]
         )
         image.status = JobStatus.COMPLETED
         image.model_version = model_version
@@ -177,7 +187,27 @@ def image_job_complete(
         image.save()
         transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
         job_ended(image)
+        if callback_claimed is not None and image.callback_url and image.annotated_key:
+            claim = _callback_delivery_with_completion(image, rows)
+            if claim is not None:
+                transaction.on_commit(lambda: callback_claimed(claim))
         return True
+
+
+def _callback_delivery_with_completion(image: Image, faces: list[Face]) -> Claim | None:
+    # The job's rows as written (its detections; no deliveries yet: it was processing), rendered
+    # as jobs.services.delivery renders the row it reads back. None: its receiver waits its turn.
+    image._prefetched_objects_cache = {"faces": faces, "deliveries": []}
+    try:
+        _, claim = callback_delivery_create_claimed(
+            image_id=image.id,
+            url=image.callback_url,
+            render=lambda delivery: image_representation(image, delivery=delivery),
+            claim=True,
+        )
+    finally:
+        image._prefetched_objects_cache = {}
+    return claim
 
 
 def _fail(image: Image, code: str, message: str) -> None:
@@ -265,26 +295,32 @@ JOB_ERROR_MESSAGES = {
 }
 
 
-def image_job_detect(*, image_id: uuid.UUID, redelivered: bool = False, attempt: int | None = None) -> None:
+def image_job_detect(
+    *,
+    image_id: uuid.UUID,
+    redelivered: bool = False,
+    attempt: int | None = None,
+    callback_claimed: Callable[[Claim], None] | None = None,
+) -> None:
     """Run detection for a job: load the photo, orient it, detect, store the faces.
 
     Permanent problems (an undecodable photo, a detector that cannot load) fail the job at once.
     Transient ones (storage.StorageError, database errors) propagate for the task to retry: as
     they are before the job was started, as JobInterrupted (caused by them) after it.
-    ``attempt``: see image_job_start.
+    ``attempt``: see image_job_start. ``callback_claimed``: see image_job_complete.
     """
     image = image_job_start(image_id=image_id, redelivered=redelivered, attempt=attempt)
     if image is None:
         return
     try:
-        _image_job_detect_started(image)
+        _image_job_detect_started(image, callback_claimed=callback_claimed)
     except storage.ObjectNotFound:
         raise
     except (storage.StorageError, OperationalError, InterfaceError) as exc:
         raise JobInterrupted(attempt=image.attempts) from exc
 
 
-def _image_job_detect_started(image: Image) -> None:
+def _image_job_detect_started(image: Image, *, callback_claimed: Callable[[Claim], None] | None) -> None:
     try:
         # A job submitted by URL: its photo is fetched and stored first (once; a retry after
         # it is stored goes straight on).
@@ -326,6 +362,7 @@ def _image_job_detect_started(image: Image) -> None:
             detector_cold=found.cold,
             detection_cpu_ms=found.cpu_ms,
             annotated_key=annotated_key,
+            callback_claimed=callback_claimed,
         )
     except Exception:
         # The database away, say: the task is retried and draws again; should the job end

@@ -202,3 +202,39 @@ def test_the_chained_delivery_stays_when_the_detect_task_cannot_send(job, receiv
     # Made and left pending for the deliverer only when its receiver must wait its turn.
     assert [(r.status, r.attempt_count) for r in rows] == ([("pending", 0)] if case == "receiver at its cap" else [])
     assert receiver.received.empty()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_completion_makes_its_callback_leased_with_the_body_the_delivery_task_would_render(job, receiver):
+    """With a sending thread held, the completion writes the job's delivery in its own
+    transaction, leased for the first try, and hands the claim over only once committed; the
+    body is the one rendered from the rows read back (as the delivery task renders it)."""
+    import json
+
+    from callbacks.models import CallbackDelivery as Delivery
+    from jobs.representation import image_representation
+    from jobs.selectors import JOB_PREFETCH
+
+    CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
+    claims = []
+    services.image_job_detect(image_id=job.id, callback_claimed=claims.append)
+    row = CallbackDelivery.objects.get(image_id=job.id)
+    assert [c.delivery_id for c in claims] == [row.id] and claims[0].number == 1
+    assert row.status == "pending" and row.attempt_count == 1 and row.sending_until is not None
+    reread = Image.objects.prefetch_related(*JOB_PREFETCH).get(id=job.id)
+    assert reread.face_count == 1
+    unsaved = Delivery(image_id=job.id, webhook_id=row.webhook_id, url=row.url)
+    assert json.loads(row.body) == image_representation(reread, delivery=unsaved)
+    assert json.loads(claims[0].body) == json.loads(row.body)
+
+
+@pytest.mark.django_db
+def test_a_completion_with_its_callback_takes_eight_statements(job, receiver):
+    """The detect task's five, and the receiver locked, its tries in flight counted and the
+    delivery written, in the completion's transaction: no second read of the job or its rows."""
+    CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
+    with CaptureQueriesContext(connection) as captured:
+        services.image_job_detect(image_id=job.id, callback_claimed=lambda claim: None)
+    sql = statements(captured)
+    assert len(sql) == 8, sql
+    assert CallbackDelivery.objects.get(image_id=job.id).attempt_count == 1
