@@ -92,7 +92,8 @@ def callback_delivery_create_claimed(
     if not claim:
         # In a savepoint: two jobs to a new receiver at once both try to make its row.
         CallbackHost.objects.get_or_create(host=outbox_row.host)
-    return outbox_row, (_claim_of(outbox_row) if leased else None)
+    # A job's delivery claimed as it is made is its first (a redelivery is made unclaimed).
+    return outbox_row, (_claim_of(outbox_row, first_of_job=image_id is not None) if leased else None)
 
 
 def alert_delivery_create(*, url: str, body: bytes, webhook_id: str, subject: str) -> CallbackDelivery:
@@ -166,6 +167,9 @@ class Claim:
     host: str
     # Whether the URL is held to the public-address policy: a client's is, an operator's is not.
     check_policy: bool = True
+    # Whether this is the first delivery of its job (known when the row is made with its claim;
+    # None: not known, the record looks it up).
+    first_of_job: bool | None = None
 
 
 def _claim(outbox_row: CallbackDelivery, now: dt.datetime) -> Claim:
@@ -177,7 +181,7 @@ def _claim(outbox_row: CallbackDelivery, now: dt.datetime) -> Claim:
     return _claim_of(outbox_row)
 
 
-def _claim_of(outbox_row: CallbackDelivery) -> Claim:
+def _claim_of(outbox_row: CallbackDelivery, *, first_of_job: bool | None = None) -> Claim:
     return Claim(
         delivery_id=outbox_row.id,
         url=outbox_row.url,
@@ -186,6 +190,7 @@ def _claim_of(outbox_row: CallbackDelivery) -> Claim:
         number=outbox_row.attempt_count,
         host=outbox_row.host or host_of(outbox_row.url),
         check_policy=outbox_row.kind != DeliveryKind.ALERT,
+        first_of_job=first_of_job,
     )
 
 
@@ -317,14 +322,17 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
             delivery.next_attempt_at = None
         else:
             delivery.next_attempt_at = timezone.now() + dt.timedelta(seconds=next_delay)
-        delivery.save()
+        # Not the body (kilobytes, never changed after it is made).
+        delivery.save(
+            update_fields=["last_status_code", "last_error", "sending_until", "status", "finished_at", "next_attempt_at"]
+        )
     # Apart from the delivery's transaction: claims lock the host first, then its deliveries.
     if not result.refused:
         _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error)
     if delivery.kind == DeliveryKind.ALERT:
         _alert_logged(delivery, number=number, code=code, error=result.error, next_delay=next_delay)
         return next_delay
-    _attempt_counted(delivery, refused=result.refused, retried=next_delay is not None)
+    _attempt_counted(delivery, refused=result.refused, retried=next_delay is not None, first=claim.first_of_job)
 
     logger.log(
         logging.INFO if delivered else logging.WARNING,
@@ -389,7 +397,7 @@ def _breaker_record(host: str, *, failed: bool, error: str) -> None:
         receiver.save()
 
 
-def _attempt_counted(delivery: CallbackDelivery, *, refused: bool, retried: bool) -> None:
+def _attempt_counted(delivery: CallbackDelivery, *, refused: bool, retried: bool, first: bool | None = None) -> None:
     """The attempt's outcome in the metrics; a job's first delivered callback also adds the
     job's whole time (accepted to delivered). A redelivery an operator asks for days later is
     not the job's time, so it is left out."""
@@ -402,7 +410,7 @@ def _attempt_counted(delivery: CallbackDelivery, *, refused: bool, retried: bool
     first = (
         outcome == "delivered"
         and delivery.image_id is not None
-        and not CallbackDelivery.objects.filter(image_id=delivery.image_id, id__lt=delivery.id).exists()
+        and (first if first is not None else not CallbackDelivery.objects.filter(image_id=delivery.image_id, id__lt=delivery.id).exists())
     )
     metrics.callback_attempted(outcome=outcome, job=delivery.image if first else None, delivered_at=delivery.finished_at)
 

@@ -1,6 +1,7 @@
 """Admin base classes shared by the domain apps' admins."""
 
 from django.contrib import admin
+from django.db import models
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -24,3 +25,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        # A URL field's form (built for the view page, never submitted here) takes Django 6's
+        # default scheme now, instead of warning on every page that the default will change.
+        if isinstance(db_field, models.URLField):
+            kwargs.setdefault("assume_scheme", "https")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)

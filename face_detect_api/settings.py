@@ -135,6 +135,9 @@ REST_FRAMEWORK = {
 API_RATE_LIMIT = env("API_RATE_LIMIT", default="600/minute")
 API_UPLOAD_RATE_LIMIT = env("API_UPLOAD_RATE_LIMIT", default="120/minute")
 CACHES = {"default": env.cache("CACHE_URL", default="redis://127.0.0.1:6379/1")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same cache, without a new client object per call (core/cache.py).
+    CACHES["default"]["BACKEND"] = "core.cache.SharedClientRedisCache"
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "face_detect_api",

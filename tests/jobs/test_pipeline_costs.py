@@ -238,3 +238,26 @@ def test_a_completion_with_its_callback_takes_eight_statements(job, receiver):
     sql = statements(captured)
     assert len(sql) == 8, sql
     assert CallbackDelivery.objects.get(image_id=job.id).attempt_count == 1
+
+
+@pytest.mark.django_db
+def test_recording_the_first_try_of_a_claim_made_with_its_row_takes_four_statements(
+    job, receiver, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A claim made with its job's delivery knows it is the job's first: no query for that. The
+    job's whole time is still counted once, as for any first delivered callback."""
+    from core import metrics
+
+    CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
+    claims = []
+    with django_capture_on_commit_callbacks(execute=True):
+        services.image_job_detect(image_id=job.id, callback_claimed=claims.append)
+    assert len(claims) == 1 and claims[0].first_of_job is True
+    result = outbox.post_signed(claims[0].url, claims[0].body, webhook_id=claims[0].webhook_id)
+    counted = []
+    original = metrics.callback_attempted
+    monkeypatch.setattr(metrics, "callback_attempted", lambda **kw: counted.append(kw) or original(**kw))
+    with CaptureQueriesContext(connection) as captured:
+        outbox.callback_delivery_record(claim=claims[0], result=result)
+    assert len(statements(captured)) == 4, statements(captured)
+    assert counted[0]["outcome"] == "delivered" and counted[0]["job"].id == job.id
