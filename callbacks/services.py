@@ -323,9 +323,7 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
         else:
             delivery.next_attempt_at = timezone.now() + dt.timedelta(seconds=next_delay)
         # Not the body (kilobytes, never changed after it is made).
-        delivery.save(
-            update_fields=["last_status_code", "last_error", "sending_until", "status", "finished_at", "next_attempt_at"]
-        )
+        delivery.save(update_fields=["last_status_code", "last_error", "sending_until", "status", "finished_at", "next_attempt_at"])
     # Apart from the delivery's transaction: claims lock the host first, then its deliveries.
     if not result.refused:
         _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error)

@@ -32,13 +32,13 @@ from registry.services import detector_spec
 from storage import s3 as storage
 
 from ..imaging import ImageRejected, image_decode_rgb
-from ..representation import image_representation
 from ..models import (
     TERMINAL_STATUSES,
     Face,
     Image,
     JobStatus,
 )
+from ..representation import image_representation
 from .annotation import annotation_discard, annotation_store
 from .fetching import FetchFailed, image_job_fetch
 from .lifecycle import image_job_expire_if_due, job_ended, shadow_runs_abandon
@@ -197,14 +197,20 @@ def image_job_complete(
 def _callback_delivery_with_completion(image: Image, faces: list[Face]) -> Claim | None:
     # The job's rows as written (its detections; no deliveries yet: it was processing), rendered
     # as jobs.services.delivery renders the row it reads back. None: its receiver waits its turn.
+    # In a savepoint: should it fail, the job still completes, and the chained delivery task
+    # (left in place: no claim was handed over) makes the delivery as before.
     image._prefetched_objects_cache = {"faces": faces, "deliveries": []}
     try:
-        _, claim = callback_delivery_create_claimed(
-            image_id=image.id,
-            url=image.callback_url,
-            render=lambda delivery: image_representation(image, delivery=delivery),
-            claim=True,
-        )
+        with transaction.atomic():
+            _, claim = callback_delivery_create_claimed(
+                image_id=image.id,
+                url=image.callback_url,
+                render=lambda delivery: image_representation(image, delivery=delivery),
+                claim=True,
+            )
+    except Exception:
+        logger.exception("job %s: could not make its callback delivery with the completion; the delivery task will", image.id)
+        claim = None
     finally:
         image._prefetched_objects_cache = {}
     return claim

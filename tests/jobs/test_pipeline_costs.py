@@ -261,3 +261,21 @@ def test_recording_the_first_try_of_a_claim_made_with_its_row_takes_four_stateme
         outbox.callback_delivery_record(claim=claims[0], result=result)
     assert len(statements(captured)) == 4, statements(captured)
     assert counted[0]["outcome"] == "delivered" and counted[0]["job"].id == job.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_callback_that_cannot_be_made_with_the_completion_never_stops_the_job_completing(job, receiver, monkeypatch):
+    """Its savepoint is rolled back, the job completes with its detections, no claim is handed
+    over and no row is left: the delivery task (the chain, left in place) makes it as before."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr("jobs.services.detection.image_representation", broken)
+    claims = []
+    services.image_job_detect(image_id=job.id, callback_claimed=claims.append)
+    job.refresh_from_db()
+    assert job.status == "completed" and job.faces.count() == 1 and job.annotated_key
+    assert claims == [] and not CallbackDelivery.objects.filter(image_id=job.id).exists()
+    row, claim = services.image_job_callback_delivery_claimed(image_id=job.id)
+    assert row is not None and claim is not None
