@@ -17,7 +17,7 @@ from django.utils import timezone
 from kombu import Exchange, Queue
 
 from callbacks import services as delivery
-from core.logging import log_context_add
+from core.logging import log_context_add, log_context_get
 from jobs import retention, services, stats
 from jobs.logcontext import job_log_context_for
 from registry import services as registry
@@ -134,12 +134,15 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
     delivery runs for failed jobs too. ``attempt``: set by this task's own retry (see
     jobs.services.image_job_start)."""
     job_id = uuid.UUID(image_id)
-    # The job's fields on this task's log lines (its scope: workers/tasklogs.py); the header's
-    # request id, when there is one, wins over the row's. A best effort: the database may be gone.
-    log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
+    # The job's fields on this task's log lines (its scope: workers/tasklogs.py) are added by the
+    # job's start, from the row it reads (the header's request id, when there is one, wins over
+    # the row's); a job the start did not read gets them below, for the delivery's lines.
     handoff = _CallbackHandoff()
     try:
         _detect_faces(self, job_id, attempt, handoff)
+        if log_context_get("job_id") is None:
+            # A best effort: the database may be gone.
+            log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
         if handoff.sent or _deliver_here(job_id, handoff):
             # Its first callback try is on its way from this process: the chained delivery task
             # (published by Celery after this returns, from the request's chain) has nothing to do.

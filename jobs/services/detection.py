@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from callbacks.services import Claim, callback_delivery_create_claimed
 from core import metrics
+from core.logging import log_context_add
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.base import ArtifactInvalid
 
@@ -32,6 +33,7 @@ from registry.services import detector_spec
 from storage import s3 as storage
 
 from ..imaging import ImageRejected, image_decode_rgb
+from ..logcontext import job_log_context
 from ..models import (
     TERMINAL_STATUSES,
     Face,
@@ -108,6 +110,9 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: 
         if image is None:
             logger.warning("job %s does not exist; skipping", image_id)
             return None
+        # The job's fields on the running task's log lines from here on, from the row read here
+        # (no query of their own; outside a task's or request's scope this adds nothing).
+        log_context_add(keep_existing=True, **job_log_context(image))
         if image.status in TERMINAL_STATUSES:
             # Canceled or expired ones included: their callback is the chained delivery's.
             logger.info("job %s is already %s; skipping", image_id, image.status)

@@ -279,3 +279,32 @@ def test_a_callback_that_cannot_be_made_with_the_completion_never_stops_the_job_
     assert claims == [] and not CallbackDelivery.objects.filter(image_id=job.id).exists()
     row, claim = services.image_job_callback_delivery_claimed(image_id=job.id)
     assert row is not None and claim is not None
+
+
+@pytest.mark.django_db
+def test_the_detect_task_reads_no_row_for_its_log_fields(job):
+    """The job's start adds the job's log fields from the row it locks: the task's statements
+    are the detection's five and the shadow-run check, and its lines carry the job's fields."""
+    import logging
+
+    from core.logging import log_context_fields
+    from workers.tasks import detect_faces
+
+    seen = []
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            seen.append((record.getMessage(), log_context_fields()))
+
+    spy = Spy(level=logging.INFO)
+    logging.getLogger("jobs.services.detection").addHandler(spy)
+    try:
+        with CaptureQueriesContext(connection) as captured:
+            result = detect_faces.apply(args=[str(job.id)])
+    finally:
+        logging.getLogger("jobs.services.detection").removeHandler(spy)
+    assert result.successful(), result.traceback
+    sql = statements(captured)
+    assert len(sql) == 6, sql
+    detected = [fields for message, fields in seen if " kept) with " in message]
+    assert detected and detected[0]["job_id"] == str(job.id) and detected[0]["request_id"] == "costs"
