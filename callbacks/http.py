@@ -38,7 +38,6 @@ class _Attempt(SocketDeadline):
     def __init__(self, *, check_peer: bool, seconds: float) -> None:
         super().__init__(seconds)
         self.check_peer = check_peer
-        self.seconds = seconds
 
     def __enter__(self) -> "_Attempt":
         _current.attempt = self

@@ -143,7 +143,7 @@ def detect_faces(self, image_id: str, attempt: int | None = None) -> str:
         if log_context_get("job_id") is None:
             # A best effort: the database may be gone.
             log_context_add(keep_existing=True, **job_log_context_for(image_id=job_id))
-        if handoff.sent or _deliver_here(job_id, handoff):
+        if handoff.settled or _deliver_here(job_id, handoff):
             # Its first callback try is on its way from this process: the chained delivery task
             # (published by Celery after this returns, from the request's chain) has nothing to do.
             self.request.chain = None
@@ -159,11 +159,15 @@ class _CallbackHandoff:
 
     def __init__(self) -> None:
         self.sender = sending.sender_with_free_thread() if settings.DETECT_SENDS_CALLBACKS else None
-        self.sent = False
+        # settled: nothing is left for the chained delivery task (sent, or nothing to send).
+        self.sent = self.settled = False
 
     def send(self, claim) -> None:
-        self.sender.send_claimed(claim)
-        self.sent = True
+        """The job's callback settled: ``claim`` to send on the held thread, or None (none to send)."""
+        self.settled = True
+        if claim is not None:
+            self.sender.send_claimed(claim)
+            self.sent = True
 
     def close(self) -> None:
         if self.sender is not None and not self.sent:
@@ -233,7 +237,7 @@ def _deliver_here(job_id: uuid.UUID, handoff: _CallbackHandoff) -> bool:
     except Exception as exc:
         # The delivery task, with its retries, makes it instead (a row made here is reused).
         logger.warning("job %s: could not make its callback delivery here (%s); the delivery task will", job_id, exc)
-    if claim is not None:
+    if done:
         handoff.send(claim)
     return done
 

@@ -165,8 +165,10 @@ def image_job_complete(
     callback_url and its annotated image then gets its callback delivery in the same transaction,
     leased for its first try (the body rendered from the rows written here, as the delivery task
     would render them after reading them back), and the Claim is handed to ``callback_claimed``
-    once committed. A processing job has no delivery yet (deliveries are made for finished jobs
-    only), so none is made twice."""
+    once committed; an annotated job without a callback_url hands it None (nothing to send).
+    Not called: the delivery task is still needed (no drawing, the receiver waits its turn). A
+    processing job has no delivery yet (deliveries are made for finished jobs only), so none is
+    made twice."""
     with transaction.atomic():
         image = Image.objects.select_for_update().get(id=image_id)
         if image.status != JobStatus.PROCESSING:
@@ -192,9 +194,10 @@ def image_job_complete(
         image.save()
         transaction.on_commit(lambda: metrics.job_finished(image))  # once, and only if it stuck
         job_ended(image)
-        if callback_claimed is not None and image.callback_url and image.annotated_key:
-            claim = _callback_delivery_with_completion(image, rows)
-            if claim is not None:
+        if callback_claimed is not None and image.annotated_key:
+            # Nothing to call back is settled here too (None): no second look at the job.
+            claim = _callback_delivery_with_completion(image, rows) if image.callback_url else None
+            if claim is not None or not image.callback_url:
                 transaction.on_commit(lambda: callback_claimed(claim))
         return True
 

@@ -116,6 +116,13 @@ def test_recording_a_delivered_first_try_takes_five_statements(job, receiver):
     assert row.status == "delivered" and row.attempts.count() == 1
 
 
+def _wait_delivered(job_id, timeout: float = 10) -> CallbackDelivery:
+    deadline = time.monotonic() + timeout
+    while CallbackDelivery.objects.get(image_id=job_id).status == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return CallbackDelivery.objects.get(image_id=job_id)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_deliver_task_hands_its_leased_try_to_the_running_sender(job, receiver, monkeypatch):
     """In a delivering process (its sender running), the task's new row goes out on a sender
@@ -131,21 +138,11 @@ def test_the_deliver_task_hands_its_leased_try_to_the_running_sender(job, receiv
         result = deliver_result.apply(args=[str(job.id)])
         assert result.successful(), result.traceback
         assert len(receiver.wait(1, timeout=10)) == 1
-        deadline = time.monotonic() + 10
-        while CallbackDelivery.objects.get(image_id=job.id).status == "pending" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        row = _wait_delivered(job.id)
     finally:
         sender_stop()
-    row = CallbackDelivery.objects.get(image_id=job.id)
     assert row.status == "delivered" and row.attempt_count == 1 and row.attempts.count() == 1
     assert sender.in_flight == 0
-
-
-def _wait_delivered(job_id, timeout: float = 10) -> CallbackDelivery:
-    deadline = time.monotonic() + timeout
-    while CallbackDelivery.objects.get(image_id=job_id).status == "pending" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return CallbackDelivery.objects.get(image_id=job_id)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -308,3 +305,27 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
     assert len(sql) == 6, sql
     detected = [fields for message, fields in seen if " kept) with " in message]
     assert detected and detected[0]["job_id"] == str(job.id) and detected[0]["request_id"] == "costs"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_second_look(api_client, s3, monkeypatch, stub_detector):
+    """The completion settles it (nothing to send): the task's statements are the detection's
+    five and the shadow-run check, no second transaction on the job, and the thread is given back."""
+    from core.logging import log_context
+    from workers.tasks import detect_faces
+
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
+    job_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="no-callback").json()["id"]
+    sender = sender_start(claims=False)
+    detect_faces.push_request(chain=[{"task": services.DELIVER_RESULT_TASK, "args": [job_id]}], retries=0)
+    try:
+        # In a task's log scope, as a worker runs it (the start fills the job's fields).
+        with log_context(task=detect_faces.name), CaptureQueriesContext(connection) as captured:
+            detect_faces.run(job_id)
+        assert detect_faces.request.chain is None
+    finally:
+        detect_faces.pop_request()
+        sender_stop()
+    sql = [q for q in statements(captured) if q not in ("BEGIN", "COMMIT")]
+    assert len(sql) == 6, sql
+    assert sender.in_flight == 0 and not CallbackDelivery.objects.filter(image_id=job_id).exists()
