@@ -178,12 +178,13 @@ class _CallbackHandoff:
 def _detect_faces(task, job_id: uuid.UUID, attempt: int | None, handoff: _CallbackHandoff) -> None:
     image_id = str(job_id)
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    started = None  # the job's row, when this attempt started it
     try:
         try:
             # With a thread held, the completion makes the callback delivery leased and hands
             # its try over.
             handing = {"callback_claimed": handoff.send} if handoff.sender is not None else {}
-            services.image_job_detect(image_id=job_id, redelivered=redelivered, attempt=attempt, **handing)
+            started = services.image_job_detect(image_id=job_id, redelivered=redelivered, attempt=attempt, **handing)
         except ObjectNotFound:
             services.image_job_fail(image_id=job_id, code="original_missing", message="The uploaded image is gone from storage.")
         except SoftTimeLimitExceeded:
@@ -219,7 +220,11 @@ def _detect_faces(task, job_id: uuid.UUID, attempt: int | None, handoff: _Callba
             # stay what they were.
             _retry(task, exc, **({"attempt": attempt} if attempt is not None else {}))
     # Only now that the job is over do its shadow runs (rollouts) go out: the client's job first.
-    services.image_job_shadows_enqueue(image_id=job_id)
+    # A job outside a rollout has none (they are made with the job, for a job routed by one):
+    # no query for it. One this attempt did not start (a redelivery of a finished job, a failure)
+    # is looked up, so a worker that died before publishing them loses nothing.
+    if started is None or started.rollout_id is not None:
+        services.image_job_shadows_enqueue(image_id=job_id)
 
 
 def _deliver_here(job_id: uuid.UUID, handoff: _CallbackHandoff) -> bool:

@@ -315,8 +315,9 @@ def image_job_detect(
     redelivered: bool = False,
     attempt: int | None = None,
     callback_claimed: Callable[[Claim], None] | None = None,
-) -> None:
-    """Run detection for a job: load the photo, orient it, detect, store the faces.
+) -> Image | None:
+    """Run detection for a job: load the photo, orient it, detect, store the faces. Returns the
+    job's row as this attempt started it (None: it did not start here).
 
     Permanent problems (an undecodable photo, a detector that cannot load) fail the job at once.
     Transient ones (storage.StorageError, database errors) propagate for the task to retry: as
@@ -325,13 +326,14 @@ def image_job_detect(
     """
     image = image_job_start(image_id=image_id, redelivered=redelivered, attempt=attempt)
     if image is None:
-        return
+        return None
     try:
         _image_job_detect_started(image, callback_claimed=callback_claimed)
     except storage.ObjectNotFound:
         raise
     except (storage.StorageError, OperationalError, InterfaceError) as exc:
         raise JobInterrupted(attempt=image.attempts) from exc
+    return image
 
 
 def _image_job_detect_started(image: Image, *, callback_claimed: Callable[[Claim], None] | None) -> None:

@@ -281,7 +281,8 @@ def test_a_callback_that_cannot_be_made_with_the_completion_never_stops_the_job_
 @pytest.mark.django_db
 def test_the_detect_task_reads_no_row_for_its_log_fields(job):
     """The job's start adds the job's log fields from the row it locks: the task's statements
-    are the detection's five and the shadow-run check, and its lines carry the job's fields."""
+    are the detection's five (no shadow-run check for a job outside a rollout: tests/jobs/
+    test_shadow.py has those), and its lines carry the job's fields."""
     import logging
 
     from core.logging import log_context_fields
@@ -302,7 +303,8 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
         logging.getLogger("jobs.services.detection").removeHandler(spy)
     assert result.successful(), result.traceback
     sql = statements(captured)
-    assert len(sql) == 6, sql
+    assert len(sql) == 5, sql
+    assert not any("jobs_shadowrun" in s for s in sql), sql
     detected = [fields for message, fields in seen if " kept) with " in message]
     assert detected and detected[0]["job_id"] == str(job.id) and detected[0]["request_id"] == "costs"
 
@@ -310,7 +312,7 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
 @pytest.mark.django_db(transaction=True)
 def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_second_look(api_client, s3, monkeypatch, stub_detector):
     """The completion settles it (nothing to send): the task's statements are the detection's
-    five and the shadow-run check, no second transaction on the job, and the thread is given back."""
+    five, no second transaction on the job, and the thread is given back."""
     from core.logging import log_context
     from workers.tasks import detect_faces
 
@@ -327,5 +329,5 @@ def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_secon
         detect_faces.pop_request()
         sender_stop()
     sql = [q for q in statements(captured) if q not in ("BEGIN", "COMMIT")]
-    assert len(sql) == 6, sql
+    assert len(sql) == 5, sql
     assert sender.in_flight == 0 and not CallbackDelivery.objects.filter(image_id=job_id).exists()

@@ -128,6 +128,18 @@ def test_the_detection_task_publishes_the_shadow_run_after_the_job(api_client, p
     assert published == [(services.SHADOW_DETECT_TASK, (ShadowRun.objects.get(job=job).id,))]
 
 
+def test_a_task_that_finds_its_job_finished_still_publishes_the_shadow_run(api_client, published, django_capture_on_commit_callbacks):
+    """A worker died between finishing the job and publishing its run: the message's next copy
+    does not start the job (it is over), so it looks the runs up rather than skip them."""
+    shadow_rollout()
+    job = submit(api_client, "died-before-publishing")
+    services.image_job_detect(image_id=job.id)
+    assert published == []
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.detect_faces.apply(args=(str(job.id),))
+    assert published == [(services.SHADOW_DETECT_TASK, (ShadowRun.objects.get(job=job).id,))]
+
+
 def test_a_shadow_run_stores_faces_as_the_api_shows_them_with_agreement(api_client, published):
     """The run's faces have the API's detection shape (a face's, with its label), a count, a
     time, and agreement 1 with identical faces."""
