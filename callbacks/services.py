@@ -8,6 +8,7 @@ send it twice at once, and a worker that dies mid-send leaves it to be tried aga
 
 import datetime as dt
 import email.utils
+import functools
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -300,33 +301,40 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
         if retry_after is not None:
             next_delay = max(next_delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
 
-    with transaction.atomic():
-        # With its job (none for an alert), which the metrics of a first delivery read.
-        delivery = CallbackDelivery.objects.select_for_update(of=("self",)).select_related("image").get(id=delivery_id)
-        CallbackAttempt.objects.create(
-            delivery=delivery,
-            number=number,
-            started_at=result.started_at,
-            duration_ms=result.duration_ms,
-            status_code=code,
-            response_excerpt=result.response_excerpt,  # already cut to its first KB when read
-            error=result.error,
+    last_error = result.error or ("" if delivered else f"HTTP {code}")
+    now = timezone.now()
+    over = next_delay is None
+    with connection.cursor() as cursor:
+        # One statement (its own transaction outside one): the try's row, the delivery's new
+        # state, and what the rest reads back (the job, for a first delivery's metrics; whether
+        # the receiver's breaker counts failures) instead of a lock, an insert, an update and a
+        # read, with the transaction's BEGIN and COMMIT (6 round trips on every callback).
+        cursor.execute(
+            _record_statement()[0],
+            {
+                "delivery_id": delivery_id,
+                "number": number,
+                "code": code,
+                "last_error": last_error,
+                # Over: delivered, or failed for good; else the next try is scheduled.
+                "status": (DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED) if over else None,
+                "over": over,
+                "now": now,
+                "next_attempt_at": None if over else now + dt.timedelta(seconds=next_delay),
+                "started_at": result.started_at,
+                "duration_ms": result.duration_ms,
+                "excerpt": result.response_excerpt,  # already cut to its first KB when read
+                "error": result.error,
+                "host": claim.host,
+            },
         )
-        delivery.last_status_code = code
-        delivery.last_error = result.error or ("" if delivered else f"HTTP {code}")
-        if delivery.attempt_count == number:
-            delivery.sending_until = None  # a later try (after a lost lease) holds it otherwise
-        if next_delay is None:
-            delivery.status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED
-            delivery.finished_at = timezone.now()
-            delivery.next_attempt_at = None
-        else:
-            delivery.next_attempt_at = timezone.now() + dt.timedelta(seconds=next_delay)
-        # Not the body (kilobytes, never changed after it is made).
-        delivery.save(update_fields=["last_status_code", "last_error", "sending_until", "status", "finished_at", "next_attempt_at"])
-    # Apart from the delivery's transaction: claims lock the host first, then its deliveries.
+        row = cursor.fetchone()
+    if row is None:
+        raise CallbackDelivery.DoesNotExist(f"callback delivery {delivery_id} does not exist")
+    delivery, unwell = _recorded_delivery(row)
+    # Apart from the delivery's statement: claims lock the host first, then its deliveries.
     if not result.refused:
-        _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error)
+        _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error, unwell=unwell)
     if delivery.kind == DeliveryKind.ALERT:
         _alert_logged(delivery, number=number, code=code, error=result.error, next_delay=next_delay)
         return next_delay
@@ -346,6 +354,68 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
     return next_delay
 
 
+# What callback_delivery_record reads back: the delivery's fields its log, metrics and breaker
+# use, and the job's that a first delivery's metrics use.
+_RECORD_DELIVERY_FIELDS = {"id", "kind", "subject", "webhook_id", "image_id", "batch_id", "status", "finished_at", "last_error"}
+_RECORD_JOB_FIELDS = {"id", "created_at", "detector_version_id", "variant"}
+
+
+def _in_model_order(model, names: set[str]) -> tuple[str, ...]:
+    # Model.from_db takes a subset of the columns in the model's own order.
+    return tuple(field.attname for field in model._meta.concrete_fields if field.attname in names)
+
+
+@functools.cache
+def _record_statement() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """callback_delivery_record's statement, built once from the models' tables and columns,
+    with the delivery's and the job's fields it returns (in that order, then the breaker's
+    flag). Data-modifying CTEs see one snapshot: the attempt is inserted from the updated row
+    (none when the delivery is gone, which the caller turns into DoesNotExist)."""
+    from jobs.models import Image
+
+    delivery_fields = _in_model_order(CallbackDelivery, _RECORD_DELIVERY_FIELDS)
+    job_fields = _in_model_order(Image, _RECORD_JOB_FIELDS)
+    returned = ", ".join([f"d.{name}" for name in delivery_fields] + [f"i.{name}" for name in job_fields])
+    sql = f"""
+        WITH d AS (
+            UPDATE {CallbackDelivery._meta.db_table} SET
+                last_status_code = %(code)s,
+                last_error = %(last_error)s,
+                sending_until = CASE WHEN attempt_count = %(number)s THEN NULL ELSE sending_until END,
+                status = COALESCE(%(status)s, status),
+                finished_at = CASE WHEN %(over)s THEN %(now)s ELSE finished_at END,
+                next_attempt_at = %(next_attempt_at)s
+            WHERE id = %(delivery_id)s
+            RETURNING {", ".join(delivery_fields)}
+        ), a AS (
+            INSERT INTO {CallbackAttempt._meta.db_table}
+                (delivery_id, number, started_at, duration_ms, status_code, response_excerpt, error)
+            SELECT id, %(number)s, %(started_at)s, %(duration_ms)s, %(code)s, %(excerpt)s, %(error)s FROM d
+        )
+        SELECT {returned},
+            EXISTS (
+                SELECT 1 FROM {CallbackHost._meta.db_table} h
+                WHERE h.host = %(host)s AND (h.consecutive_failures > 0 OR h.open_until IS NOT NULL)
+            )
+        FROM d LEFT JOIN {Image._meta.db_table} i ON i.id = d.image_id
+    """
+    return sql, delivery_fields, job_fields
+
+
+def _recorded_delivery(row) -> tuple[CallbackDelivery, bool]:
+    """The delivery (only the fields the record reads after) with its job, from the record's
+    row; and whether the receiver's breaker counts failures or is open."""
+    from jobs.models import Image
+
+    _, delivery_fields, job_fields = _record_statement()
+    width = len(delivery_fields)
+    delivery = CallbackDelivery.from_db(connection.alias, delivery_fields, row[:width])
+    job = row[width : width + len(job_fields)]
+    if job[job_fields.index("id")] is not None:
+        CallbackDelivery.image.field.set_cached_value(delivery, Image.from_db(connection.alias, job_fields, job))
+    return delivery, bool(row[-1])
+
+
 def _alert_logged(delivery: CallbackDelivery, *, number: int, code: int | None, error: str, next_delay: float | None) -> None:
     """An alert's try in the log, where operators look for it (the callback metrics are the
     clients' and leave alerts out): delivered at WARNING, a retry at WARNING, given up at ERROR."""
@@ -360,14 +430,14 @@ def _alert_logged(delivery: CallbackDelivery, *, number: int, code: int | None, 
         logger.error("alert %s (%s) not delivered, gave up after %d attempts: %s", delivery.webhook_id, delivery.subject, number, outcome)
 
 
-def _breaker_record(host: str, *, failed: bool, error: str) -> None:
+def _breaker_record(host: str, *, failed: bool, error: str, unwell: bool | None = None) -> None:
     """Count a try against its receiver: CALLBACK_BREAKER_FAILURES failures in a row open the
     breaker for CALLBACK_BREAKER_PAUSE seconds (a failed half-open try opens it again); any
-    answer that is not a failure closes it."""
-    if (
-        not failed
-        and not CallbackHost.objects.filter(host=host).filter(Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).exists()
-    ):
+    answer that is not a failure closes it. ``unwell``: whether the receiver counts failures
+    or is open, when the caller read it (None: read here)."""
+    if unwell is None and not failed:
+        unwell = CallbackHost.objects.filter(host=host).filter(Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).exists()
+    if not failed and not unwell:
         return  # closed and counting no failure (or no row yet): an answer changes nothing
     now = timezone.now()
     with transaction.atomic():

@@ -102,18 +102,21 @@ def test_a_receiver_that_must_wait_gets_no_lease_at_creation(job, settings, why)
 
 
 @pytest.mark.django_db
-def test_recording_a_delivered_first_try_takes_five_statements(job, receiver):
-    """The row locked with its job, the attempt, the row's new state; the receiver's breaker
-    only read (closed, nothing to write); whether it is the job's first delivery."""
+def test_recording_a_delivered_first_try_takes_two_statements(job, receiver):
+    """One statement: the attempt, the row's new state, its job, the receiver's breaker read
+    (closed, nothing to write); then whether it is the job's first delivery. No BEGIN/COMMIT."""
     services.image_job_detect(image_id=job.id)
     row = services.image_job_callback_delivery(image_id=job.id)
     claim = outbox.callback_delivery_claim(delivery_id=row.id)
     result = outbox.post_signed(claim.url, claim.body, webhook_id=claim.webhook_id)
     with CaptureQueriesContext(connection) as captured:
         outbox.callback_delivery_record(claim=claim, result=result)
-    assert len(statements(captured)) == 5, statements(captured)
+    assert len(statements(captured)) == 2, statements(captured)
+    assert statements(captured)[0].lstrip().startswith("WITH d AS (")
     row.refresh_from_db()
-    assert row.status == "delivered" and row.attempts.count() == 1
+    assert row.status == "delivered" and row.finished_at and row.sending_until is None and row.next_attempt_at is None
+    attempt = row.attempts.get()
+    assert (attempt.number, attempt.status_code, attempt.duration_ms) == (1, 200, result.duration_ms)
 
 
 def _wait_delivered(job_id, timeout: float = 10) -> CallbackDelivery:
@@ -238,7 +241,7 @@ def test_a_completion_with_its_callback_takes_eight_statements(job, receiver):
 
 
 @pytest.mark.django_db
-def test_recording_the_first_try_of_a_claim_made_with_its_row_takes_four_statements(
+def test_recording_the_first_try_of_a_claim_made_with_its_row_takes_one_statement(
     job, receiver, monkeypatch, django_capture_on_commit_callbacks
 ):
     """A claim made with its job's delivery knows it is the job's first: no query for that. The
@@ -256,7 +259,7 @@ def test_recording_the_first_try_of_a_claim_made_with_its_row_takes_four_stateme
     monkeypatch.setattr(metrics, "callback_attempted", lambda **kw: counted.append(kw) or original(**kw))
     with CaptureQueriesContext(connection) as captured:
         outbox.callback_delivery_record(claim=claims[0], result=result)
-    assert len(statements(captured)) == 4, statements(captured)
+    assert len(statements(captured)) == 1, statements(captured)
     assert counted[0]["outcome"] == "delivered" and counted[0]["job"].id == job.id
 
 
@@ -331,3 +334,66 @@ def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_secon
     sql = [q for q in statements(captured) if q not in ("BEGIN", "COMMIT")]
     assert len(sql) == 5, sql
     assert sender.in_flight == 0 and not CallbackDelivery.objects.filter(image_id=job_id).exists()
+
+
+def _result(code: int | None, *, error: str = "") -> "outbox.PostResult":
+    from callbacks.http import PostResult
+
+    return PostResult(started_at=timezone.now(), status_code=code, error=error, duration_ms=12, response_excerpt="busy")
+
+
+@pytest.mark.django_db
+def test_the_one_statement_record_schedules_a_retry_and_counts_the_failure(job, settings):
+    """A 503 on the first try: the attempt's row, the delivery still pending with its next try
+    scheduled and its lease given back, and the receiver's breaker counting one failure."""
+    settings.CALLBACK_RETRY_DELAYS = [30]
+    services.image_job_detect(image_id=job.id)
+    row = services.image_job_callback_delivery(image_id=job.id)
+    claim = outbox.callback_delivery_claim(delivery_id=row.id)
+    before = timezone.now()
+    assert outbox.callback_delivery_record(claim=claim, result=_result(503)) == pytest.approx(30, rel=0.11)
+    row.refresh_from_db()
+    assert row.status == "pending" and row.finished_at is None and row.sending_until is None
+    assert row.last_status_code == 503 and row.last_error == "HTTP 503"
+    assert before + dt.timedelta(seconds=26) < row.next_attempt_at < timezone.now() + dt.timedelta(seconds=34)
+    attempt = row.attempts.get()
+    assert (attempt.number, attempt.status_code, attempt.response_excerpt) == (1, 503, "busy")
+    assert CallbackHost.objects.get(host=claim.host).consecutive_failures == 1
+    # The next answer closes it again: the statement's breaker read says it counts failures.
+    CallbackDelivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now())
+    claim = outbox.callback_delivery_claim(delivery_id=row.id)
+    assert outbox.callback_delivery_record(claim=claim, result=_result(204)) is None
+    row.refresh_from_db()
+    assert row.status == "delivered" and row.attempts.count() == 2
+    assert CallbackHost.objects.get(host=claim.host).consecutive_failures == 0
+
+
+@pytest.mark.django_db
+def test_a_try_recorded_after_its_lease_was_lost_leaves_the_later_tries_lease(job, settings):
+    """The lease ran out and a second try was claimed: the first try's late record keeps the
+    second's lease (only the try that holds it gives it back)."""
+    settings.CALLBACK_RETRY_DELAYS = [30, 30]
+    services.image_job_detect(image_id=job.id)
+    row = services.image_job_callback_delivery(image_id=job.id)
+    first = outbox.callback_delivery_claim(delivery_id=row.id)
+    CallbackDelivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now(), sending_until=None)
+    second = outbox.callback_delivery_claim(delivery_id=row.id)
+    assert (first.number, second.number) == (1, 2)
+    held = CallbackDelivery.objects.get(id=row.id).sending_until
+    outbox.callback_delivery_record(claim=first, result=_result(None, error="timed out"))
+    row.refresh_from_db()
+    assert row.sending_until == held and row.last_error == "timed out"
+    outbox.callback_delivery_record(claim=second, result=_result(200))
+    row.refresh_from_db()
+    assert row.sending_until is None and row.status == "delivered"
+    assert sorted(row.attempts.values_list("number", "error")) == [(1, "timed out"), (2, "")]
+
+
+@pytest.mark.django_db
+def test_recording_a_try_of_a_delivery_that_is_gone_says_so(job):
+    services.image_job_detect(image_id=job.id)
+    row = services.image_job_callback_delivery(image_id=job.id)
+    claim = outbox.callback_delivery_claim(delivery_id=row.id)
+    CallbackDelivery.objects.filter(id=row.id).delete()
+    with pytest.raises(CallbackDelivery.DoesNotExist):
+        outbox.callback_delivery_record(claim=claim, result=_result(200))
