@@ -4,6 +4,7 @@ redelivery, a retry, the sweeper) never applies twice. Also the one detect pipel
 shadow run share (photo_detect)."""
 
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import (
     InterfaceError,
     OperationalError,
+    connection,
     transaction,
 )
 from django.utils import timezone
@@ -21,6 +23,7 @@ from django.utils import timezone
 from callbacks.services import Claim, callback_delivery_create_claimed
 from core import metrics
 from core.logging import log_context_add
+from core.rows import columns, model_from_row
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.base import ArtifactInvalid
 
@@ -29,6 +32,7 @@ from detection.labels import (
     FACE,
 )
 from detection.weights import WeightsMismatch
+from registry.models import DetectorVersion
 from registry.services import detector_spec
 from storage import s3 as storage
 
@@ -105,6 +109,13 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: 
     at that attempt nobody else started it, so the retry resumes it; it did not crash, so it is
     not counted against MAX_DETECT_ATTEMPTS.
     """
+    image = _image_job_start_queued(image_id)
+    if image is not None:
+        log_context_add(keep_existing=True, **job_log_context(image))
+        metrics.job_started(image)
+        return image
+    # Anything else (not queued, past its expiry, processing elsewhere or resumed, unknown): the
+    # row locked and looked at.
     with transaction.atomic():
         image = Image.objects.select_for_update(of=("self",)).select_related("detector_version").filter(id=image_id).first()
         if image is None:
@@ -134,6 +145,38 @@ def image_job_start(*, image_id: uuid.UUID, redelivered: bool = False, attempt: 
         image.save(update_fields=["status", "attempts", "started_at", "updated_at"])
         metrics.job_started(image)
         return image
+
+
+@functools.cache
+def _start_statement() -> str:
+    table = Image._meta.db_table
+    versions = DetectorVersion._meta.db_table
+    return f"""
+        WITH started AS (
+            UPDATE {table} SET status = %(processing)s, attempts = attempts + 1, started_at = %(now)s, updated_at = %(now)s
+            WHERE id = %(id)s AND status = %(queued)s AND (expires_at IS NULL OR expires_at > %(now)s)
+            RETURNING *
+        )
+        SELECT {columns(Image, "started")}, {columns(DetectorVersion, "v")}
+        FROM started JOIN {versions} v ON v.id = started.detector_version_id
+    """
+
+
+def _image_job_start_queued(image_id: uuid.UUID) -> Image | None:
+    """The common start in one statement (its own transaction): a queued job whose expiry has
+    not passed, moved to processing and read back with its detector version; None otherwise.
+    The conditional UPDATE takes the row's lock as the locked read would: of two copies of one
+    message, one moves it and the other finds it processing."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_start_statement(), {"id": image_id, "now": now, "queued": JobStatus.QUEUED, "processing": JobStatus.PROCESSING})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    width = len(Image._meta.concrete_fields)
+    image = model_from_row(Image, row[:width])
+    Image.detector_version.field.set_cached_value(image, model_from_row(DetectorVersion, row[width:]))
+    return image
 
 
 def _processing_is_stale(image: Image) -> bool:

@@ -34,13 +34,15 @@ def job(api_client, s3, monkeypatch, stub_detector, receiver):
 
 
 @pytest.mark.django_db
-def test_the_detect_task_takes_five_statements(job):
-    """Start (lock, update), then complete (lock, the detections in one insert, update): no
-    delete of earlier detections on a first attempt, no second write for the annotated image."""
+def test_the_detect_task_takes_four_statements(job):
+    """Start (one conditional UPDATE that reads the row back with its version), then complete
+    (lock, the detections in one insert, update): no delete of earlier detections on a first
+    attempt, no second write for the annotated image."""
     with CaptureQueriesContext(connection) as captured:
         services.image_job_detect(image_id=job.id)
     sql = statements(captured)
-    assert len(sql) == 5, sql
+    assert len(sql) == 4, sql
+    assert sql[0].lstrip().startswith("WITH started AS (")
     assert sum(s.startswith('INSERT INTO "api_face"') for s in sql) == 1
     job.refresh_from_db()
     assert job.status == "completed" and job.annotated_key and job.faces.count() == 1
@@ -229,14 +231,14 @@ def test_a_completion_makes_its_callback_leased_with_the_body_the_delivery_task_
 
 
 @pytest.mark.django_db
-def test_a_completion_with_its_callback_takes_eight_statements(job, receiver):
-    """The detect task's five, and the receiver locked, its tries in flight counted and the
+def test_a_completion_with_its_callback_takes_seven_statements(job, receiver):
+    """The detect task's four, and the receiver locked, its tries in flight counted and the
     delivery written, in the completion's transaction: no second read of the job or its rows."""
     CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
     with CaptureQueriesContext(connection) as captured:
         services.image_job_detect(image_id=job.id, callback_claimed=lambda claim: None)
     sql = statements(captured)
-    assert len(sql) == 8, sql
+    assert len(sql) == 7, sql
     assert CallbackDelivery.objects.get(image_id=job.id).attempt_count == 1
 
 
@@ -284,7 +286,7 @@ def test_a_callback_that_cannot_be_made_with_the_completion_never_stops_the_job_
 @pytest.mark.django_db
 def test_the_detect_task_reads_no_row_for_its_log_fields(job):
     """The job's start adds the job's log fields from the row it locks: the task's statements
-    are the detection's five (no shadow-run check for a job outside a rollout: tests/jobs/
+    are the detection's four (no shadow-run check for a job outside a rollout: tests/jobs/
     test_shadow.py has those), and its lines carry the job's fields."""
     import logging
 
@@ -306,7 +308,7 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
         logging.getLogger("jobs.services.detection").removeHandler(spy)
     assert result.successful(), result.traceback
     sql = statements(captured)
-    assert len(sql) == 5, sql
+    assert len(sql) == 4, sql
     assert not any("jobs_shadowrun" in s for s in sql), sql
     detected = [fields for message, fields in seen if " kept) with " in message]
     assert detected and detected[0]["job_id"] == str(job.id) and detected[0]["request_id"] == "costs"
@@ -315,7 +317,7 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
 @pytest.mark.django_db(transaction=True)
 def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_second_look(api_client, s3, monkeypatch, stub_detector):
     """The completion settles it (nothing to send): the task's statements are the detection's
-    five, no second transaction on the job, and the thread is given back."""
+    four, no second transaction on the job, and the thread is given back."""
     from core.logging import log_context
     from workers.tasks import detect_faces
 
@@ -332,7 +334,7 @@ def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_secon
         detect_faces.pop_request()
         sender_stop()
     sql = [q for q in statements(captured) if q not in ("BEGIN", "COMMIT")]
-    assert len(sql) == 5, sql
+    assert len(sql) == 4, sql
     assert sender.in_flight == 0 and not CallbackDelivery.objects.filter(image_id=job_id).exists()
 
 
@@ -397,3 +399,49 @@ def test_recording_a_try_of_a_delivery_that_is_gone_says_so(job):
     CallbackDelivery.objects.filter(id=row.id).delete()
     with pytest.raises(CallbackDelivery.DoesNotExist):
         outbox.callback_delivery_record(claim=claim, result=_result(200))
+
+
+@pytest.mark.django_db
+def test_the_one_statement_start_reads_the_row_as_the_orm_does(job):
+    """The started job and its detector version, built from the statement's row, equal what the
+    ORM reads back: every column, JSON ones (labels, the version's settings and weights) decoded."""
+    from registry.models import DetectorVersion
+
+    Image.objects.filter(id=job.id).update(labels=["face"])
+    started = services.image_job_start(image_id=job.id)
+    assert started is not None and started.status == "processing" and started.attempts == 1
+    reread = Image.objects.select_related("detector_version").get(id=job.id)
+    for field in Image._meta.concrete_fields:
+        assert getattr(started, field.attname) == getattr(reread, field.attname), field.name
+    assert started.labels == ["face"]
+    for field in DetectorVersion._meta.concrete_fields:
+        assert getattr(started.detector_version, field.attname) == getattr(reread.detector_version, field.attname), field.name
+    assert isinstance(started.detector_version.weights, list) and isinstance(started.detector_version.settings, dict)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_copies_of_a_message_starting_at_once_start_the_job_once(api_client, s3, monkeypatch, stub_detector):
+    """Copies of one message (a re-publish, a redelivery) that start at the same moment: the
+    conditional UPDATE lets one move the job to processing; the other finds it processing."""
+    import threading
+
+    from django.db import connections
+
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
+    job_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="copies").json()["id"]
+    barrier, results = threading.Barrier(4), []
+
+    def start():
+        try:
+            barrier.wait(10)
+            results.append(services.image_job_start(image_id=job_id))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 4 and sum(result is not None for result in results) == 1
+    assert Image.objects.get(id=job_id).attempts == 1
