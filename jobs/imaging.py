@@ -119,14 +119,19 @@ _MARKER_CANDIDATES_MAX = 20_000
 
 def _has_marker(data: bytes) -> bool:
     """Whether one of _POLYGLOT_MARKERS is in ``data``, in any case. A photo holds a few hundred
-    "<" and "%" bytes at most: looking at each is about ten times faster than lower-casing a
-    copy of the whole file and scanning it once per marker (0.3 against 3.6 ms for 800 KB)."""
-    if sum(data.count(start) for start in _MARKER_STARTS) > _MARKER_CANDIDATES_MAX:
-        lowered = data.lower()
-        return any(marker in lowered for marker in _POLYGLOT_MARKERS)
+    to a few thousand "<" and "%" bytes: looking at each is several times faster than
+    lower-casing a copy of the whole file and scanning it once per marker (2 against 3.6 ms for
+    800 KB). Counting them first would cost as much again (bytes.count is a byte-by-byte loop,
+    bytes.find a memchr), so the count is kept as they are found."""
+    seen = 0
     for start in _MARKER_STARTS:
         at = data.find(start)
         while at != -1:
+            seen += 1
+            if seen > _MARKER_CANDIDATES_MAX:
+                # A hostile file of "<<<<": one lower-cased scan per marker bounds the work.
+                lowered = data.lower()
+                return any(marker in lowered for marker in _POLYGLOT_MARKERS)
             if data[at : at + _MARKER_LENGTH].lower().startswith(_POLYGLOT_MARKERS):
                 return True
             at = data.find(start, at + 1)
