@@ -34,15 +34,16 @@ def job(api_client, s3, monkeypatch, stub_detector, receiver):
 
 
 @pytest.mark.django_db
-def test_the_detect_task_takes_four_statements(job):
+def test_the_detect_task_takes_three_statements(job):
     """Start (one conditional UPDATE that reads the row back with its version), then complete
-    (lock, the detections in one insert, update): no delete of earlier detections on a first
-    attempt, no second write for the annotated image."""
+    (one conditional UPDATE that reads it back, the detections in one insert): no delete of
+    earlier detections on a first attempt, no second write for the annotated image."""
     with CaptureQueriesContext(connection) as captured:
         services.image_job_detect(image_id=job.id)
     sql = statements(captured)
-    assert len(sql) == 4, sql
-    assert sql[0].lstrip().startswith("WITH started AS (")
+    assert len(sql) == 3, sql
+    assert sql[0].lstrip().startswith("WITH started AS (") and sql[1].lstrip().startswith("UPDATE api_image SET")
+    assert sql[2].startswith('INSERT INTO "api_face"')
     assert sum(s.startswith('INSERT INTO "api_face"') for s in sql) == 1
     job.refresh_from_db()
     assert job.status == "completed" and job.annotated_key and job.faces.count() == 1
@@ -231,14 +232,14 @@ def test_a_completion_makes_its_callback_leased_with_the_body_the_delivery_task_
 
 
 @pytest.mark.django_db
-def test_a_completion_with_its_callback_takes_seven_statements(job, receiver):
-    """The detect task's four, and the receiver locked, its tries in flight counted and the
+def test_a_completion_with_its_callback_takes_six_statements(job, receiver):
+    """The detect task's three, and the receiver locked, its tries in flight counted and the
     delivery written, in the completion's transaction: no second read of the job or its rows."""
     CallbackHost.objects.get_or_create(host=outbox.host_of(receiver.url()))
     with CaptureQueriesContext(connection) as captured:
         services.image_job_detect(image_id=job.id, callback_claimed=lambda claim: None)
     sql = statements(captured)
-    assert len(sql) == 7, sql
+    assert len(sql) == 6, sql
     assert CallbackDelivery.objects.get(image_id=job.id).attempt_count == 1
 
 
@@ -286,7 +287,7 @@ def test_a_callback_that_cannot_be_made_with_the_completion_never_stops_the_job_
 @pytest.mark.django_db
 def test_the_detect_task_reads_no_row_for_its_log_fields(job):
     """The job's start adds the job's log fields from the row it locks: the task's statements
-    are the detection's four (no shadow-run check for a job outside a rollout: tests/jobs/
+    are the detection's three (no shadow-run check for a job outside a rollout: tests/jobs/
     test_shadow.py has those), and its lines carry the job's fields."""
     import logging
 
@@ -308,7 +309,7 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
         logging.getLogger("jobs.services.detection").removeHandler(spy)
     assert result.successful(), result.traceback
     sql = statements(captured)
-    assert len(sql) == 4, sql
+    assert len(sql) == 3, sql
     assert not any("jobs_shadowrun" in s for s in sql), sql
     detected = [fields for message, fields in seen if " kept) with " in message]
     assert detected and detected[0]["job_id"] == str(job.id) and detected[0]["request_id"] == "costs"
@@ -317,7 +318,7 @@ def test_the_detect_task_reads_no_row_for_its_log_fields(job):
 @pytest.mark.django_db(transaction=True)
 def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_second_look(api_client, s3, monkeypatch, stub_detector):
     """The completion settles it (nothing to send): the task's statements are the detection's
-    four, no second transaction on the job, and the thread is given back."""
+    three, no second transaction on the job, and the thread is given back."""
     from core.logging import log_context
     from workers.tasks import detect_faces
 
@@ -334,7 +335,7 @@ def test_a_job_without_a_callback_url_drops_the_chained_delivery_without_a_secon
         detect_faces.pop_request()
         sender_stop()
     sql = [q for q in statements(captured) if q not in ("BEGIN", "COMMIT")]
-    assert len(sql) == 4, sql
+    assert len(sql) == 3, sql
     assert sender.in_flight == 0 and not CallbackDelivery.objects.filter(image_id=job_id).exists()
 
 
@@ -445,3 +446,36 @@ def test_two_copies_of_a_message_starting_at_once_start_the_job_once(api_client,
         thread.join(30)
     assert len(results) == 4 and sum(result is not None for result in results) == 1
     assert Image.objects.get(id=job_id).attempts == 1
+
+
+@pytest.mark.django_db
+def test_the_one_statement_completion_reads_the_row_as_the_orm_does(job, django_capture_on_commit_callbacks, monkeypatch):
+    """The completed job built from the UPDATE's row equals the ORM's read of it (every column),
+    an empty annotated_key keeps the one stored, and the metrics and listeners get that row."""
+    from jobs.services import lifecycle
+    from jobs.services.detection import FaceData
+
+    ended = []
+    monkeypatch.setattr(lifecycle, "_job_ended_listeners", [])  # this test's listener only
+    services.job_ended_listen(ended.append)
+    services.image_job_start(image_id=job.id)
+    Image.objects.filter(id=job.id).update(annotated_key="annotated/kept.jpg")
+    face = FaceData(x=1, y=2, width=3, height=4, confidence=0.9, landmarks={})
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.image_job_complete(
+            image_id=job.id, faces=[face], model_version="m@1", width=10, height=20, detection_ms=5, detection_cpu_ms=7
+        )
+    reread = Image.objects.get(id=job.id)
+    assert reread.status == "completed" and reread.annotated_key == "annotated/kept.jpg" and reread.face_count == 1
+    assert (reread.width, reread.height, reread.detection_ms, reread.detection_cpu_ms, reread.model_version) == (10, 20, 5, 7, "m@1")
+    completed = [image for image in ended if image.id == job.id][-1]
+    for field in Image._meta.concrete_fields:
+        assert getattr(completed, field.attname) == getattr(reread, field.attname), field.name
+
+
+@pytest.mark.django_db
+def test_completing_a_job_that_is_gone_says_so(job):
+    services.image_job_start(image_id=job.id)
+    Image.objects.filter(id=job.id).delete()
+    with pytest.raises(Image.DoesNotExist):
+        services.image_job_complete(image_id=job.id, faces=[], model_version="x", width=1, height=1)
