@@ -408,6 +408,7 @@ def _recorded_delivery(row) -> tuple[CallbackDelivery, bool]:
     from jobs.models import Image
 
     _, delivery_fields, job_fields = _record_statement()
+    # None of these fields has a database converter (no JSON): from_db takes them as they come.
     width = len(delivery_fields)
     delivery = CallbackDelivery.from_db(connection.alias, delivery_fields, row[:width])
     job = row[width : width + len(job_fields)]

@@ -479,3 +479,14 @@ def test_completing_a_job_that_is_gone_says_so(job):
     Image.objects.filter(id=job.id).delete()
     with pytest.raises(Image.DoesNotExist):
         services.image_job_complete(image_id=job.id, faces=[], model_version="x", width=1, height=1)
+
+
+def test_the_record_statement_writes_every_column_of_an_attempt():
+    """The hand-written INSERT names its columns: a column added to CallbackAttempt must be
+    added there too (the database has no defaults for Django's)."""
+    from callbacks.models import CallbackAttempt
+
+    sql = outbox._record_statement()[0]
+    inserted = sql[sql.index(f"INSERT INTO {CallbackAttempt._meta.db_table}") :].split("(", 1)[1].split(")", 1)[0]
+    names = {name.strip() for name in inserted.split(",")}
+    assert names == {field.column for field in CallbackAttempt._meta.concrete_fields if not field.primary_key}
