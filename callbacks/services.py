@@ -360,6 +360,11 @@ _RECORD_DELIVERY_FIELDS = {"id", "kind", "subject", "webhook_id", "image_id", "b
 _RECORD_JOB_FIELDS = {"id", "created_at", "detector_version_id", "variant"}
 
 
+def _job_model():
+    # The job model through the delivery's foreign key: this room does not import jobs.
+    return CallbackDelivery._meta.get_field("image").related_model
+
+
 def _in_model_order(model, names: set[str]) -> tuple[str, ...]:
     # Model.from_db takes a subset of the columns in the model's own order.
     return tuple(field.attname for field in model._meta.concrete_fields if field.attname in names)
@@ -371,8 +376,7 @@ def _record_statement() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     with the delivery's and the job's fields it returns (in that order, then the breaker's
     flag). Data-modifying CTEs see one snapshot: the attempt is inserted from the updated row
     (none when the delivery is gone, which the caller turns into DoesNotExist)."""
-    from jobs.models import Image
-
+    Image = _job_model()
     delivery_fields = _in_model_order(CallbackDelivery, _RECORD_DELIVERY_FIELDS)
     job_fields = _in_model_order(Image, _RECORD_JOB_FIELDS)
     returned = ", ".join([f"d.{name}" for name in delivery_fields] + [f"i.{name}" for name in job_fields])
@@ -405,8 +409,7 @@ def _record_statement() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
 def _recorded_delivery(row) -> tuple[CallbackDelivery, bool]:
     """The delivery (only the fields the record reads after) with its job, from the record's
     row; and whether the receiver's breaker counts failures or is open."""
-    from jobs.models import Image
-
+    Image = _job_model()
     _, delivery_fields, job_fields = _record_statement()
     # None of these fields has a database converter (no JSON): from_db takes them as they come.
     width = len(delivery_fields)
