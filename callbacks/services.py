@@ -25,6 +25,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from core import metrics
+from core.rows import hand_written_sql
 
 from .http import PostResult, post_signed
 from .models import CallbackAttempt, CallbackDelivery, CallbackHost, DeliveryKind, DeliveryStatus
@@ -288,7 +289,6 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
     failed for good, or the next try scheduled), the receiver's breaker. Returns the seconds
     until the next try, or None when the delivery is over."""
     number = claim.number
-    delivery_id = claim.delivery_id
     code = result.status_code
     delivered = code is not None and 200 <= code < 300
     retryable = not delivered and _breaker_failure(result)
@@ -303,35 +303,11 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
 
     last_error = result.error or ("" if delivered else f"HTTP {code}")
     now = timezone.now()
-    over = next_delay is None
-    with connection.cursor() as cursor:
-        # One statement (its own transaction outside one): the try's row, the delivery's new
-        # state, and what the rest reads back (the job, for a first delivery's metrics; whether
-        # the receiver's breaker counts failures) instead of a lock, an insert, an update and a
-        # read, with the transaction's BEGIN and COMMIT (6 round trips on every callback).
-        cursor.execute(
-            _record_statement()[0],
-            {
-                "delivery_id": delivery_id,
-                "number": number,
-                "code": code,
-                "last_error": last_error,
-                # Over: delivered, or failed for good; else the next try is scheduled.
-                "status": (DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED) if over else None,
-                "over": over,
-                "now": now,
-                "next_attempt_at": None if over else now + dt.timedelta(seconds=next_delay),
-                "started_at": result.started_at,
-                "duration_ms": result.duration_ms,
-                "excerpt": result.response_excerpt,  # already cut to its first KB when read
-                "error": result.error,
-                "host": claim.host,
-            },
-        )
-        row = cursor.fetchone()
-    if row is None:
-        raise CallbackDelivery.DoesNotExist(f"callback delivery {delivery_id} does not exist")
-    delivery, unwell = _recorded_delivery(row)
+    if not hand_written_sql():
+        delivery = _record_with_orm(claim, result, last_error=last_error, now=now, next_delay=next_delay)
+        unwell = None  # read by _breaker_record
+    else:
+        delivery, unwell = _record_in_one_statement(claim, result, last_error=last_error, now=now, next_delay=next_delay)
     # Apart from the delivery's statement: claims lock the host first, then its deliveries.
     if not result.refused:
         _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error, unwell=unwell)
@@ -352,6 +328,73 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
         f" (next in {next_delay:.1f}s)" if next_delay is not None else "",
     )
     return next_delay
+
+
+def _record_in_one_statement(
+    claim: Claim, result: PostResult, *, last_error: str, now: dt.datetime, next_delay: float | None
+) -> tuple[CallbackDelivery, bool]:
+    """callback_delivery_record's writes on PostgreSQL: the attempt, the delivery's new state,
+    the job and the receiver's breaker flag in one statement (its own transaction outside one),
+    instead of a lock, an insert, an update and a read with BEGIN and COMMIT (6 round trips on
+    every callback)."""
+    code = result.status_code
+    delivered = code is not None and 200 <= code < 300
+    over = next_delay is None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _record_statement()[0],
+            {
+                "delivery_id": claim.delivery_id,
+                "number": claim.number,
+                "code": code,
+                "last_error": last_error,
+                # Over: delivered, or failed for good; else the next try is scheduled.
+                "status": (DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED) if over else None,
+                "over": over,
+                "now": now,
+                "next_attempt_at": None if over else now + dt.timedelta(seconds=next_delay),
+                "started_at": result.started_at,
+                "duration_ms": result.duration_ms,
+                "excerpt": result.response_excerpt,  # already cut to its first KB when read
+                "error": result.error,
+                "host": claim.host,
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise CallbackDelivery.DoesNotExist(f"callback delivery {claim.delivery_id} does not exist")
+    return _recorded_delivery(row)
+
+
+def _record_with_orm(claim: Claim, result: PostResult, *, last_error: str, now: dt.datetime, next_delay: float | None) -> CallbackDelivery:
+    """The same writes with the ORM, in a transaction (the embedded SQLite stand-in)."""
+    code = result.status_code
+    delivered = code is not None and 200 <= code < 300
+    with transaction.atomic():
+        # With its job (none for an alert), which the metrics of a first delivery read.
+        delivery = CallbackDelivery.objects.select_for_update(of=("self",)).select_related("image").get(id=claim.delivery_id)
+        CallbackAttempt.objects.create(
+            delivery=delivery,
+            number=claim.number,
+            started_at=result.started_at,
+            duration_ms=result.duration_ms,
+            status_code=code,
+            response_excerpt=result.response_excerpt,
+            error=result.error,
+        )
+        delivery.last_status_code = code
+        delivery.last_error = last_error
+        if delivery.attempt_count == claim.number:
+            delivery.sending_until = None  # a later try (after a lost lease) holds it otherwise
+        if next_delay is None:
+            delivery.status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.FAILED
+            delivery.finished_at = now
+            delivery.next_attempt_at = None
+        else:
+            delivery.next_attempt_at = now + dt.timedelta(seconds=next_delay)
+        # Not the body (kilobytes, never changed after it is made).
+        delivery.save(update_fields=["last_status_code", "last_error", "sending_until", "status", "finished_at", "next_attempt_at"])
+    return delivery
 
 
 # What callback_delivery_record reads back: the delivery's fields its log, metrics and breaker

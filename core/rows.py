@@ -6,6 +6,12 @@ from django.db import connections
 from django.db.models import Model
 
 
+def hand_written_sql(using: str = "default") -> bool:
+    """Whether the hot paths' hand-written statements apply: PostgreSQL's data-modifying CTEs and
+    RETURNING. The embedded SQLite stand-in (devstack, the fallback smoke) takes the ORM paths."""
+    return connections[using].vendor == "postgresql"
+
+
 def columns(model: type[Model], alias: str) -> str:
     """Every concrete column of ``model`` under ``alias``, in the model's order (for SELECT)."""
     quote = connections["default"].ops.quote_name

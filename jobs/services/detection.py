@@ -23,7 +23,7 @@ from django.utils import timezone
 from callbacks.services import Claim, callback_delivery_create_claimed
 from core import metrics
 from core.logging import log_context_add
-from core.rows import columns, model_from_row
+from core.rows import columns, hand_written_sql, model_from_row
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.base import ArtifactInvalid
 
@@ -167,6 +167,8 @@ def _image_job_start_queued(image_id: uuid.UUID) -> Image | None:
     not passed, moved to processing and read back with its detector version; None otherwise.
     The conditional UPDATE takes the row's lock as the locked read would: of two copies of one
     message, one moves it and the other finds it processing."""
+    if not hand_written_sql():
+        return None  # the locked read does it all
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(_start_statement(), {"id": image_id, "now": now, "queued": JobStatus.QUEUED, "processing": JobStatus.PROCESSING})
@@ -204,6 +206,18 @@ def _image_job_completed(image_id: uuid.UUID, **values) -> Image | None:
     """A processing job moved to completed with ``values`` (an empty annotated_key keeps the
     one it has), read back; None when it is not processing (or not there)."""
     now = timezone.now()
+    if not hand_written_sql():
+        # The same with the ORM: the row locked and looked at, then written.
+        image = Image.objects.select_for_update().filter(id=image_id).first()
+        if image is None or image.status != JobStatus.PROCESSING:
+            return None
+        annotated_key = values.pop("annotated_key")
+        for name, value in values.items():
+            setattr(image, name, value)
+        image.annotated_key = annotated_key or image.annotated_key
+        image.status, image.error_code, image.error_message, image.finished_at = JobStatus.COMPLETED, "", "", now
+        image.save(update_fields=["status", "error_code", "error_message", "finished_at", "annotated_key", "updated_at", *values])
+        return image
     params = {"id": image_id, "now": now, "completed": JobStatus.COMPLETED, "processing": JobStatus.PROCESSING, **values}
     with connection.cursor() as cursor:
         cursor.execute(_completion_statement(), params)

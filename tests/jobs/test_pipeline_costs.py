@@ -490,3 +490,24 @@ def test_the_record_statement_writes_every_column_of_an_attempt():
     inserted = sql[sql.index(f"INSERT INTO {CallbackAttempt._meta.db_table}") :].split("(", 1)[1].split(")", 1)[0]
     names = {name.strip() for name in inserted.split(",")}
     assert names == {field.column for field in CallbackAttempt._meta.concrete_fields if not field.primary_key}
+
+
+@pytest.mark.django_db
+def test_without_postgresql_the_same_steps_take_the_orm_paths(job, receiver, monkeypatch):
+    """The embedded SQLite stand-in has no data-modifying CTEs: start, completion and record go
+    through the ORM (core.rows.hand_written_sql), with the same outcome. Run here on PostgreSQL
+    with the vendor check answering otherwise; the fallback smoke runs them on SQLite itself."""
+    import core.rows
+
+    monkeypatch.setattr(core.rows.connections["default"], "vendor", "sqlite")
+    assert not core.rows.hand_written_sql()
+    with CaptureQueriesContext(connection) as captured:
+        services.image_job_detect(image_id=job.id)
+    assert not any(q.lstrip().startswith(("WITH", "UPDATE api_image SET")) for q in statements(captured))
+    job.refresh_from_db()
+    assert job.status == "completed" and job.attempts == 1 and job.annotated_key and job.faces.count() == 1
+    row = services.image_job_callback_delivery(image_id=job.id)
+    claim = outbox.callback_delivery_claim(delivery_id=row.id)
+    assert outbox.callback_delivery_record(claim=claim, result=_result(200)) is None
+    row.refresh_from_db()
+    assert row.status == "delivered" and row.sending_until is None and row.attempts.get().status_code == 200
