@@ -25,7 +25,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from core import metrics
-from core.rows import hand_written_sql
+from core.rows import columns, fields, hand_written_sql, model_from_row
 
 from .http import PostResult, post_signed
 from .models import CallbackAttempt, CallbackDelivery, CallbackHost, DeliveryKind, DeliveryStatus
@@ -342,7 +342,7 @@ def _record_in_one_statement(
     over = next_delay is None
     with connection.cursor() as cursor:
         cursor.execute(
-            _record_statement()[0],
+            _record_statement(),
             {
                 "delivery_id": claim.delivery_id,
                 "number": claim.number,
@@ -408,22 +408,14 @@ def _job_model():
     return CallbackDelivery._meta.get_field("image").related_model
 
 
-def _in_model_order(model, names: set[str]) -> tuple[str, ...]:
-    # Model.from_db takes a subset of the columns in the model's own order.
-    return tuple(field.attname for field in model._meta.concrete_fields if field.attname in names)
-
-
 @functools.cache
-def _record_statement() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """callback_delivery_record's statement, built once from the models' tables and columns,
-    with the delivery's and the job's fields it returns (in that order, then the breaker's
-    flag). Data-modifying CTEs see one snapshot: the attempt is inserted from the updated row
-    (none when the delivery is gone, which the caller turns into DoesNotExist)."""
-    Image = _job_model()
-    delivery_fields = _in_model_order(CallbackDelivery, _RECORD_DELIVERY_FIELDS)
-    job_fields = _in_model_order(Image, _RECORD_JOB_FIELDS)
-    returned = ", ".join([f"d.{name}" for name in delivery_fields] + [f"i.{name}" for name in job_fields])
-    sql = f"""
+def _record_statement() -> str:
+    """callback_delivery_record's statement, built once from the models' tables and columns. It
+    returns the delivery's _RECORD_DELIVERY_FIELDS, the job's _RECORD_JOB_FIELDS (null for an
+    alert), then the breaker's flag. Data-modifying CTEs see one snapshot: the attempt is
+    inserted from the updated row (none when the delivery is gone, which the caller turns into
+    DoesNotExist)."""
+    return f"""
         WITH d AS (
             UPDATE {CallbackDelivery._meta.db_table} SET
                 last_status_code = %(code)s,
@@ -433,33 +425,30 @@ def _record_statement() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
                 finished_at = CASE WHEN %(over)s THEN %(now)s ELSE finished_at END,
                 next_attempt_at = %(next_attempt_at)s
             WHERE id = %(delivery_id)s
-            RETURNING {", ".join(delivery_fields)}
+            RETURNING *
         ), a AS (
             INSERT INTO {CallbackAttempt._meta.db_table}
                 (delivery_id, number, started_at, duration_ms, status_code, response_excerpt, error)
             SELECT id, %(number)s, %(started_at)s, %(duration_ms)s, %(code)s, %(excerpt)s, %(error)s FROM d
         )
-        SELECT {returned},
+        SELECT {columns(CallbackDelivery, "d", _RECORD_DELIVERY_FIELDS)}, {columns(_job_model(), "i", _RECORD_JOB_FIELDS)},
             EXISTS (
                 SELECT 1 FROM {CallbackHost._meta.db_table} h
                 WHERE h.host = %(host)s AND (h.consecutive_failures > 0 OR h.open_until IS NOT NULL)
             )
-        FROM d LEFT JOIN {Image._meta.db_table} i ON i.id = d.image_id
+        FROM d LEFT JOIN {_job_model()._meta.db_table} i ON i.id = d.image_id
     """
-    return sql, delivery_fields, job_fields
 
 
 def _recorded_delivery(row) -> tuple[CallbackDelivery, bool]:
     """The delivery (only the fields the record reads after) with its job, from the record's
     row; and whether the receiver's breaker counts failures or is open."""
-    Image = _job_model()
-    _, delivery_fields, job_fields = _record_statement()
-    # None of these fields has a database converter (no JSON): from_db takes them as they come.
-    width = len(delivery_fields)
-    delivery = CallbackDelivery.from_db(connection.alias, delivery_fields, row[:width])
-    job = row[width : width + len(job_fields)]
-    if job[job_fields.index("id")] is not None:
-        CallbackDelivery.image.field.set_cached_value(delivery, Image.from_db(connection.alias, job_fields, job))
+    width = len(fields(CallbackDelivery, _RECORD_DELIVERY_FIELDS))
+    delivery = model_from_row(CallbackDelivery, row[:width], names=_RECORD_DELIVERY_FIELDS)
+    job = row[width:-1]
+    if any(value is not None for value in job):  # an alert has no job
+        job_model = _job_model()
+        CallbackDelivery.image.field.set_cached_value(delivery, model_from_row(job_model, job, names=_RECORD_JOB_FIELDS))
     return delivery, bool(row[-1])
 
 

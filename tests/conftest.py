@@ -368,6 +368,31 @@ def upload(client, data: bytes, *, name: str = "photo.png", **fields):
     return client.post("/api/v1/images/", payload, format="multipart")
 
 
+def at_once(work, args_list, *, timeout: float = 30) -> tuple[list, list[Exception]]:
+    """Run ``work(*args)`` for each ``args`` on a thread of its own, all released together by a
+    barrier (the races the database must settle), each closing its database connection after.
+    Returns what the calls returned (in the order they finished) and what they raised."""
+    from django.db import connection
+
+    barrier, results, errors = threading.Barrier(len(args_list)), [], []
+
+    def run(args):
+        try:
+            barrier.wait(timeout=timeout)
+            results.append(work(*args))
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(args,)) for args in args_list]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=2 * timeout)
+    return results, errors
+
+
 def job_settled(image) -> bool:
     """Detection finished, the annotated photo stored (if completed) and the callback no longer
     pending."""

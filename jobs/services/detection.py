@@ -23,7 +23,7 @@ from django.utils import timezone
 from callbacks.services import Claim, callback_delivery_create_claimed
 from core import metrics
 from core.logging import log_context_add
-from core.rows import columns, hand_written_sql, model_from_row
+from core.rows import columns, fields, hand_written_sql, model_from_row
 from detection import DetectorUnavailable, UnknownDetector, engines
 from detection.base import ArtifactInvalid
 
@@ -175,7 +175,7 @@ def _image_job_start_queued(image_id: uuid.UUID) -> Image | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    width = len(Image._meta.concrete_fields)
+    width = len(fields(Image))
     image = model_from_row(Image, row[:width])
     Image.detector_version.field.set_cached_value(image, model_from_row(DetectorVersion, row[width:]))
     return image

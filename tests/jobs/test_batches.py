@@ -2,10 +2,9 @@
 however many items end at the same moment."""
 
 import json
-import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from callbacks.models import CallbackDelivery, DeliveryKind
@@ -13,6 +12,7 @@ from clients.services import api_key_create
 from core import metrics
 from jobs.models import Batch, Image, JobStatus
 from jobs.services import batches
+from tests.conftest import at_once
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -73,23 +73,7 @@ def test_items_ending_at_the_same_moment_send_one_callback(monkeypatch):
     ids = list(Image.objects.filter(batch=batch).values_list("id", flat=True))
     finished = []
     monkeypatch.setattr(metrics, "batch_finished", lambda *, status: finished.append(status))
-    start = threading.Barrier(n)
-    errors = []
-
-    def run(image_id):
-        try:
-            start.wait(timeout=30)
-            end_item(image_id)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(image_id,)) for image_id in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _, errors = at_once(end_item, [(image_id,) for image_id in ids])
     assert errors == []
     batch.refresh_from_db()
     assert batch.finished_at is not None
@@ -101,21 +85,8 @@ def test_two_finishers_racing_on_the_last_item_make_one_callback(monkeypatch):
     """batch_finish called on many threads once every item has ended: one wins the UPDATE."""
     batch = make_batch(2, monkeypatch=monkeypatch)
     Image.objects.filter(batch=batch).update(status=JobStatus.COMPLETED)
-    start = threading.Barrier(6)
-    made = []
-
-    def run():
-        try:
-            start.wait(timeout=30)
-            made.append(batches.batch_finish(batch_id=batch.id))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    made, errors = at_once(lambda: batches.batch_finish(batch_id=batch.id), [()] * 6)
+    assert errors == []
     assert len([d for d in made if d is not None]) == 1 and len(batch_deliveries(batch)) == 1
 
 

@@ -18,7 +18,7 @@ from callbacks.models import CallbackDelivery, CallbackHost
 from callbacks.sender import sender_start, sender_stop
 from jobs import services
 from jobs.models import Image
-from tests.conftest import photo_bytes, upload
+from tests.conftest import at_once, photo_bytes, upload
 
 
 def statements(captured: CaptureQueriesContext) -> list[str]:
@@ -424,26 +424,10 @@ def test_the_one_statement_start_reads_the_row_as_the_orm_does(job):
 def test_two_copies_of_a_message_starting_at_once_start_the_job_once(api_client, s3, monkeypatch, stub_detector):
     """Copies of one message (a re-publish, a redelivery) that start at the same moment: the
     conditional UPDATE lets one move the job to processing; the other finds it processing."""
-    import threading
-
-    from django.db import connections
-
     monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
     job_id = upload(api_client, photo_bytes("astronaut_1face.png"), request_id="copies").json()["id"]
-    barrier, results = threading.Barrier(4), []
-
-    def start():
-        try:
-            barrier.wait(10)
-            results.append(services.image_job_start(image_id=job_id))
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results, errors = at_once(lambda: services.image_job_start(image_id=job_id), [()] * 4)
+    assert errors == []
     assert len(results) == 4 and sum(result is not None for result in results) == 1
     assert Image.objects.get(id=job_id).attempts == 1
 
@@ -486,7 +470,7 @@ def test_the_record_statement_writes_every_column_of_an_attempt():
     added there too (the database has no defaults for Django's)."""
     from callbacks.models import CallbackAttempt
 
-    sql = outbox._record_statement()[0]
+    sql = outbox._record_statement()
     inserted = sql[sql.index(f"INSERT INTO {CallbackAttempt._meta.db_table}") :].split("(", 1)[1].split(")", 1)[0]
     names = {name.strip() for name in inserted.split(",")}
     assert names == {field.column for field in CallbackAttempt._meta.concrete_fields if not field.primary_key}
