@@ -30,6 +30,11 @@ nothing else uses them, what the uploads cost them) for the whole stack's CPU pe
 --profile N then sends N more uploads through the API's own code (Django's WSGI handler) in the
 bench's process, under cProfile, and prints the functions that took the most.
 
+--parts N measures, in the bench's process and without a profiler, the CPU of an upload through
+Django's WSGI handler, of the submission service alone (no middleware, DRF or multipart parsing)
+and of the parts any upload route needs (the image check, the S3 client's put, a statement's
+round trip), N runs each: what Django and DRF cost and what an upload cannot cost less than.
+
 By default the detection workers run meanwhile and detect the uploads as they arrive (the
 "busy" figures: on a small machine they share the CPUs with the API). --pause-detection asks
 the detection workers (Celery remote control, over the broker) to stop consuming the detect
@@ -291,13 +296,11 @@ def wait_finished(base: str, key: str, ids: list[str], timeout: float) -> dict[s
 # --- The API's own code under cProfile ---------------------------------------------------------------
 
 
-def profile(env: dict[str, str], key: str, upload: Upload, *, count: int, top: int, tag: str) -> list[str]:
-    """``count`` uploads through Django's WSGI handler in this process (the stack's settings,
-    database, bucket and broker; gunicorn's HTTP parsing aside), under cProfile timed by CPU
-    time: where the API's CPU goes per upload. Returns the accepted job ids."""
-    import cProfile
+def _in_process(env: dict[str, str], key: str, upload: Upload):
+    """Django set up in this process with the stack's settings (database, bucket, broker), and a
+    function that sends one upload through its WSGI handler (gunicorn's HTTP parsing aside):
+    ``post(request_id) -> (status, job id or None)``."""
     import io
-    import pstats
 
     os.environ.update({k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"})
     os.environ["DJANGO_SETTINGS_MODULE"] = "face_detect_api.settings"
@@ -308,7 +311,7 @@ def profile(env: dict[str, str], key: str, upload: Upload, *, count: int, top: i
 
     from django.core.handlers.wsgi import WSGIHandler
 
-    logging.getLogger("access").setLevel(logging.WARNING)  # a line per upload would drown the profile
+    logging.getLogger("access").setLevel(logging.WARNING)  # a line per upload would drown the figures
 
     handler = WSGIHandler()
 
@@ -339,6 +342,17 @@ def profile(env: dict[str, str], key: str, upload: Upload, *, count: int, top: i
         status = int(answer[0].split()[0])
         return status, json.loads(payload)["id"] if status == 202 else None
 
+    return post
+
+
+def profile(env: dict[str, str], key: str, upload: Upload, *, count: int, top: int, tag: str) -> list[str]:
+    """``count`` uploads through Django's WSGI handler in this process, under cProfile timed by
+    CPU time: where the API's CPU goes per upload. Returns the accepted job ids."""
+    import cProfile
+    import io
+    import pstats
+
+    post = _in_process(env, key, upload)
     for n in range(min(20, count)):  # warm: imports, connections, caches
         post(f"{tag}-warm-{n}")
     profiler = cProfile.Profile(time.process_time)  # CPU, not the wall time spent waiting on the services
@@ -359,6 +373,84 @@ def profile(env: dict[str, str], key: str, upload: Upload, *, count: int, top: i
     stats.sort_stats("cumulative").print_stats(top)
     stats.sort_stats("tottime").print_stats(top // 2)  # where the time is spent itself
     say(out.getvalue())
+    return ids
+
+
+def parts(env: dict[str, str], key: str, upload: Upload, *, count: int, tag: str) -> list[str]:
+    """The API's CPU per upload in this process, without a profiler: the whole upload through
+    Django's WSGI handler, the submission service alone (no request cycle: no middleware, DRF,
+    multipart parsing or serializer), and the parts that any upload route needs, each alone
+    (the image check, the S3 client's put, a statement's round trip). The difference between the
+    first two is what Django and DRF cost; what the parts leave of the service is the ORM's
+    INSERT and repeat check, the routing and the publish. Each figure is the calling thread's CPU
+    (time.thread_time) over ``count`` runs after 10 unmeasured ones, taken in turns. Returns the
+    accepted job ids."""
+    import io
+
+    post = _in_process(env, key, upload)
+    from django.db import connection
+
+    from clients.services import api_key_check
+    from core import statecache
+    from jobs.imaging import image_probe
+    from jobs.models import Image
+    from jobs.services import image_job_create
+    from storage import s3
+
+    client = api_key_check(key).client
+    data = upload.photo.read_bytes()
+    ids: list[str] = []
+    scratch: list[str] = []
+
+    def through_django(n: str) -> None:
+        status, job_id = post(f"{tag}-http-{n}")
+        if status != 202:
+            raise BenchFailed(f"--parts: an upload through Django answered {status}")
+        ids.append(job_id)
+
+    def service(n: str) -> None:
+        with statecache.scope():  # as the middleware does for a request
+            image, created = image_job_create(
+                client=client, upload=io.BytesIO(data), size=len(data), request_id=f"{tag}-service-{n}", filename=upload.photo.name
+            )
+        ids.append(str(image.id))
+
+    def put(n: str) -> None:
+        scratch.append(f"bench-parts/{tag}/{n}")
+        s3.storage_put(key=scratch[-1], data=io.BytesIO(data), length=len(data), content_type="image/jpeg")
+
+    def statement(n: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    measured = [
+        ("upload through Django's WSGI handler (middleware, DRF, the view)", through_django),
+        ("the submission service alone (jobs.services.image_job_create)", service),
+        ("  of it: the image check (jobs.imaging.image_probe)", lambda n: image_probe(io.BytesIO(data))),
+        ("  of it: the S3 client's put of the photo (storage.s3)", put),
+        ("  of it: the repeat check (the ORM's exists())", lambda n: Image.objects.filter(client=client, request_id=tag).exists()),
+        ("  a statement's round trip, the least one costs (SELECT 1)", statement),
+    ]
+    say(f"\nparts: the API's CPU per upload of {upload.photo.name}, in this process, {count} runs each (thread CPU, no profiler)")
+    spent = dict.fromkeys((name for name, _ in measured), 0.0)
+    try:
+        # In turns, one of each per round: the machine's speed wanders by the minute, and every
+        # figure should see the same wandering.
+        for n in range(-10, count):  # 10 unmeasured rounds first: connections, caches
+            for name, work in measured:
+                started = time.thread_time()
+                work(str(n))
+                if n >= 0:
+                    spent[name] += time.thread_time() - started
+    finally:
+        for scratch_key in scratch:
+            s3.storage_delete(key=scratch_key)
+    figures = {name: seconds * 1000 / count for name, seconds in spent.items()}
+    for name, ms in figures.items():
+        say(f"  {ms:6.2f} ms  {name}")
+    whole, alone = figures[measured[0][0]], figures[measured[1][0]]
+    framework = whole - alone
+    say(f"  {framework:6.2f} ms  Django and DRF around the service (the first less the second), {framework / whole:.0%} of the upload")
     return ids
 
 
@@ -383,6 +475,13 @@ def main() -> int:
         help="after the levels, N uploads through the API's code in this process under cProfile (its top functions)",
     )
     parser.add_argument("--profile-top", type=int, default=40, help="with --profile: how many functions to print (default 40)")
+    parser.add_argument(
+        "--parts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the levels, the API's CPU per upload in this process: the whole request, the service alone, its parts (N runs each)",
+    )
     args = parser.parse_args()
     try:
         args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
@@ -429,6 +528,8 @@ def measure(args) -> int:
                     say(parts_line(figures["by_part"]))
             if args.profile:
                 ids += profile(svc.env, key, upload, count=args.profile, top=args.profile_top, tag=f"bench-submit-{run}-profile")
+            if args.parts:
+                ids += parts(svc.env, key, upload, count=args.parts, tag=f"bench-submit-{run}-parts")
             if pause is not None:
                 pause.resume()
             if args.wait:
