@@ -2,6 +2,7 @@
 kept open between requests, and what an upload costs the broker, the result backend and the
 database's disk. bench/submit.py measures it; nothing here is timed."""
 
+import datetime as dt
 import importlib
 import os
 import subprocess
@@ -211,8 +212,8 @@ def test_the_publish_record_does_not_wait_for_the_disk(api_client, s3, monkeypat
 
 @pytest.mark.django_db(transaction=True)
 def test_an_upload_costs_three_statements(api_client, s3):
-    """The repeat check, the INSERT (committing by itself) and the publish record (one round
-    trip): the key, the active version and the rollout come from the process's cache
+    """The repeat check, the INSERT (committing by itself; both built once per process) and the
+    publish record (one round trip): the key, the active version and the rollout come from the process's cache
     (core.statecache), no BEGIN or COMMIT of their own."""
     require("postgres", "rabbitmq", "redis")
     assert upload(api_client, photo_bytes("coffee.png"), request_id="first").status_code == 202  # fills the caches
@@ -221,8 +222,62 @@ def test_an_upload_costs_three_statements(api_client, s3):
     assert answer.status_code == 202
     statements = [q["sql"] for q in queries.captured_queries]
     assert len(statements) == 3, statements
-    assert statements[0].startswith('SELECT 1 AS "a" FROM "api_image"')
+    assert statements[0].startswith('SELECT 1 FROM "api_image"')
     assert statements[1].startswith('INSERT INTO "api_image"')
     assert statements[2].startswith("SET LOCAL synchronous_commit TO OFF; UPDATE")
     job = Image.objects.get(id=answer.json()["id"])
     assert job.enqueue_count == 1 and job.enqueued_at is not None
+
+
+def _row(image_id) -> dict:
+    return Image.objects.filter(id=image_id).values().get()
+
+
+@pytest.mark.django_db
+def test_the_prebuilt_insert_writes_the_row_the_orm_writes(api_client, s3, monkeypatch):
+    """Every column of an uploaded job's row as ``Image.objects.create`` would have written it
+    from the same values (its timestamps aside, taken a moment apart)."""
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
+    answer = upload(
+        api_client, photo_bytes("coffee.png"), name="cup.png", request_id="prebuilt", cohort="beta", labels="face", expires_in=600
+    )
+    assert answer.status_code == 202
+    written = _row(answer.json()["id"])
+    job = Image.objects.get(id=written["id"])
+    copy = {name: value for name, value in written.items() if name not in ("id", "request_id", "created_at", "updated_at")}
+    orm = _row(Image.objects.create(request_id="by-the-orm", **copy).id)
+    for name in ("id", "request_id", "created_at", "updated_at"):
+        written.pop(name), orm.pop(name)
+    assert written == orm
+    assert job.labels == ["face"] and job.cohort == "beta" and job.expires_at is not None and job.status == "queued"
+    # Set by the fields' pre_save (auto_now_add, auto_now), each reading the clock, as the ORM does.
+    assert dt.timedelta(0) <= job.updated_at - job.created_at < dt.timedelta(seconds=1)
+
+
+def test_nothing_listens_to_a_jobs_save_signals():
+    """The upload's INSERT is built once per process and sends no pre_save or post_save for
+    Image (jobs/services/submission.py, _image_insert). A receiver for them would never run for
+    uploads: make the insert send the signals first."""
+    from django.db.models.signals import post_save, pre_save
+
+    assert not pre_save.has_listeners(Image) and not post_save.has_listeners(Image)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("same_photo", [True, False])
+def test_a_request_id_taken_between_the_check_and_the_insert(api_client, s3, monkeypatch, same_photo):
+    """Two uploads of one request_id that both pass the repeat check: the second's INSERT meets
+    the unique constraint, its stored photo is deleted, and it answers as a repeat would (the
+    same job, or 409 for another photo). Outside a transaction, as an unrouted upload is."""
+    require("postgres", "rabbitmq", "redis")
+    monkeypatch.setattr("jobs.services.submission.image_job_enqueue", lambda *, image_id: None)
+    first = upload(api_client, photo_bytes("coffee.png"), request_id="raced")
+    assert first.status_code == 202
+    monkeypatch.setattr("jobs.services.submission._is_repeat", lambda client_id, request_id: False)
+    second = upload(api_client, photo_bytes("coffee.png" if same_photo else "chelsea_cat.png"), request_id="raced")
+    if same_photo:
+        assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+    else:
+        assert second.status_code == 409 and second.json()["error"]["code"] == "request_id_conflict"
+    assert Image.objects.filter(request_id="raced").count() == 1
+    assert storage.storage_list(prefix="originals/") == [Image.objects.get(request_id="raced").original_key]

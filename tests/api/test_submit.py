@@ -150,10 +150,10 @@ def test_the_database_gone_at_the_insert_is_a_503_with_retry_after_and_leaves_no
     driver text (the whole path against a stopped server: tests/e2e/test_database_outage.py)."""
     from django.db import OperationalError
 
-    def gone(**kwargs):
+    def gone(image):
         raise OperationalError("connection to server at db.internal (10.0.0.5), port 5432 failed")
 
-    monkeypatch.setattr("jobs.models.Image.objects.create", gone)
+    monkeypatch.setattr("jobs.services.submission._image_insert", gone)
     response = upload(api_client, photo_bytes("coffee.png"), request_id="db-gone")
     error = assert_error(response, 503, None, "database_unavailable")
     assert response["Retry-After"] == str(settings.UNAVAILABLE_RETRY_AFTER)
