@@ -32,8 +32,9 @@ bench's process, under cProfile, and prints the functions that took the most.
 
 --parts N measures, in the bench's process and without a profiler, the CPU of an upload through
 Django's WSGI handler, of the submission service alone (no middleware, DRF or multipart parsing)
-and of the parts any upload route needs (the image check, the S3 client's put, a statement's
-round trip), N runs each: what Django and DRF cost and what an upload cannot cost less than.
+and of the parts any upload route needs (the image check, the S3 client's put, the repeat check,
+a statement's round trip; the ORM's exists() for scale), N runs each, in turns: what Django and
+DRF cost and what an upload cannot cost less than.
 
 By default the detection workers run meanwhile and detect the uploads as they arrive (the
 "busy" figures: on a small machine they share the CPUs with the API). --pause-detection asks
@@ -293,7 +294,7 @@ def wait_finished(base: str, key: str, ids: list[str], timeout: float) -> dict[s
     return counts
 
 
-# --- The API's own code under cProfile ---------------------------------------------------------------
+# --- The API's own code in process: under cProfile, and in parts -------------------------------
 
 
 def _in_process(env: dict[str, str], key: str, upload: Upload):
@@ -380,11 +381,11 @@ def parts(env: dict[str, str], key: str, upload: Upload, *, count: int, tag: str
     """The API's CPU per upload in this process, without a profiler: the whole upload through
     Django's WSGI handler, the submission service alone (no request cycle: no middleware, DRF,
     multipart parsing or serializer), and the parts that any upload route needs, each alone
-    (the image check, the S3 client's put, a statement's round trip). The difference between the
-    first two is what Django and DRF cost; what the parts leave of the service is the ORM's
-    INSERT and repeat check, the routing and the publish. Each figure is the calling thread's CPU
-    (time.thread_time) over ``count`` runs after 10 unmeasured ones, taken in turns. Returns the
-    accepted job ids."""
+    (the image check, the S3 client's put, the repeat check, a statement's round trip; the
+    ORM's exists() beside them, for scale). The difference between the first two is what Django
+    and DRF cost; what the parts leave of the service is the INSERT, the routing, the publish
+    and its record. Each figure is the calling thread's CPU (time.thread_time) over ``count``
+    runs after 10 unmeasured ones, taken in turns. Returns the accepted job ids."""
     import io
 
     post = _in_process(env, key, upload)
@@ -394,7 +395,7 @@ def parts(env: dict[str, str], key: str, upload: Upload, *, count: int, tag: str
     from core import statecache
     from jobs.imaging import image_probe
     from jobs.models import Image
-    from jobs.services import image_job_create
+    from jobs.services import image_job_create, submission
     from storage import s3
 
     client = api_key_check(key).client
@@ -428,7 +429,8 @@ def parts(env: dict[str, str], key: str, upload: Upload, *, count: int, tag: str
         ("the submission service alone (jobs.services.image_job_create)", service),
         ("  of it: the image check (jobs.imaging.image_probe)", lambda n: image_probe(io.BytesIO(data))),
         ("  of it: the S3 client's put of the photo (storage.s3)", put),
-        ("  of it: the repeat check (the ORM's exists())", lambda n: Image.objects.filter(client=client, request_id=tag).exists()),
+        ("  of it: the repeat check (one statement, built once)", lambda n: submission._is_repeat(client.id, tag)),
+        ("  the same check through the ORM's exists(), for scale", lambda n: Image.objects.filter(client=client, request_id=tag).exists()),
         ("  a statement's round trip, the least one costs (SELECT 1)", statement),
     ]
     say(f"\nparts: the API's CPU per upload of {upload.photo.name}, in this process, {count} runs each (thread CPU, no profiler)")

@@ -301,7 +301,7 @@ def _image_insert(image: Image) -> None:
     """INSERT ``image``, a new job with its id set, as ``Image.objects.create`` would: every
     column, each field's pre_save (created_at, updated_at) and database preparation (JSON,
     UUIDs). The model's save signals are not sent: nothing listens to them for Image, and
-    tests/jobs/test_pipeline_costs.py fails when something starts to. A taken request_id raises
+    tests/test_front_door.py fails when something starts to. A taken request_id raises
     IntegrityError, as the ORM's would."""
     _, insert, fields = _statements(connection.vendor)
     values = [field.get_db_prep_save(field.pre_save(image, True), connection) for field in fields]
