@@ -213,8 +213,8 @@ def test_the_publish_record_does_not_wait_for_the_disk(api_client, s3, monkeypat
 @pytest.mark.django_db(transaction=True)
 def test_an_upload_costs_three_statements(api_client, s3):
     """The repeat check, the INSERT (committing by itself; both built once per process) and the
-    publish record (one round trip): the key, the active version and the rollout come from the process's cache
-    (core.statecache), no BEGIN or COMMIT of their own."""
+    publish record (one round trip): the key, the active version and the rollout come from the
+    process's cache (core.statecache), no BEGIN or COMMIT of their own."""
     require("postgres", "rabbitmq", "redis")
     assert upload(api_client, photo_bytes("coffee.png"), request_id="first").status_code == 202  # fills the caches
     with CaptureQueriesContext(connection) as queries:
@@ -247,7 +247,7 @@ def test_the_prebuilt_insert_writes_the_row_the_orm_writes(api_client, s3, monke
     copy = {name: value for name, value in written.items() if name not in ("id", "request_id", "created_at", "updated_at")}
     orm = _row(Image.objects.create(request_id="by-the-orm", **copy).id)
     for name in ("id", "request_id", "created_at", "updated_at"):
-        written.pop(name), orm.pop(name)
+        del written[name], orm[name]
     assert written == orm
     assert job.labels == ["face"] and job.cohort == "beta" and job.expires_at is not None and job.status == "queued"
     # Set by the fields' pre_save (auto_now_add, auto_now), each reading the clock, as the ORM does.
