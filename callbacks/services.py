@@ -301,13 +301,17 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
         if retry_after is not None:
             next_delay = max(next_delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
 
-    last_error = result.error or ("" if delivered else f"HTTP {code}")
-    now = timezone.now()
+    outcome = {
+        "delivered": delivered,
+        "last_error": result.error or ("" if delivered else f"HTTP {code}"),
+        "now": timezone.now(),
+        "next_delay": next_delay,
+    }
     if not hand_written_sql():
-        delivery = _record_with_orm(claim, result, last_error=last_error, now=now, next_delay=next_delay)
+        delivery = _record_with_orm(claim, result, **outcome)
         unwell = None  # read by _breaker_record
     else:
-        delivery, unwell = _record_in_one_statement(claim, result, last_error=last_error, now=now, next_delay=next_delay)
+        delivery, unwell = _record_in_one_statement(claim, result, **outcome)
     # Apart from the delivery's statement: claims lock the host first, then its deliveries.
     if not result.refused:
         _breaker_record(claim.host, failed=_breaker_failure(result), error=delivery.last_error, unwell=unwell)
@@ -331,14 +335,13 @@ def callback_delivery_record(*, claim: Claim, result: PostResult) -> float | Non
 
 
 def _record_in_one_statement(
-    claim: Claim, result: PostResult, *, last_error: str, now: dt.datetime, next_delay: float | None
+    claim: Claim, result: PostResult, *, delivered: bool, last_error: str, now: dt.datetime, next_delay: float | None
 ) -> tuple[CallbackDelivery, bool]:
     """callback_delivery_record's writes on PostgreSQL: the attempt, the delivery's new state,
     the job and the receiver's breaker flag in one statement (its own transaction outside one),
     instead of a lock, an insert, an update and a read with BEGIN and COMMIT (6 round trips on
     every callback)."""
     code = result.status_code
-    delivered = code is not None and 200 <= code < 300
     over = next_delay is None
     with connection.cursor() as cursor:
         cursor.execute(
@@ -366,10 +369,11 @@ def _record_in_one_statement(
     return _recorded_delivery(row)
 
 
-def _record_with_orm(claim: Claim, result: PostResult, *, last_error: str, now: dt.datetime, next_delay: float | None) -> CallbackDelivery:
+def _record_with_orm(
+    claim: Claim, result: PostResult, *, delivered: bool, last_error: str, now: dt.datetime, next_delay: float | None
+) -> CallbackDelivery:
     """The same writes with the ORM, in a transaction (the embedded SQLite stand-in)."""
     code = result.status_code
-    delivered = code is not None and 200 <= code < 300
     with transaction.atomic():
         # With its job (none for an alert), which the metrics of a first delivery read.
         delivery = CallbackDelivery.objects.select_for_update(of=("self",)).select_related("image").get(id=claim.delivery_id)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from callbacks.urlpolicy import UrlRefused
 from clients.models import ApiClient
+from core import rows
 from core.errors import Conflict, DomainError, TooLarge, Unavailable, UnsupportedFormat
 from core.logging import log_context_get
 
@@ -278,22 +279,24 @@ def _image_row_create(*, image_id, client, request_id, callback_url, version, ro
 
 
 @functools.cache
-def _statements(vendor: str) -> tuple[str, str, list]:
-    """(repeat check, INSERT, the INSERT's fields in its column order) for ``vendor``."""
-    meta = Image._meta
+def _repeat_statement() -> str:
     quote = connection.ops.quote_name
-    table = quote(meta.db_table)
-    client, request_id = (quote(meta.get_field(name).column) for name in ("client", "request_id"))
-    repeat = f"SELECT 1 FROM {table} WHERE {client} = %s AND {request_id} = %s LIMIT 1"
-    fields = list(meta.concrete_fields)
-    insert = f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) VALUES ({', '.join(['%s'] * len(fields))})"
-    return repeat, insert, fields
+    client, request_id = (quote(Image._meta.get_field(name).column) for name in ("client", "request_id"))
+    return f"SELECT 1 FROM {quote(Image._meta.db_table)} WHERE {client} = %s AND {request_id} = %s LIMIT 1"
+
+
+@functools.cache
+def _insert_statement() -> str:
+    quote = connection.ops.quote_name
+    every = rows.fields(Image)
+    names, values = ", ".join(quote(field.column) for field in every), ", ".join(["%s"] * len(every))
+    return f"INSERT INTO {quote(Image._meta.db_table)} ({names}) VALUES ({values})"
 
 
 def _is_repeat(client_id: int, request_id: str) -> bool:
     """Whether the client has a job with this request_id (the ORM's exists(), prebuilt)."""
     with connection.cursor() as cursor:
-        cursor.execute(_statements(connection.vendor)[0], [client_id, request_id])
+        cursor.execute(_repeat_statement(), [client_id, request_id])
         return cursor.fetchone() is not None
 
 
@@ -303,11 +306,10 @@ def _image_insert(image: Image) -> None:
     UUIDs). The model's save signals are not sent: nothing listens to them for Image, and
     tests/test_front_door.py fails when something starts to. A taken request_id raises
     IntegrityError, as the ORM's would."""
-    _, insert, fields = _statements(connection.vendor)
-    values = [field.get_db_prep_save(field.pre_save(image, True), connection) for field in fields]
+    values = [field.get_db_prep_save(field.pre_save(image, True), connection) for field in rows.fields(Image)]
     # As the ORM's save: a failure inside a transaction marks it for rollback.
     with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
-        cursor.execute(insert, values)
+        cursor.execute(_insert_statement(), values)
     image._state.adding = False
     image._state.db = connection.alias
 
